@@ -1,0 +1,878 @@
+"""The node: peers, pending handshakes, housekeeping and forwarding (the original's ``cloud.rs``).
+
+Theory of operation
+-------------------
+A :class:`Node` is a sans-I/O state machine. The daemon (or the simulator) feeds it
+
+* datagrams received on the UDP socket (:meth:`Node.receive_datagram`),
+* packets/frames read from the TUN/TAP device (:meth:`Node.receive_packet`),
+* the passage of time (:meth:`Node.handle_timer` at :meth:`Node.get_timer`),
+
+and drains what it produced: datagrams to send, packets to write to the device, and events (hooks,
+stats, beacons, name resolution, route changes) that need I/O the core must not do itself.
+
+Every peer is keyed by its *mapped* socket address (spec 3.4). A handshake in progress lives in
+``_pending``; once it succeeds the same :class:`PeerCrypto` object moves into a :class:`Peer`.
+Housekeeping runs once per tick (1 s, the original's design intent; spec 2.2) in the order of spec 2.3.
+
+Deliberate differences from the original, each because its behaviour is a bug that is not visible on
+the wire (spec 25):
+
+* quirk 22: the reconnect list compares *mapped* addresses, so a connected configured IPv4 peer resets
+  its back-off and a lost one is retried within a second, as documented;
+* quirk 17: a stray PENG that fails in a fresh responder does not report the established peer with the
+  same address as disconnected;
+* quirk 11: the NODE_INFO interval uses signed arithmetic clamped to >= 1 s;
+* quirk 13: DATA for a claim whose peer is gone starts a connection to that address instead of failing;
+* no zero-length datagrams are sent (spec 4.5), and short frames are rejected instead of panicking.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import messages
+from .beacon import encode_beacon, hour_stamp
+from .errors import CryptoError, DecodeError, InitFatal, VpnCloudError
+from .messages import NodeInfo, PeerInfo
+from .payload import parse_frame, parse_packet
+from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
+from .table import ClaimTable
+from .traffic import TrafficStats
+from .types import (
+    NODE_ID_BYTES,
+    DeviceType,
+    Mode,
+    Range,
+    SocketAddr,
+    format_sockaddr,
+    mapped,
+    nice,
+    parse_sockaddr,
+)
+
+log = logging.getLogger("vpncloud.node")
+
+#: Housekeeping period. The original intends 1 s (and ticks every ~2 s by accident, spec 2.2).
+TICK = 1.0
+#: How often own addresses are recomputed and configured peers re-resolved (spec 10.4, 10.5).
+OWN_ADDRESS_RESET = 300.0
+RESOLVE_INTERVAL = 300.0
+#: Reconnect back-off (spec 10.4).
+RECONNECT_MAX_TIMEOUT = 3600.0
+RECONNECT_TRIES_PER_STEP = 10
+#: At most this many peers go into one NODE_INFO (spec 9.2).
+MAX_NODE_INFO_PEERS = 20
+#: Hours a loaded beacon stays valid (spec 15.5).
+BEACON_TTL_HOURS = 50
+DEFAULT_PEER_TIMEOUT = 300
+
+
+class Rng(Protocol):
+    def randbytes(self, n: int, /) -> bytes: ...
+
+    def random(self) -> float: ...
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass
+class NodeConfig:
+    """What the node needs of the original's configuration (the daemon builds it, spec 14)."""
+
+    device_type: DeviceType = DeviceType.TUN
+    mode: Mode = Mode.NORMAL
+    port: int = 3210
+    peer_timeout: int = DEFAULT_PEER_TIMEOUT
+    keepalive: int | None = None
+    switch_timeout: int = 300
+    claims: list[Range] = field(default_factory=list)
+    advertise_addresses: list[SocketAddr] = field(default_factory=list)
+    beacon_interval: int = 3600
+    beacon_password: str = ""
+    beacon_store: bool = False
+    beacon_load: bool = False
+    stats_interval: int = 60
+    statsd_prefix: str | None = None
+
+    @property
+    def learning(self) -> bool:
+        """Whether received DATA teaches the table its source address (spec 11.1)."""
+        return self.mode is Mode.SWITCH or (self.mode is Mode.NORMAL and self.device_type is DeviceType.TAP)
+
+    @property
+    def broadcast(self) -> bool:
+        """Whether packets for unknown destinations go to every peer (spec 11.1)."""
+        return self.mode in (Mode.SWITCH, Mode.HUB) or (
+            self.mode is Mode.NORMAL and self.device_type is DeviceType.TAP
+        )
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerConnecting:
+    """A connection attempt starts (hook ``peer_connecting``)."""
+
+    addr: SocketAddr
+
+
+@dataclass(frozen=True)
+class PeerConnected:
+    """A handshake completed (hook ``peer_connected``)."""
+
+    addr: SocketAddr
+    node_id: bytes
+    claims: list[Range]
+
+
+@dataclass(frozen=True)
+class PeerDisconnected:
+    """A peer closed, or a handshake failed fatally (hook ``peer_disconnected``).
+
+    ``raw_addr`` says the hook shows the mapped form, as the original does for CLOSE (spec 19.1).
+    """
+
+    addr: SocketAddr
+    node_id: bytes | None
+    raw_addr: bool = False
+
+
+@dataclass(frozen=True)
+class PeerTimedOut:
+    """A peer was dropped because it was silent for ``peer-timeout`` (no hook in the original)."""
+
+    addr: SocketAddr
+    node_id: bytes
+
+
+@dataclass(frozen=True)
+class ClaimsChanged:
+    """The claims of remote peers changed: kernel routes may need updating."""
+
+
+@dataclass(frozen=True)
+class StatsDue:
+    """Time to write the stats file and send the statsd datagram (spec 18)."""
+
+    text: str
+    statsd: str | None
+
+
+@dataclass(frozen=True)
+class BeaconStore:
+    """Store this beacon (file, 0444, or ``|command``; spec 15.6)."""
+
+    beacon: str
+
+
+@dataclass(frozen=True)
+class BeaconLoad:
+    """Load beacons now and report them with :meth:`Node.beacon_loaded`."""
+
+
+@dataclass(frozen=True)
+class OwnAddressesDue:
+    """Recompute own addresses and report them with :meth:`Node.set_own_addresses`."""
+
+
+@dataclass(frozen=True)
+class ResolvePeer:
+    """Resolve a configured peer name again and report with :meth:`Node.peer_resolved`."""
+
+    name: str
+
+
+Event = (
+    PeerConnecting
+    | PeerConnected
+    | PeerDisconnected
+    | PeerTimedOut
+    | ClaimsChanged
+    | StatsDue
+    | BeaconStore
+    | BeaconLoad
+    | OwnAddressesDue
+    | ResolvePeer
+)
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    """An established peer (spec 10.1)."""
+
+    crypto: PeerCrypto
+    node_id: bytes
+    addrs: list[SocketAddr]
+    peer_timeout: int
+    timeout: float
+    last_seen: float
+    connected_at: float
+    claims: list[Range] = field(default_factory=list)
+
+
+@dataclass
+class ReconnectEntry:
+    """A configured peer that is kept connected (spec 10.4)."""
+
+    name: str
+    addrs: list[SocketAddr]
+    tries: int = 0
+    timeout: float = 1.0
+    next: float = 0.0
+    next_resolve: float = 0.0
+    resolvable: bool = True
+
+
+# --- the node --------------------------------------------------------------------------------
+
+
+class Node:
+    """One VpnCloud node, without any I/O. See the module docstring."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        crypto: CryptoConfig,
+        now: float,
+        rng: Rng,
+        node_id: bytes | None = None,
+    ) -> None:
+        self.config = config
+        self.crypto = crypto
+        self._rng = rng
+        self.node_id = node_id if node_id is not None else rng.randbytes(NODE_ID_BYTES)
+        if len(self.node_id) != NODE_ID_BYTES:
+            raise ValueError("node id must be 16 bytes")
+        self._parse = parse_packet if config.device_type is DeviceType.TUN else parse_frame
+        self._learning = config.learning
+        self._broadcast = config.broadcast
+
+        self._peers: dict[SocketAddr, Peer] = {}
+        self._pending: dict[SocketAddr, PeerCrypto] = {}
+        self._reconnect: list[ReconnectEntry] = []
+        self._base_addresses: list[SocketAddr] = []
+        self._learned_addresses: list[SocketAddr] = []
+        self._own_addresses: list[SocketAddr] = []
+        self._own_mapped: set[SocketAddr] = set()
+        self._rebuild_own_addresses()
+
+        self.table = ClaimTable(config.switch_timeout, config.peer_timeout)
+        self.traffic = TrafficStats()
+
+        self._out: list[tuple[bytes, SocketAddr]] = []
+        self._device_out: list[bytes] = []
+        self._events: deque[Event] = deque()
+
+        self._next_housekeep = now
+        self._next_peers = now
+        self._next_stats = now + config.stats_interval
+        self._next_beacon = now
+        self._next_own_address_reset = now + OWN_ADDRESS_RESET
+        self._closed = False
+
+    # ------------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self) -> list[tuple[bytes, SocketAddr]]:
+        out, self._out = self._out, []
+        return out
+
+    def packets_to_device(self) -> list[bytes]:
+        out, self._device_out = self._device_out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float:
+        return self._next_housekeep
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def peers(self) -> dict[SocketAddr, Peer]:
+        """Established peers by mapped address (read-only view for the daemon and tests)."""
+        return self._peers
+
+    @property
+    def pending(self) -> dict[SocketAddr, PeerCrypto]:
+        return self._pending
+
+    @property
+    def own_addresses(self) -> list[SocketAddr]:
+        return list(self._own_addresses)
+
+    def remote_claims(self) -> list[tuple[Range, SocketAddr]]:
+        """Claims of remote peers currently in the table (for kernel routes)."""
+        return [(rng, peer) for rng, peer, _expiry in self.table.claims()]
+
+    # ------------------------------------------------------------------ network side
+
+    def receive_datagram(self, data: bytes, addr: SocketAddr, now: float) -> None:
+        """Process one datagram received from ``addr`` (spec 4.2)."""
+        if ":" not in addr[0]:
+            addr = mapped(addr)
+        elif len(addr) != 2:
+            addr = (addr[0], addr[1])
+        self.traffic.count_in_traffic(addr, len(data))
+        pending = self._pending.get(addr)
+        if pending is not None:
+            self._handle_pending(pending, data, addr, now)
+            return
+        peer = self._peers.get(addr)
+        if data[:1] == b"\xff":
+            if peer is not None and peer.crypto.has_init:
+                self._handle_peer(peer, data, addr, now)
+            else:
+                self._handle_new_init(data, addr, now, established=peer is not None)
+            return
+        if peer is not None:
+            self._handle_peer(peer, data, addr, now)
+            return
+        self.traffic.count_invalid_protocol(len(data))
+        log.info("Ignoring non-init message from unknown peer %s", format_sockaddr(nice(addr)))
+
+    def _handle_new_init(self, data: bytes, addr: SocketAddr, now: float, *, established: bool) -> None:
+        crypto = PeerCrypto.responder(self.crypto, self.node_id, self._node_info_bytes(), self._rng)
+        try:
+            result = crypto.handle_message(data)
+        except InitFatal as err:
+            self.traffic.count_invalid_protocol(len(data))
+            log.debug("Fatal crypto init error from %s: %s", format_sockaddr(addr), err)
+            if not established:
+                # Quirk 17 guard: only a source without a session is reported as disconnected.
+                log.info("Closing pending connection to %s due to error in crypto init", _fmt(addr))
+                self._events.append(PeerDisconnected(nice(addr), None))
+            return
+        except (CryptoError, DecodeError) as err:
+            self.traffic.count_invalid_protocol(len(data))
+            log.error("Crypto error: %s", err)
+            return
+        if isinstance(result, Reply):
+            self._pending[addr] = crypto
+            self._events.append(PeerConnecting(nice(addr)))
+            self._send(result.data, addr)
+        elif isinstance(result, Initialized):
+            # A responder cannot complete with its first message; tolerate it anyway.
+            self._handshake_done(crypto, result, addr, now)
+
+    def _handle_pending(self, crypto: PeerCrypto, data: bytes, addr: SocketAddr, now: float) -> None:
+        try:
+            result = crypto.handle_message(data)
+        except InitFatal as err:
+            self.traffic.count_invalid_protocol(len(data))
+            self._drop_pending(addr, str(err))
+            return
+        except (CryptoError, DecodeError) as err:
+            self.traffic.count_invalid_protocol(len(data))
+            log.error("Crypto error: %s", err)
+            return
+        if isinstance(result, Reply):
+            self._send(result.data, addr)
+        elif isinstance(result, Initialized):
+            self._handshake_done(crypto, result, addr, now)
+        elif isinstance(result, Message):
+            # A session message on a handshake that is not finished (e.g. DATA overtaking the PENG).
+            self.traffic.count_invalid_protocol(len(data))
+
+    def _handle_peer(self, peer: Peer, data: bytes, addr: SocketAddr, now: float) -> None:
+        try:
+            result = peer.crypto.handle_message(data)
+        except InitFatal as err:
+            self.traffic.count_invalid_protocol(len(data))
+            log.debug("Fatal crypto init error from %s: %s", format_sockaddr(addr), err)
+            return
+        except (CryptoError, DecodeError) as err:
+            self.traffic.count_invalid_protocol(len(data))
+            log.error("Crypto error: %s", err)
+            return
+        if isinstance(result, Message):
+            self._handle_message(peer, result.msg_type, result.payload, addr, now)
+        elif isinstance(result, Reply):
+            self._send(result.data, addr)
+        elif isinstance(result, Initialized):
+            self._handshake_done(peer.crypto, result, addr, now)
+
+    def _handle_message(
+        self, peer: Peer, msg_type: int, payload: bytes, addr: SocketAddr, now: float
+    ) -> None:
+        if msg_type == messages.MSG_DATA:
+            try:
+                src, dst = self._parse(payload)
+            except DecodeError as err:
+                self.traffic.count_invalid_protocol(len(payload))
+                log.error("Invalid payload from %s: %s", _fmt(addr), err)
+                return
+            self.traffic.count_in_payload(src, dst, len(payload))
+            self._device_out.append(payload)
+            if self._learning:
+                self.table.learn(src, addr, now)
+        elif msg_type == messages.MSG_NODE_INFO:
+            try:
+                info = NodeInfo.decode(payload)
+            except DecodeError as err:
+                self.traffic.count_invalid_protocol(len(payload))
+                log.error("Message error: %s", err)
+                return
+            self._update_peer_info(peer, addr, info, now)
+        elif msg_type == messages.MSG_KEEPALIVE:
+            peer.timeout = now + self.config.peer_timeout
+            peer.last_seen = now
+        elif msg_type == messages.MSG_CLOSE:
+            log.info("Closing connection to %s", _fmt(addr))
+            self._remove_peer(addr)
+            self._events.append(PeerDisconnected(addr, peer.node_id, raw_addr=True))
+        else:
+            self.traffic.count_invalid_protocol(len(payload))
+            log.error("Message error: Unknown message type %d", msg_type)
+
+    # ------------------------------------------------------------------ handshakes and peers
+
+    def _handshake_done(self, crypto: PeerCrypto, result: Initialized, addr: SocketAddr, now: float) -> None:
+        try:
+            info = NodeInfo.decode(result.node_info)
+        except DecodeError as err:
+            log.error("Invalid node info in handshake from %s: %s", _fmt(addr), err)
+            self._pending.pop(addr, None)
+            return
+        self._pending.pop(addr, None)
+        existing = self._peers.get(addr)
+        if existing is not None and existing.crypto is crypto:
+            # A repeated PONG answered from the kept handshake state: the peer is already there.
+            if result.reply is not None:
+                self._send(result.reply, addr)
+            return
+        peer = Peer(
+            crypto=crypto,
+            node_id=info.node_id,
+            addrs=list(info.addrs),
+            peer_timeout=info.peer_timeout if info.peer_timeout is not None else DEFAULT_PEER_TIMEOUT,
+            timeout=now + self.config.peer_timeout,
+            last_seen=now,
+            connected_at=now,
+        )
+        if existing is not None:
+            self.table.remove_claims(addr)
+        log.info("Added peer %s", _fmt(addr))
+        self._events.append(PeerConnected(nice(addr), info.node_id, list(info.claims)))
+        self._peers[addr] = peer
+        if result.reply is not None:
+            self._send(result.reply, addr)
+        self._update_peer_info(peer, addr, info, now)
+
+    def _update_peer_info(self, peer: Peer, addr: SocketAddr, info: NodeInfo, now: float) -> None:
+        """Spec 9.3: refresh, replace addresses and claims, connect to the peers it knows."""
+        peer.timeout = now + self.config.peer_timeout
+        peer.last_seen = now
+        addrs = [addr]
+        for a in info.addrs:
+            if a not in addrs:
+                addrs.append(a)
+        peer.addrs = addrs
+        if peer.node_id != info.node_id:
+            peer.node_id = info.node_id
+        if peer.claims != info.claims:
+            peer.claims = list(info.claims)
+            self._events.append(ClaimsChanged())
+        self.table.set_claims(addr, list(info.claims), now)
+        known_ids = {p.node_id for p in self._peers.values()}
+        for entry in info.peers:
+            if any(a in self._peers for a in entry.addrs):
+                continue
+            if entry.node_id == self.node_id:
+                for a in entry.addrs:
+                    if a not in self._learned_addresses and mapped(a) not in self._own_mapped:
+                        self._learned_addresses.append(a)
+                        self._rebuild_own_addresses()
+                continue
+            if entry.node_id is not None and entry.node_id in known_ids:
+                continue
+            self.connect(entry.addrs, now)
+
+    def _remove_peer(self, addr: SocketAddr) -> Peer | None:
+        peer = self._peers.pop(addr, None)
+        if peer is not None:
+            self.table.remove_claims(addr)
+            if peer.claims:
+                self._events.append(ClaimsChanged())
+        return peer
+
+    def _drop_pending(self, addr: SocketAddr, reason: str) -> None:
+        self._pending.pop(addr, None)
+        log.info("Closing pending connection to %s due to error in crypto init (%s)", _fmt(addr), reason)
+        self._events.append(PeerDisconnected(nice(addr), None))
+
+    def connect(self, addrs: list[SocketAddr], now: float) -> None:
+        """Start handshakes to a node known by these addresses (spec 10.2)."""
+        if not addrs or self._closed:
+            return
+        try:
+            targets = [mapped(a) for a in addrs]
+        except DecodeError:
+            return
+        for a in targets:
+            if a in self._own_mapped or a in self._peers or a in self._pending:
+                return
+        self._events.append(PeerConnecting(nice(targets[0])))
+        node_info = self._node_info_bytes()
+        for a in targets:
+            if a in self._pending:
+                continue
+            crypto, ping = PeerCrypto.initiator(self.crypto, self.node_id, node_info, self._rng)
+            self._pending[a] = crypto
+            self._send(ping, a)
+
+    def add_configured_peer(self, name: str, addrs: list[SocketAddr], now: float) -> None:
+        """A peer from the config: connect now and keep reconnecting (spec 10.4)."""
+        resolved = [mapped(a) for a in addrs]
+        self.connect(resolved, now)
+        literal = True
+        try:
+            parse_sockaddr(name)
+        except DecodeError:
+            literal = False
+        self._reconnect.append(
+            ReconnectEntry(
+                name=name,
+                addrs=resolved,
+                next=now,
+                next_resolve=now + RESOLVE_INTERVAL,
+                resolvable=not literal,
+            )
+        )
+
+    def remove_configured_peer(self, name: str) -> None:
+        self._reconnect = [e for e in self._reconnect if e.name != name]
+
+    def configured_peers(self) -> list[str]:
+        return [e.name for e in self._reconnect]
+
+    def peer_resolved(self, name: str, addrs: list[SocketAddr], now: float) -> None:
+        for entry in self._reconnect:
+            if entry.name == name and addrs:
+                entry.addrs = [mapped(a) for a in addrs]
+
+    def beacon_loaded(self, addrs: list[SocketAddr], now: float) -> None:
+        """Addresses decoded from a beacon: connect to each one (spec 15.6)."""
+        for a in addrs:
+            self.connect([a], now)
+
+    def set_own_addresses(self, addrs: list[SocketAddr]) -> None:
+        """The primary address(es) of this host, found by the daemon (spec 10.5 item 2)."""
+        self._base_addresses = [mapped(a) for a in addrs]
+        self._rebuild_own_addresses()
+
+    def _rebuild_own_addresses(self) -> None:
+        own: list[SocketAddr] = []
+        for a in [*self.config.advertise_addresses, *self._base_addresses, *self._learned_addresses]:
+            if a not in own:
+                own.append(a)
+        self._own_addresses = own
+        self._own_mapped = {mapped(a) for a in own}
+
+    # ------------------------------------------------------------------ device side
+
+    def receive_packet(self, packet: bytes, now: float) -> None:
+        """Forward one packet/frame read from the device (spec 11.2)."""
+        try:
+            src, dst = self._parse(packet)
+        except DecodeError as err:
+            log.error("Invalid packet from device: %s", err)
+            return
+        self.traffic.count_out_payload(dst, src, len(packet))
+        target = self.table.lookup(dst, now)
+        if target is not None:
+            peer = self._peers.get(target)
+            if peer is not None:
+                self._send(peer.crypto.send_message(messages.MSG_DATA, packet), target)
+                return
+            # Quirk 13 guard: the claim outlived its peer; try to reach it again.
+            self.connect([target], now)
+        elif self._broadcast:
+            for addr, peer in self._peers.items():
+                self._send(peer.crypto.send_message(messages.MSG_DATA, packet), addr)
+            return
+        self.traffic.count_dropped_payload(len(packet))
+
+    # ------------------------------------------------------------------ messages out
+
+    def _send(self, data: bytes, addr: SocketAddr) -> None:
+        if not data:
+            return
+        self.traffic.count_out_traffic(addr, len(data))
+        self._out.append((data, addr))
+
+    def _node_info(self) -> NodeInfo:
+        peers = list(self._peers.values())
+        if len(peers) > MAX_NODE_INFO_PEERS:
+            # Partial shuffle: a random subset, as the original (spec 9.2).
+            for i in range(MAX_NODE_INFO_PEERS):
+                j = i + int(self._rng.random() * (len(peers) - i))
+                peers[i], peers[j] = peers[j], peers[i]
+            peers = peers[:MAX_NODE_INFO_PEERS]
+        return NodeInfo(
+            node_id=self.node_id,
+            peers=[PeerInfo(node_id=p.node_id, addrs=list(p.addrs)) for p in peers],
+            claims=list(self.config.claims),
+            peer_timeout=self.config.peer_timeout & 0xFFFF,
+            addrs=list(self._own_addresses),
+        )
+
+    def _node_info_bytes(self) -> bytes:
+        return self._node_info().encode()
+
+    def _broadcast_node_info(self) -> None:
+        payload = self._node_info_bytes()
+        log.debug("Broadcasting message type 1, %d bytes to %d peers", len(payload), len(self._peers))
+        for addr, peer in self._peers.items():
+            try:
+                self._send(peer.crypto.send_message(messages.MSG_NODE_INFO, payload), addr)
+            except VpnCloudError as err:
+                log.error("Failed to send node info to %s: %s", _fmt(addr), err)
+
+    def _node_info_interval(self) -> float:
+        """Spec 9.6, with signed arithmetic instead of the original's wrap-around (quirk 11)."""
+        own = self.config.peer_timeout
+        keepalive = self.config.keepalive if self.config.keepalive else max(own // 2 - 60, 1)
+        min_timeout = min((p.peer_timeout for p in self._peers.values()), default=DEFAULT_PEER_TIMEOUT)
+        return float(min(keepalive, max(min_timeout // 2 - 60, 1)))
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def handle_timer(self, now: float) -> None:
+        """Run housekeeping if it is due (spec 2.3)."""
+        if now < self._next_housekeep:
+            return
+        self._next_housekeep = now + TICK
+        try:
+            self._housekeep(now)
+        except VpnCloudError as err:
+            log.error("Housekeeping error: %s", err)
+
+    def _housekeep(self, now: float) -> None:
+        # 1. peers that timed out
+        for addr in [a for a, p in self._peers.items() if p.timeout < now]:
+            peer = self._remove_peer(addr)
+            log.info("Forgot peer %s due to timeout", _fmt(addr))
+            if peer is not None:
+                self._events.append(PeerTimedOut(nice(addr), peer.node_id))
+            self.connect([addr], now)
+        # 2. claim table
+        self.table.housekeep(now)
+        # 3. crypto ticks: retransmissions, rotation, replay window
+        for addr, crypto in list(self._pending.items()):
+            try:
+                msg = crypto.every_tick()
+            except InitFatal as err:
+                self._drop_pending(addr, str(err))
+                if addr in self._peers:
+                    self._remove_peer(addr)
+                    self.connect([addr], now)
+                continue
+            if msg:
+                self._send(msg, addr)
+        for addr, peer in list(self._peers.items()):
+            try:
+                msg = peer.crypto.every_tick()
+            except InitFatal as err:
+                log.error("Crypto error with %s: %s", _fmt(addr), err)
+                self._remove_peer(addr)
+                self.connect([addr], now)
+                continue
+            if msg:
+                self._send(msg, addr)
+        # 5. NODE_INFO broadcast
+        if self._next_peers <= now:
+            self._broadcast_node_info()
+            self._next_peers = now + self._node_info_interval()
+        # 6. configured peers
+        self._reconnect_tick(now)
+        # 7. statistics
+        if self._next_stats < now:
+            self._events.append(StatsDue(self._stats_text(now), self._statsd_text()))
+            self.traffic.period()
+            self._next_stats = now + self.config.stats_interval
+        # 9. beacons
+        if (self.config.beacon_store or self.config.beacon_load) and self._next_beacon < now:
+            if self.config.beacon_store:
+                self._events.append(BeaconStore(self._make_beacon(now)))
+            if self.config.beacon_load:
+                self._events.append(BeaconLoad())
+            self._next_beacon = now + self.config.beacon_interval
+        # 10. own addresses
+        if self._next_own_address_reset <= now:
+            self._learned_addresses = []
+            self._rebuild_own_addresses()
+            self._events.append(OwnAddressesDue())
+            self._next_own_address_reset = now + OWN_ADDRESS_RESET
+
+    def _reconnect_tick(self, now: float) -> None:
+        for entry in self._reconnect:
+            if entry.next <= now:
+                self.connect(entry.addrs, now)
+        for entry in self._reconnect:
+            if any(a in self._peers for a in entry.addrs):
+                entry.tries = 0
+                entry.timeout = 1.0
+                entry.next = now + 1.0
+                continue
+            if entry.resolvable and entry.next_resolve <= now:
+                self._events.append(ResolvePeer(entry.name))
+                entry.next_resolve = now + RESOLVE_INTERVAL
+            if entry.next > now:
+                continue
+            entry.tries += 1
+            if entry.tries > RECONNECT_TRIES_PER_STEP:
+                entry.tries = 0
+                entry.timeout = min(entry.timeout * 2, RECONNECT_MAX_TIMEOUT)
+            entry.next = now + entry.timeout
+
+    def _make_beacon(self, now: float) -> str:
+        addrs = list(self._own_addresses)
+        # Up to three random own addresses (spec 15.6).
+        for i in range(min(3, len(addrs))):
+            j = i + int(self._rng.random() * (len(addrs) - i))
+            addrs[i], addrs[j] = addrs[j], addrs[i]
+        return encode_beacon(addrs[:3], self.config.beacon_password, hour_stamp(now))
+
+    # ------------------------------------------------------------------ stats and status
+
+    def _stats_text(self, now: float) -> str:
+        peers = [
+            (addr, max(int(p.timeout - now), 0), _algorithm_name(p.crypto)) for addr, p in self._peers.items()
+        ]
+        return self.traffic.stats_text(peers, self.table.claims(), self.table.cache(), now)
+
+    def _statsd_text(self) -> str | None:
+        if self.config.statsd_prefix is None:
+            return None
+        return self.traffic.statsd_text(
+            self.config.statsd_prefix, len(self._peers), self.table.cache_len(), self.table.claims_len()
+        )
+
+    def status(self, now: float) -> dict[str, Any]:
+        """A JSON-able snapshot for ``vpncloud status`` (no secrets)."""
+        peers = []
+        for addr, p in self._peers.items():
+            peers.append(
+                {
+                    "addr": format_sockaddr(nice(addr)),
+                    "node_id": p.node_id.hex(),
+                    "addrs": [format_sockaddr(nice(a)) for a in p.addrs],
+                    "algorithm": _algorithm_name(p.crypto),
+                    "connected_secs": round(now - p.connected_at, 1),
+                    "last_seen_secs": round(now - p.last_seen, 1),
+                    "ttl_secs": max(int(p.timeout - now), 0),
+                    "claims": [str(c) for c in p.claims],
+                    "rotation": _rotation_info(p.crypto),
+                    "traffic": _peer_traffic(self.traffic, addr),
+                }
+            )
+        return {
+            "node_id": self.node_id.hex(),
+            "mode": self.config.mode.value,
+            "device_type": self.config.device_type.value,
+            "own_addresses": [format_sockaddr(nice(a)) for a in self._own_addresses],
+            "claims": [str(c) for c in self.config.claims],
+            "peers": peers,
+            "pending": [format_sockaddr(nice(a)) for a in self._pending],
+            "configured_peers": [
+                {
+                    "name": e.name,
+                    "addrs": [format_sockaddr(nice(a)) for a in e.addrs],
+                    "retry_secs": e.timeout,
+                }
+                for e in self._reconnect
+            ],
+            "table": {
+                "claims": [
+                    {"range": str(r), "peer": format_sockaddr(nice(p)), "ttl_secs": max(int(exp - now), 0)}
+                    for r, p, exp in self.table.claims()
+                ],
+                "cache": [
+                    {
+                        "addr": _addr_text(a),
+                        "peer": format_sockaddr(nice(p)),
+                        "ttl_secs": max(int(exp - now), 0),
+                    }
+                    for a, p, exp in self.table.cache()
+                ],
+            },
+            "traffic": self.traffic.snapshot(),
+        }
+
+    # ------------------------------------------------------------------ control
+
+    def reconfigure(self, config: NodeConfig, crypto: CryptoConfig, now: float) -> None:
+        """Apply a reloaded configuration without dropping sessions (SIGHUP; the original cannot).
+
+        Device type, mode and port need a restart and are kept as they are. Established peers whose
+        identity is no longer trusted are closed.
+        """
+        config.device_type = self.config.device_type
+        config.mode = self.config.mode
+        config.port = self.config.port
+        claims_changed = config.claims != self.config.claims
+        self.config = config
+        self.crypto = crypto
+        self.table.cache_timeout = config.switch_timeout
+        self.table.claim_timeout = config.peer_timeout
+        self._rebuild_own_addresses()
+        trusted = set(crypto.identity.trusted_keys)
+        for addr, peer in list(self._peers.items()):
+            key = getattr(peer.crypto, "peer_public_key", None)
+            if key is not None and key not in trusted:
+                log.info("Closing connection to %s: its key is no longer trusted", _fmt(addr))
+                self._send(peer.crypto.send_message(messages.MSG_CLOSE, b""), addr)
+                self._remove_peer(addr)
+                self._events.append(PeerDisconnected(nice(addr), peer.node_id))
+        if claims_changed:
+            # Tell peers about the new claims now rather than at the next interval.
+            self._next_peers = now
+
+    def shutdown(self, now: float) -> None:
+        """Send CLOSE to every peer (spec 10.6)."""
+        log.info("Shutting down...")
+        log.debug("Broadcasting message type 255, 0 bytes to %d peers", len(self._peers))
+        for addr, peer in self._peers.items():
+            try:
+                self._send(peer.crypto.send_message(messages.MSG_CLOSE, b""), addr)
+            except VpnCloudError:
+                pass
+        self._closed = True
+
+
+def _fmt(addr: SocketAddr) -> str:
+    return format_sockaddr(nice(addr))
+
+
+def _addr_text(addr: bytes) -> str:
+    from .types import address_to_str
+
+    return address_to_str(addr)
+
+
+def _algorithm_name(crypto: PeerCrypto) -> str:
+    alg = crypto.algorithm
+    return alg.display if alg is not None else "PLAIN"
+
+
+def _peer_traffic(traffic: TrafficStats, addr: SocketAddr) -> dict[str, int] | None:
+    entry = traffic.peers.get(addr)
+    return entry.as_dict() if entry is not None else None
+
+
+def _rotation_info(crypto: PeerCrypto) -> dict[str, Any] | None:
+    info = getattr(crypto, "rotation_info", None)
+    if callable(info):
+        result = info()
+        return result if isinstance(result, dict) else None
+    return None
