@@ -29,6 +29,7 @@ the wire (spec 25):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -345,7 +346,8 @@ class Node:
         try:
             result = crypto.handle_message(data)
         except InitFatal as err:
-            self.traffic.count_invalid_protocol(len(data))
+            # The original counts these (stray PENGs, quirk 17) as one packet of 0 bytes.
+            self.traffic.count_invalid_protocol(0)
             log.debug("Fatal crypto init error from %s: %s", format_sockaddr(addr), err)
             if not established:
                 # Quirk 17 guard: only a source without a session is reported as disconnected.
@@ -843,10 +845,8 @@ class Node:
         log.info("Shutting down...")
         log.debug("Broadcasting message type 255, 0 bytes to %d peers", len(self._peers))
         for addr, peer in self._peers.items():
-            try:
+            with contextlib.suppress(VpnCloudError):
                 self._send(peer.crypto.send_message(messages.MSG_CLOSE, b""), addr)
-            except VpnCloudError:
-                pass
         self._closed = True
 
 
