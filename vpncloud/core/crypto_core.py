@@ -1,0 +1,109 @@
+"""Session crypto core: 4 key slots, nonces and the replay window (spec section 7).
+
+Frame layout (spec 4.3)::
+
+    [slot id][nonce bytes 5..11][AEAD(ciphertext of type+payload)][16-byte tag]
+
+Nonces are 12-byte big-endian counters. They are kept as Python ``int`` internally because
+incrementing and comparing ints is much cheaper than doing it on bytes. The most significant byte
+is the "half" byte (0x80 or 0x00) so the two peers never use the same nonce with one key; the
+receiver rebuilds the peer's nonce with the opposite half byte and zero bytes 1..4.
+"""
+
+from __future__ import annotations
+
+from .errors import CryptoError
+from .primitives import TAG_LEN, Aead, Algorithm, Rng
+
+__all__ = ["EXTRA_LEN", "NUM_SLOTS", "CryptoCore", "increment_nonce"]
+
+EXTRA_LEN = 8
+NUM_SLOTS = 4
+_HALF = 0x80 << 88
+_MIN_FRAME = EXTRA_LEN + TAG_LEN
+
+
+def increment_nonce(nonce: bytes) -> bytes:
+    """The 12-byte nonce plus one, big-endian with carry (spec 7.2 test helper)."""
+    return ((int.from_bytes(nonce, "big") + 1) % (1 << 96)).to_bytes(12, "big")
+
+
+class _Slot:
+    """One key with its own send counter and receive window."""
+
+    __slots__ = ("aead", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
+
+    def __init__(self, aead: Aead, nonce: int) -> None:
+        self.aead = aead
+        self.nonce = nonce  # last send nonce used; incremented before each use
+        self.min_nonce = 0
+        self.next_min_nonce = 0
+        self.seen_nonce = 0
+
+
+class CryptoCore:
+    """Encrypts and decrypts session frames for one peer.
+
+    ``half`` is ``own salted node-id hash > peer's`` (spec 7.2).
+    """
+
+    __slots__ = ("_half", "_peer_half", "_rng", "_send", "_send_id", "_slots", "algorithm")
+
+    def __init__(self, alg: Algorithm, key: bytes, half: bool, rng: Rng) -> None:
+        self.algorithm = alg
+        self._rng = rng
+        self._half = _HALF if half else 0
+        self._peer_half = 0 if half else _HALF
+        # Slots 1..3 share one random dummy key, so frames naming them just fail to decrypt.
+        dummy = Aead(alg, rng.randbytes(alg.key_len))
+        self._slots = [self._new_slot(Aead(alg, key))] + [self._new_slot(dummy) for _ in range(3)]
+        self._send_id = 0
+        self._send = self._slots[0]
+
+    def _new_slot(self, aead: Aead) -> _Slot:
+        # bytes 1..5 zero, bytes 6..11 random start (spec 7.2)
+        return _Slot(aead, self._half | int.from_bytes(self._rng.randbytes(6), "big"))
+
+    @property
+    def send_slot(self) -> int:
+        """Id of the slot currently used for sending."""
+        return self._send_id
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """Whole frame for ``plaintext`` (type byte + payload, or a bare handshake payload)."""
+        slot = self._send
+        slot.nonce += 1
+        nonce = slot.nonce.to_bytes(12, "big")
+        return bytes((self._send_id,)) + nonce[5:] + slot.aead.seal(nonce, plaintext)
+
+    def decrypt(self, frame: bytes) -> bytes:
+        """Plaintext of a frame; raises ``CryptoError`` (too short, old nonce, bad tag)."""
+        if len(frame) < _MIN_FRAME:
+            # The original asserts here and crashes (quirk 6); we reject cleanly.
+            raise CryptoError("Message too short")
+        slot = self._slots[frame[0] & 3]
+        nonce = self._peer_half | int.from_bytes(frame[1:8], "big")
+        if nonce < slot.min_nonce:
+            raise CryptoError("Old nonce rejected")
+        plaintext = slot.aead.open(nonce.to_bytes(12, "big"), frame[8:])
+        if nonce > slot.seen_nonce:
+            slot.seen_nonce = nonce
+        return plaintext
+
+    def rotate(self, key: bytes, slot_id: int, use_for_sending: bool) -> None:
+        """Install ``key`` in slot ``slot_id mod 4`` with fresh nonce state; maybe send with it."""
+        slot_id &= 3
+        slot = self._new_slot(Aead(self.algorithm, key))
+        self._slots[slot_id] = slot
+        if use_for_sending:
+            self._send_id = slot_id
+            self._send = slot
+        elif slot_id == self._send_id:
+            # Replacing the sending slot without switching keeps it the sending slot.
+            self._send = slot
+
+    def every_tick(self) -> None:
+        """Roll the replay window of every slot (spec 7.4)."""
+        for slot in self._slots:
+            slot.min_nonce = slot.next_min_nonce
+            slot.next_min_nonce = slot.seen_nonce + 1
