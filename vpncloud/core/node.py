@@ -599,7 +599,13 @@ class Node:
             # Quirk 13 guard: the claim outlived its peer; try to reach it again.
             self.connect([target], now)
         elif self._broadcast:
+            # One copy per node: the original sends one per session, and a node reached under two
+            # addresses (IPv4 and IPv6, quirk 15) would get every broadcast frame twice.
+            seen: set[bytes] = set()
             for addr, peer in self._peers.items():
+                if peer.node_id in seen:
+                    continue
+                seen.add(peer.node_id)
                 self._send(peer.crypto.send_message(messages.MSG_DATA, packet), addr)
             return
         self.traffic.count_dropped_payload(len(packet))
