@@ -1,0 +1,1 @@
+"""I/O adapters around the sans-I/O core: device, UDP socket, event loop, hooks, control socket."""

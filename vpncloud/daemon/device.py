@@ -1,0 +1,311 @@
+"""TUN/TAP device and kernel routes (spec 12).
+
+The device is opened with the ``TUNSETIFF`` ioctl on ``/dev/net/tun`` (``IFF_NO_PI``, so every read is
+exactly one IP packet or Ethernet frame). Address, MTU, link state and routes go through pyroute2
+(netlink) instead of the original's SIOCSIF* ioctls: same effect, and IPv6 works too.
+
+The device is not persistent: closing the fd removes the interface and its routes, so a killed
+process leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import struct
+from collections.abc import Iterable
+
+from vpncloud.core.types import Range, SocketAddr, format_sockaddr, nice
+
+from .logs import get_logger
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFNAMSIZ = 16
+
+#: Bytes of outer headers the tunnel adds (IPv6 40 + UDP 8 + crypto header 8 + tag 16 + type 1),
+#: plus 14 for the Ethernet header of a TAP frame (spec 12 step 3).
+OVERHEAD_TUN = 73
+OVERHEAD_TAP = 87
+CVE_URL = "https://vpncloud.ddswd.de/docs/security/cve-2019-14899/"
+
+log = get_logger()
+
+
+class DeviceError(Exception):
+    """The device could not be created or configured."""
+
+
+class Device:
+    """An open TUN or TAP interface. ``read``/``write`` move one packet/frame each."""
+
+    def __init__(self, fd: int, ifname: str, device_type: str) -> None:
+        self.fd = fd
+        self.ifname = ifname
+        self.device_type = device_type
+
+    @classmethod
+    def open(cls, device_type: str, name: str = "vpncloud%d", path: str | None = None) -> Device:
+        """Create the interface (``%d`` in ``name`` is filled in by the kernel)."""
+        raw = name.encode()
+        if len(raw) >= IFNAMSIZ:
+            raise DeviceError(f"Failed to open virtual {device_type} interface {name}: name too long")
+        flags = (IFF_TUN if device_type == "tun" else IFF_TAP) | IFF_NO_PI
+        try:
+            fd = os.open(path or "/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            what = f"Failed to open virtual {device_type} interface {name}"
+            raise DeviceError(f"{what}: {exc.strerror} ({path or '/dev/net/tun'})") from None
+        try:
+            result = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", raw, flags))
+        except OSError as exc:
+            os.close(fd)
+            raise DeviceError(
+                f"Failed to open virtual {device_type} interface {name}: {exc.strerror}"
+            ) from None
+        ifname = result[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+        os.set_blocking(fd, False)
+        return cls(fd, ifname, device_type)
+
+    def fileno(self) -> int:
+        """The fd to register with the selector."""
+        return self.fd
+
+    def read(self) -> bytes | None:
+        """One packet/frame, or None when nothing is waiting (non-blocking)."""
+        try:
+            return os.read(self.fd, 65535)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EINTR):
+                return None
+            raise
+
+    def write(self, data: bytes) -> None:
+        """Write one packet/frame; the kernel rejects malformed ones, which is a drop, not a crash."""
+        try:
+            os.write(self.fd, data)
+        except BlockingIOError:
+            log.debug("Device %s busy, dropping packet", self.ifname)
+        except OSError as exc:
+            log.debug("Device %s rejected a packet of %d bytes: %s", self.ifname, len(data), exc.strerror)
+
+    def close(self) -> None:
+        """Close the fd, which removes the (non-persistent) interface."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # --- configuration through netlink -----------------------------------------------------------
+
+    def _index(self, ipr: object) -> int:
+        idx = ipr.link_lookup(ifname=self.ifname)  # type: ignore[attr-defined]
+        if not idx:
+            raise DeviceError(f"interface {self.ifname} vanished")
+        return int(idx[0])
+
+    def get_mtu(self) -> int:
+        """Current MTU."""
+        return read_mtu(self.ifname)
+
+    def set_mtu(self, mtu: int) -> None:
+        """Set the interface MTU."""
+        from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
+        with IPRoute() as ipr:
+            ipr.link("set", index=self._index(ipr), mtu=mtu)
+
+    def set_ip(self, addr: str, prefix: int) -> None:
+        """Add an IPv4 address with its netmask and bring the interface up (spec 12 step 4)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            idx = self._index(ipr)
+            ipr.addr("add", index=idx, address=addr, prefixlen=prefix)
+            ipr.link("set", index=idx, state="up")
+
+    def up(self) -> None:
+        """Bring the interface up."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            ipr.link("set", index=self._index(ipr), state="up")
+
+    def get_ipv4(self) -> str | None:
+        """The first IPv4 address on the interface (for auto-claim), or None."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            for msg in ipr.get_addr(family=2, index=self._index(ipr)):
+                value = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+                if value:
+                    return str(value)
+        return None
+
+
+def read_mtu(ifname: str) -> int:
+    """MTU of an interface from sysfs."""
+    with open(f"/sys/class/net/{ifname}/mtu") as fh:
+        return int(fh.read().strip())
+
+
+def default_interface(route_file: str = "/proc/net/route") -> str | None:
+    """The original's choice (spec 12 step 3): first default route, else last line with a gateway."""
+    try:
+        with open(route_file) as fh:
+            lines = fh.read().splitlines()[1:]
+    except OSError:
+        return None
+    last_gw = None
+    for line in lines:
+        cols = line.split()
+        if len(cols) < 3:
+            continue
+        if cols[1] == "00000000":
+            return cols[0]
+        if cols[2] != "00000000":
+            last_gw = cols[0]
+    return last_gw
+
+
+def default_mtu() -> int | None:
+    """MTU of the default route's interface, or None if there is none."""
+    ifname = default_interface()
+    if ifname is None:
+        return None
+    try:
+        return read_mtu(ifname)
+    except (OSError, ValueError):
+        return None
+
+
+def setup_mtu(device: Device) -> None:
+    """Set MTU = uplink MTU - overhead; errors are only logged (spec 12 step 3)."""
+    base = default_mtu()
+    if base is None:
+        log.warning("Failed to set MTU: no default route found, keeping MTU %s", _safe_mtu(device))
+        return
+    mtu = base - (OVERHEAD_TUN if device.device_type == "tun" else OVERHEAD_TAP)
+    try:
+        device.set_mtu(mtu)
+        log.info("Setting MTU %d on device %s", mtu, device.ifname)
+    except Exception as exc:  # netlink errors come in several classes; all are only logged here
+        log.error("Failed to set MTU %d on %s: %s", mtu, device.ifname, exc)
+
+
+def _safe_mtu(device: Device) -> str:
+    try:
+        return str(device.get_mtu())
+    except (OSError, ValueError):
+        return "unchanged"
+
+
+def _rp_path(name: str) -> str:
+    return f"/proc/sys/net/ipv4/conf/{name}/rp_filter"
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def fix_rp_filter(ifname: str) -> None:
+    """Spec 12 step 6: all > 1 -> 1; interface != 1 -> 1. Errors are fatal (raised)."""
+    if (_read_int(_rp_path("all")) or 0) > 1:
+        log.info("Setting net.ipv4.conf.all.rp_filter=1")
+        with open(_rp_path("all"), "w") as fh:
+            fh.write("1\n")
+    if _read_int(_rp_path(ifname)) != 1:
+        log.info("Setting net.ipv4.conf.%s.rp_filter=1", ifname)
+        with open(_rp_path(ifname), "w") as fh:
+            fh.write("1\n")
+
+
+def check_rp_filter(ifname: str) -> None:
+    """Spec 12 step 7: warn about CVE-2019-14899 unless rp_filter is strict (1)."""
+    values = [v for v in (_read_int(_rp_path("all")), _read_int(_rp_path(ifname))) if v is not None]
+    if values and max(values) != 1:
+        log.warning(
+            "Your networking configuration might be affected by a vulnerability (%s), "
+            "please change your rp_filter setting to 1 (currently %d).",
+            CVE_URL,
+            max(values),
+        )
+
+
+# --- kernel routes for remote claims (ours) --------------------------------------------------------
+
+
+def claim_network(rng: Range) -> str | None:
+    """The claim as a network in CIDR form, or None for claims that are not IP ranges."""
+    if len(rng.base) not in (4, 16):
+        return None
+    bits = len(rng.base) * 8
+    if rng.prefix_len > bits:
+        return None
+    net = ipaddress.ip_network((ipaddress.ip_address(rng.base), rng.prefix_len), strict=False)
+    return str(net)
+
+
+class RouteManager:
+    """Keeps one kernel route per remote claim pointing at the TUN device.
+
+    The original does not program routes (its users add them in ifup scripts). Default routes
+    (prefix 0) are never installed: a peer claiming the world would also capture the underlay and cut
+    the tunnel's own traffic.
+    """
+
+    def __init__(self, ifname: str, own_networks: Iterable[str] = ()) -> None:
+        self.ifname = ifname
+        self.installed: set[str] = set()
+        # the interface's own connected subnet already routes to the device
+        self.skip = set(own_networks)
+        self.failed = False
+
+    def sync(self, claims: Iterable[tuple[Range, SocketAddr]]) -> None:
+        """Install routes for new claims, remove routes for vanished ones."""
+        wanted: set[str] = set()
+        for rng, peer in claims:
+            net = claim_network(rng)
+            if net is None or net in self.skip:
+                continue
+            if net.endswith("/0"):
+                log.warning("Not routing default claim %s of %s", net, format_sockaddr(nice(peer)))
+                continue
+            wanted.add(net)
+        if wanted == self.installed:
+            return
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+
+        try:
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=self.ifname)
+                if not idx:
+                    return
+                for net in sorted(wanted - self.installed):
+                    try:
+                        ipr.route("replace", dst=net, oif=idx[0])
+                        log.debug("Added route %s dev %s", net, self.ifname)
+                        self.installed.add(net)
+                    except NetlinkError as exc:
+                        log.warning("Failed to add route %s dev %s: %s", net, self.ifname, exc)
+                for net in sorted(self.installed - wanted):
+                    try:
+                        ipr.route("del", dst=net, oif=idx[0])
+                        log.debug("Removed route %s dev %s", net, self.ifname)
+                    except NetlinkError as exc:
+                        log.debug("Failed to remove route %s: %s", net, exc)
+                    self.installed.discard(net)
+        except (OSError, NetlinkError) as exc:
+            if not self.failed:
+                log.warning("Cannot program kernel routes (%s); use --no-routes to silence this", exc)
+                self.failed = True

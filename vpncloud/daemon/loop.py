@@ -1,0 +1,628 @@
+"""The daemon: startup sequence (spec 14.5), event loop (spec 2.1) and the reactions to node events.
+
+The loop waits on the UDP socket, the device, the control socket and a wake-up pipe (signals and
+results of helper threads) with ``selectors``. Unlike the original (one read per wake-up) it drains
+every ready fd until EAGAIN in bounded batches and flushes the node's output after each batch, which
+does not change anything on the wire. Housekeeping runs when ``node.get_timer()`` is due.
+
+Threads (hooks, beacon commands, DNS) never touch the node: they put callables on a queue and write a
+byte to the wake-up pipe; the loop runs the callables on its own thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import queue
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vpncloud.config import (
+    VERSION_TEXT,
+    Config,
+    ConfigError,
+    build_crypto_config,
+    build_identity,
+    build_node_config,
+    parse_ip,
+    parse_listen_addr,
+)
+from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
+
+from . import device as devmod
+from .control import ControlServer, default_socket_path
+from .hooks import Hooks, run_sync
+from .logs import get_logger
+from .privileges import PrivilegeError, daemonize, drop_privileges, lookup, sd_notify
+from .stats_io import (
+    StatsFile,
+    beacon_addresses,
+    load_beacon,
+    remove_beacon_file,
+    send_statsd,
+    store_beacon,
+)
+from .udp import UdpSocket, primary_addresses, resolve
+
+log = get_logger()
+
+EXIT_OK = 0
+EXIT_FATAL = 255
+DEVICE_BATCH = 256
+DEFAULT_PEER_PORT = 3210
+
+
+class Fatal(Exception):
+    """A startup error that ends the process with status 255 after one ERROR line."""
+
+
+def normalize_peer(name: str) -> str:
+    """Append ``:3210`` when there is no port (no ``:`` outside ``[...]``) (spec 10.4)."""
+    text = name.strip()
+    if text.startswith("["):
+        return text if "]:" in text else f"{text}:{DEFAULT_PEER_PORT}"
+    if ":" in text:
+        # a bare IPv6 address has several colons and no port
+        return text if text.count(":") == 1 else f"[{text}]:{DEFAULT_PEER_PORT}"
+    return f"{text}:{DEFAULT_PEER_PORT}"
+
+
+class Daemon:
+    """One running node with its device, socket and helpers."""
+
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self.reload = reload
+        # a UdpSocket, or the proxy client with the same interface (vpncloud.proxy.client)
+        self.sock: Any = None
+        self.device: devmod.Device | None = None
+        self.node: Any = None
+        self.control: ControlServer | None = None
+        self.routes: devmod.RouteManager | None = None
+        self.stats_file: StatsFile | None = None
+        self.hooks = Hooks(config.hook, config.hooks)
+        self.sel = selectors.DefaultSelector()
+        self.tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.stop_requested = False
+        self.reload_requested = False
+        self.exit_code = EXIT_OK
+        self.speeds: dict[Any, float] | None = None
+        self.auto_claim_ip: str | None = None
+        self.started = time.monotonic()
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The node's clock: monotonic seconds (also the beacon hour stamp, spec 15.6)."""
+        return time.monotonic()
+
+    def post(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on the loop thread soon (safe from any thread)."""
+        self.tasks.put(task)
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\0")
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {"IFNAME": self.device.ifname if self.device else ""}
+        env.update(extra)
+        return env
+
+    # --- startup (spec 14.5) -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Everything up to the loop; raises Fatal or ConfigError."""
+        cfg = self.config
+        cfg.validate()
+        # Our improvement over quirk 23: keys are checked before any device exists.
+        identity = build_identity(cfg)
+        if cfg.user is not None or cfg.group is not None:
+            try:
+                lookup(cfg.user, cfg.group)  # unknown names fail now, not after the device exists
+            except PrivilegeError as exc:
+                raise Fatal(str(exc)) from None
+        if cfg.listen.strip().startswith("ws://"):
+            self._open_proxy(cfg.listen.strip())
+        else:
+            listen = parse_listen_addr(cfg.listen)
+            try:
+                self.sock = UdpSocket(listen)
+            except OSError as exc:
+                raise Fatal(
+                    f"Failed to open socket {format_sockaddr(listen)}: {exc.strerror or exc}"
+                ) from None
+            log.info("Listening on %s", format_sockaddr(nice(self.sock.sock.getsockname()[:2])))
+        self._setup_device()
+        if cfg.port_forwarding:
+            log.debug("Port forwarding (UPnP) is not implemented; continuing without it")
+        if cfg.stats_file:
+            try:
+                self.stats_file = StatsFile(cfg.stats_file)
+            except OSError as exc:
+                raise Fatal(f"Failed to create stats file {cfg.stats_file}: {exc.strerror}") from None
+            if cfg.user is not None or cfg.group is not None:
+                # the file is rewritten after the privilege drop, so it must belong to the new user
+                uid, gid, _ = lookup(cfg.user, cfg.group)
+                with contextlib.suppress(OSError):
+                    os.chown(cfg.stats_file, -1 if uid is None else uid, -1 if gid is None else gid)
+        from vpncloud.core.node import Node
+
+        crypto = build_crypto_config(cfg, identity=identity)
+        self.speeds = {alg: speed for alg, speed in crypto.algorithms}
+        if crypto.algorithms:
+            log.info(
+                "Crypto speeds: %s",
+                ", ".join(f"{alg.display}: {speed:.1f} MiB/s" for alg, speed in crypto.algorithms),
+            )
+        node_config = build_node_config(cfg, port=self.sock.port, auto_claim_ip=self.auto_claim_ip)
+        self.node = Node(node_config, crypto, self.now(), _Rng())
+        self._set_own_addresses()
+        self._open_control()
+        if self.routes is None and self._routing_wanted():
+            own = []
+            if cfg.ip:
+                addr, plen = parse_ip(cfg.ip)
+                own.append(str(ipaddress.ip_network(f"{addr}/{plen}", strict=False)))
+            self.routes = devmod.RouteManager(self.device.ifname if self.device else "", own)
+        for name in cfg.peers:
+            self._add_configured_peer(name)
+        self._flush()
+        if cfg.daemonize:
+            daemonize(cfg.pid_file, cfg.user, cfg.group)
+        elif cfg.user is not None or cfg.group is not None:
+            try:
+                drop_privileges(cfg.user, cfg.group)
+            except PrivilegeError as exc:
+                raise Fatal(str(exc)) from None
+
+    def _open_proxy(self, url: str) -> None:
+        """``listen: ws://...``: the proxy client replaces the UDP socket (spec 16.3)."""
+        try:
+            from vpncloud.proxy.client import ProxyClientSocket
+        except ImportError:
+            raise Fatal("WebSocket proxy support is not available in this installation") from None
+        try:
+            self.sock = ProxyClientSocket(url)
+        except OSError as exc:
+            raise Fatal(f"Failed to open socket {url}: {exc.strerror or exc}") from None
+        own = self.sock.own_address
+        log.info("Connected to WebSocket proxy %s as %s", url, format_sockaddr(nice(own)))
+
+    def _routing_wanted(self) -> bool:
+        cfg = self.config
+        return cfg.routes and cfg.device_type == "tun" and cfg.mode in ("normal", "router")
+
+    def _setup_device(self) -> None:
+        cfg = self.config
+        try:
+            dev = devmod.Device.open(cfg.device_type, cfg.device_name, cfg.device_path)
+        except devmod.DeviceError as exc:
+            raise Fatal(str(exc)) from None
+        self.device = dev
+        log.info("Opened %s device %s", cfg.device_type, dev.ifname)
+        self.hooks.fire("device_setup", self._env())
+        devmod.setup_mtu(dev)
+        try:
+            if cfg.ip:
+                addr, plen = parse_ip(cfg.ip)
+                dev.set_ip(addr, plen)
+                log.info("Configured %s with %s/%d", dev.ifname, addr, plen)
+            else:
+                dev.up()
+        except Exception as exc:  # netlink errors have several classes; all mean the same here
+            raise Fatal(f"Failed to configure device {dev.ifname}: {exc}") from None
+        if cfg.ifup:
+            run_sync(cfg.ifup, self._env(), "ifup command")
+        if cfg.fix_rp_filter:
+            try:
+                devmod.fix_rp_filter(dev.ifname)
+            except OSError as exc:
+                raise Fatal(f"Failed to fix rp_filter: {exc.strerror}") from None
+        devmod.check_rp_filter(dev.ifname)
+        if cfg.auto_claim and cfg.device_type == "tun":
+            try:
+                self.auto_claim_ip = dev.get_ipv4()
+            except Exception as exc:  # only the auto-claim is lost
+                log.warning("Failed to read the address of %s: %s", dev.ifname, exc)
+        self.hooks.fire("device_configured", self._env())
+
+    def _open_control(self) -> None:
+        path = self.config.control_socket or default_socket_path(
+            self.device.ifname if self.device else "vpncloud"
+        )
+        try:
+            self.control = ControlServer(path, self._control_request)
+        except OSError as exc:
+            log.warning("Control socket %s not available: %s", path, exc.strerror or exc)
+            self.control = None
+            return
+        log.debug("Control socket at %s", path)
+
+    def _set_own_addresses(self) -> None:
+        if self.sock is None or self.node is None:
+            return
+        own = getattr(self.sock, "own_address", None)
+        # behind the proxy our address is the one the proxy reported (spec 10.5)
+        addrs = [mapped(own)] if own is not None else primary_addresses(self.sock.port)
+        if not addrs:
+            log.info("No own address found by route lookup (no default route); peers will tell us")
+        self.node.set_own_addresses(addrs)
+
+    def _add_configured_peer(self, name: str) -> None:
+        full = normalize_peer(name)
+        try:
+            addrs = resolve(full)
+        except OSError as exc:
+            # The original exits here (quirk 12); we keep trying in the background instead.
+            log.warning("Failed to resolve peer %s: %s; will retry", name, exc)
+            addrs = []
+        self.node.add_configured_peer(full, addrs, self.now())
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Register fds and signals, run until SIGTERM/SIGINT/SIGQUIT, shut down cleanly."""
+        assert self.sock is not None and self.device is not None
+        self.sel.register(self.sock.fileno(), selectors.EVENT_READ, self._on_socket)
+        self.sel.register(self.device.fileno(), selectors.EVENT_READ, self._on_device)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        if self.control is not None:
+            self.sel.register(self.control.fileno(), selectors.EVENT_READ, self._on_control_accept)
+        old = self._install_signals()
+        try:
+            self.hooks.fire("vpn_started", self._env())
+            sd_notify("READY=1")
+            log.info("Running")
+            while not self.stop_requested:
+                timeout = min(max(self.node.get_timer() - self.now(), 0.0), 1.0)
+                try:
+                    ready = self.sel.select(timeout)
+                except InterruptedError:
+                    ready = []
+                for key, _mask in ready:
+                    key.data(key)
+                now = self.now()
+                if now >= self.node.get_timer():
+                    self.node.handle_timer(now)
+                self._flush()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self._reload()
+            return self._shutdown()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def _install_signals(self) -> dict[int, Any]:
+        old: dict[int, Any] = {}
+
+        def stop(_sig: int, _frame: object) -> None:
+            self.stop_requested = True
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"\0")
+
+        def hup(_sig: int, _frame: object) -> None:
+            self.reload_requested = True
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"\0")
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            old[sig] = signal.signal(sig, stop)
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, hup)
+        return old
+
+    def _on_socket(self, key: selectors.SelectorKey) -> None:
+        assert self.sock is not None
+        try:
+            batch = self.sock.recv_batch()
+        except OSError as exc:
+            # only the proxy client raises here: without its session nobody can be reached
+            log.error("%s", exc)
+            self.exit_code = EXIT_FATAL
+            self.stop_requested = True
+            return
+        for data, addr in batch:
+            self._guard(self.node.receive_datagram, data, addr, self.now())
+        self._flush()
+
+    def _update_socket_interest(self) -> None:
+        """Watch write readiness only while the proxy client has output waiting."""
+        sock = self.sock
+        wants = getattr(sock, "wants_write", None)
+        if sock is None or wants is None:
+            return
+        if wants():
+            sock.flush()
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants() else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            if self.sel.get_key(sock.fileno()).events != events:
+                self.sel.modify(sock.fileno(), events, self._on_socket)
+
+    def _on_device(self, _key: selectors.SelectorKey) -> None:
+        assert self.device is not None
+        for _ in range(DEVICE_BATCH):
+            try:
+                packet = self.device.read()
+            except OSError as exc:
+                log.error("Failed to read from device %s: %s", self.device.ifname, exc.strerror)
+                return
+            if packet is None:
+                break
+            self._guard(self.node.receive_packet, packet, self.now())
+        self._flush()
+
+    def _on_wake(self, _key: selectors.SelectorKey) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+        while True:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                break
+            self._guard(task)
+
+    def _on_control_accept(self, _key: selectors.SelectorKey) -> None:
+        assert self.control is not None
+        conn = self.control.on_accept()
+        if conn is not None:
+            self.sel.register(conn, selectors.EVENT_READ, self._on_control_client)
+
+    def _on_control_client(self, key: selectors.SelectorKey) -> None:
+        assert self.control is not None
+        conn = key.fileobj
+        assert isinstance(conn, socket.socket)
+        fd = conn.fileno()
+        done = self.control.on_client(conn)
+        if done:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(fd)
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call into the node; a bug triggered by one input is logged, never fatal for the daemon."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            log.error("Unexpected error while processing input: %s: %s", type(exc).__name__, exc)
+            log.debug("Details", exc_info=True)
+
+    # --- node output and events -------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        node = self.node
+        if node is None:
+            return
+        assert self.sock is not None
+        for data, addr in node.datagrams_to_send():
+            self.sock.send(data, addr)
+        if self.device is not None:
+            for packet in node.packets_to_device():
+                self.device.write(packet)
+        while True:
+            event = node.next_event()
+            if event is None:
+                break
+            self._guard(self._on_event, event)
+        # events may have queued datagrams (e.g. connects after beacon loads)
+        for data, addr in node.datagrams_to_send():
+            self.sock.send(data, addr)
+        self._update_socket_interest()
+
+    def _on_event(self, event: Any) -> None:
+        from vpncloud.core import node as n
+
+        if isinstance(event, n.PeerConnecting):
+            self.hooks.fire("peer_connecting", self._env(PEER=_peer_text(event.addr)))
+        elif isinstance(event, n.PeerConnected):
+            log.info("Peer %s connected (node id %s)", _peer_text(event.addr), event.node_id.hex())
+            self.hooks.fire(
+                "peer_connected",
+                self._env(
+                    PEER=_peer_text(event.addr),
+                    CLAIMS=" ".join(str(c) for c in event.claims),
+                    NODE_ID=event.node_id.hex(),
+                ),
+            )
+        elif isinstance(event, n.PeerDisconnected):
+            peer = format_sockaddr(event.addr) if event.raw_addr else _peer_text(event.addr)
+            extra = {"PEER": peer}
+            if event.node_id is not None:
+                extra["NODE_ID"] = event.node_id.hex()
+            self.hooks.fire("peer_disconnected", self._env(**extra))
+        elif isinstance(event, n.ClaimsChanged):
+            if self.routes is not None:
+                self.routes.sync(self.node.remote_claims())
+        elif isinstance(event, n.StatsDue):
+            if self.stats_file is not None:
+                self.stats_file.write(event.text)
+            if event.statsd is not None and self.config.statsd_server and self.sock is not None:
+                send_statsd(self.sock, self.config.statsd_server, event.statsd)
+        elif isinstance(event, n.BeaconStore):
+            if self.config.beacon_store:
+                store_beacon(self.config.beacon_store, event.beacon, self.config.beacon_password or "")
+        elif isinstance(event, n.BeaconLoad):
+            if self.config.beacon_load:
+                self._load_beacon(self.config.beacon_load)
+        elif isinstance(event, n.OwnAddressesDue):
+            self._set_own_addresses()
+        elif isinstance(event, n.ResolvePeer):
+            self._resolve_async(event.name)
+        elif isinstance(event, n.PeerTimedOut):
+            log.info("Peer %s timed out", _peer_text(event.addr))
+
+    def _load_beacon(self, source: str) -> None:
+        password = self.config.beacon_password or ""
+
+        def on_text(text: str) -> None:
+            def apply() -> None:
+                from vpncloud.core.beacon import hour_stamp
+
+                addrs = beacon_addresses(text, password, hour_stamp(self.now()))
+                log.info("Loaded beacon with peers: %s", ", ".join(format_sockaddr(a) for a in addrs) or "-")
+                self.node.beacon_loaded(addrs, self.now())
+
+            self.post(apply)
+
+        load_beacon(source, password, on_text)
+
+    def _resolve_async(self, name: str) -> None:
+        def work() -> None:
+            try:
+                addrs = resolve(name)
+            except OSError as exc:
+                log.warning("Failed to resolve %s: %s", name, exc)
+                return
+            self.post(lambda: self.node.peer_resolved(name, addrs, self.now()))
+
+        threading.Thread(target=work, daemon=True, name="resolve").start()
+
+    # --- control and reload ------------------------------------------------------------------------
+
+    def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            status = self.node.status(self.now())
+            status["interface"] = self.device.ifname if self.device else None
+            status["version"] = VERSION_TEXT
+            status["pid"] = os.getpid()
+            status["uptime_secs"] = round(self.now() - self.started, 1)
+            dropped = getattr(getattr(self.node, "traffic", None), "dropped", None)
+            if dropped is not None:
+                totals = dropped.as_dict()
+                status["invalid_protocol_total"] = {
+                    "bytes": totals.get("in_bytes_total", 0),
+                    "packets": totals.get("in_packets_total", 0),
+                }
+            status["routes"] = sorted(self.routes.installed) if self.routes else []
+            return {"ok": True, "status": status}
+        return {"ok": False, "error": f"unknown command {cmd!r} (known: status)"}
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config; new peers, trusted keys and claims apply without dropping sessions."""
+        if self.reload is None:
+            log.warning("Received SIGHUP but there is no config to reload")
+            return
+        log.info("Reloading configuration")
+        try:
+            new = self.reload()
+            new.validate()
+            identity = build_identity(new)
+            crypto = build_crypto_config(new, identity=identity, speeds=self.speeds)
+            missing = [a for a, _ in crypto.algorithms if self.speeds is None or a not in self.speeds]
+            if missing:
+                crypto = build_crypto_config(new, identity=identity)
+            node_config = build_node_config(
+                new, port=self.sock.port if self.sock else 0, auto_claim_ip=self.auto_claim_ip
+            )
+        except ConfigError as exc:
+            log.error("Reload failed, keeping the old configuration: %s", exc)
+            return
+        now = self.now()
+        self.node.reconfigure(node_config, crypto, now)
+        old_peers = set(self.node.configured_peers())
+        new_peers = [normalize_peer(p) for p in new.peers]
+        for name in old_peers - set(new_peers):
+            self.node.remove_configured_peer(name)
+        new.routes = self.config.routes
+        new.control_socket = self.config.control_socket
+        new.stats_interval = self.config.stats_interval
+        self.config = new
+        for name in new_peers:
+            if name not in old_peers:
+                self._add_configured_peer(name)
+        self.hooks = Hooks(new.hook, new.hooks)
+        self._flush()
+        log.info("Configuration reloaded")
+
+    # --- shutdown ----------------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        self.hooks.fire("vpn_shutdown", self._env())
+        sd_notify("STOPPING=1")
+        self.node.shutdown(self.now())
+        self._flush()
+        remove_beacon_file(self.config.beacon_store)
+        self.hooks.join(2.0)
+        self.close()
+        return self.exit_code
+
+    def close(self) -> None:
+        """Run ifdown, close the device (removes it) and the sockets."""
+        ifname = self.device.ifname if self.device else ""
+        if self.device is not None:
+            if self.config.ifdown:
+                run_sync(self.config.ifdown, {"IFNAME": ifname}, "ifdown command")
+            self.device.close()
+            self.device = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.stats_file is not None:
+            self.stats_file.close()
+            self.stats_file = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        # never close the same numbers twice: they may belong to something else by then
+        self._wake_r = self._wake_w = -1
+        with contextlib.suppress(Exception):
+            self.sel.close()
+
+
+class _Rng:
+    """OS randomness with the ``random()`` the node uses for shuffles."""
+
+    def randbytes(self, n: int) -> bytes:
+        return os.urandom(n)
+
+    def random(self) -> float:
+        return int.from_bytes(os.urandom(7), "big") / float(1 << 56)
+
+
+def _peer_text(addr: SocketAddr) -> str:
+    return format_sockaddr(nice(addr))
+
+
+def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run a node until it is told to stop; returns the exit status (spec 20.5)."""
+    daemon = Daemon(config, reload)
+    try:
+        daemon.setup()
+    except ConfigError as exc:
+        if "Either password or private key" in str(exc):
+            # spec 20.5: the original exits 0 after this message
+            log.error("%s", exc)
+            daemon.close()
+            return EXIT_OK
+        log.error("%s", exc)
+        daemon.close()
+        return EXIT_FATAL
+    except (Fatal, PrivilegeError) as exc:
+        log.error("%s", exc)
+        daemon.close()
+        return EXIT_FATAL
+    except Exception as exc:  # a bug must still end in one clear line and a clean device removal
+        log.error("Startup failed: %s: %s", type(exc).__name__, exc)
+        log.debug("Details", exc_info=True)
+        daemon.close()
+        return EXIT_FATAL
+    try:
+        return daemon.run()
+    except Exception as exc:
+        log.error("Fatal error: %s: %s", type(exc).__name__, exc)
+        log.debug("Details", exc_info=True)
+        daemon.close()
+        return EXIT_FATAL

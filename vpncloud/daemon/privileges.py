@@ -1,0 +1,100 @@
+"""Privilege drop, daemonizing and systemd readiness (spec 20.2, 20.3).
+
+All three run after the device, socket and stats file exist, so the unprivileged process keeps its
+open fds but cannot create new devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import socket
+import sys
+
+from .logs import get_logger
+
+log = get_logger()
+
+
+class PrivilegeError(Exception):
+    """A user/group that does not exist or cannot be switched to."""
+
+
+def lookup(user: str | None, group: str | None) -> tuple[int | None, int | None, str | None]:
+    """(uid, gid, user name) for the names; the gid defaults to the user's primary group."""
+    uid = gid = None
+    name = None
+    if user is not None:
+        try:
+            pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        except KeyError:
+            raise PrivilegeError(f"Unknown user {user!r}") from None
+        uid, gid, name = pw.pw_uid, pw.pw_gid, pw.pw_name
+    if group is not None:
+        try:
+            gid = (grp.getgrnam(group) if not group.isdigit() else grp.getgrgid(int(group))).gr_gid
+        except KeyError:
+            raise PrivilegeError(f"Unknown group {group!r}") from None
+    return uid, gid, name
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Set supplementary groups, gid, then uid (in that order: after setuid the rest is impossible)."""
+    uid, gid, name = lookup(user, group)
+    try:
+        if gid is not None:
+            if name is not None:
+                os.initgroups(name, gid)
+            else:
+                os.setgroups([gid])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+    except OSError as exc:
+        raise PrivilegeError(f"Failed to drop privileges: {exc.strerror}") from None
+    log.info("Dropped privileges to user %s, group %s", user or "-", group or "-")
+
+
+def daemonize(pid_file: str | None, user: str | None, group: str | None) -> None:
+    """Double fork, setsid, cwd /, umask 027, std fds to /dev/null, pid file, privilege drop."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    os.umask(0o027)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+    if pid_file:
+        with open(pid_file, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        uid, gid, _ = lookup(user, group)
+        with contextlib.suppress(OSError):
+            os.chown(pid_file, uid if uid is not None else -1, gid if gid is not None else -1)
+    if user is not None or group is not None:
+        drop_privileges(user, group)
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` (e.g. ``READY=1``) to ``$NOTIFY_SOCKET`` if systemd asked for it."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall(state.encode())
+        return True
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+        return False
