@@ -86,6 +86,8 @@ class Daemon:
         self.control: ControlServer | None = None
         self.routes: devmod.RouteManager | None = None
         self.stats_file: StatsFile | None = None
+        self.portmap: Any = None  # vpncloud.daemon.portmap.PortMapper while port forwarding runs
+        self.portmap_addrs: list[SocketAddr] = []
         self.hooks = Hooks(config.hook, config.hooks)
         self.sel = selectors.DefaultSelector()
         self.tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -142,8 +144,6 @@ class Daemon:
                 ) from None
             log.info("Listening on %s", format_sockaddr(nice(self.sock.sock.getsockname()[:2])))
         self._setup_device()
-        if cfg.port_forwarding:
-            log.debug("Port forwarding (UPnP) is not implemented; continuing without it")
         if cfg.stats_file:
             try:
                 self.stats_file = StatsFile(cfg.stats_file)
@@ -166,6 +166,7 @@ class Daemon:
         node_config = build_node_config(cfg, port=self.sock.port, auto_claim_ip=self.auto_claim_ip)
         self.node = Node(node_config, crypto, self.now(), _Rng())
         self._set_own_addresses()
+        self._start_port_forwarding()
         self._open_control()
         if self.routes is None and self._routing_wanted():
             own = []
@@ -247,12 +248,31 @@ class Daemon:
             return
         log.debug("Control socket at %s", path)
 
+    def _start_port_forwarding(self) -> None:
+        """UPnP port mapping (spec 17), UDP socket mode only; discovery runs on a helper thread."""
+        if not self.config.port_forwarding or getattr(self.sock, "own_address", None) is not None:
+            return
+        assert self.sock is not None
+        from .portmap import PortMapper
+
+        self.portmap = PortMapper(self.sock.port)
+
+        def done(addrs: list[SocketAddr] | None) -> None:
+            def apply() -> None:
+                self.portmap_addrs = list(addrs or [])
+                self._set_own_addresses()
+
+            self.post(apply)
+
+        self.portmap.start_async(done)
+
     def _set_own_addresses(self) -> None:
         if self.sock is None or self.node is None:
             return
         own = getattr(self.sock, "own_address", None)
         # behind the proxy our address is the one the proxy reported (spec 10.5)
         addrs = [mapped(own)] if own is not None else primary_addresses(self.sock.port)
+        addrs += [a for a in self.portmap_addrs if a not in addrs]  # spec 10.5 item 3
         if not addrs:
             log.info("No own address found by route lookup (no default route); peers will tell us")
         self.node.set_own_addresses(addrs)
@@ -293,6 +313,8 @@ class Daemon:
                 now = self.now()
                 if now >= self.node.get_timer():
                     self.node.handle_timer(now)
+                    if self.portmap is not None:
+                        self.portmap.renew_if_due(now)
                 self._flush()
                 if self.reload_requested:
                     self.reload_requested = False
@@ -569,6 +591,9 @@ class Daemon:
         if self.stats_file is not None:
             self.stats_file.close()
             self.stats_file = None
+        if self.portmap is not None:
+            self.portmap.stop()  # spec 17: the mapping is removed at exit
+            self.portmap = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
