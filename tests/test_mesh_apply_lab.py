@@ -1,0 +1,81 @@
+"""``vpncloud apply --target lab`` of the example mesh in real network namespaces, then a change."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vpncloud.mesh.cli import main
+from vpncloud.mesh.keystore import Keystore
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "inventories" / "lab" / "mesh.yaml"
+
+
+@pytest.fixture
+def lab_mesh(tmp_path: Path) -> Iterator[tuple[Path, str, Path]]:
+    from vpncloud.lab import lab
+
+    # A name of our own: other lab tests may run at the same time.
+    name = f"mt{os.getpid() % 100000}"
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(EXAMPLE.read_text().replace("  name: lab\n", f"  name: {name}\n"))
+    lab_dir = tmp_path / "lab"
+    try:
+        yield mesh_file, name, lab_dir
+    finally:
+        lab.lab_down(name, lab_dir)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(240)
+def test_apply_lab_then_change_then_no_changes(
+    lab_mesh: tuple[Path, str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vpncloud.lab import lab
+
+    mesh_file, name, lab_dir = lab_mesh
+    common = ["--state-dir", str(tmp_path / "state"), "--keystore", str(tmp_path / "keys"), "--no-color"]
+    target = ["--target", "lab", "--lab-dir", str(lab_dir), "--timeout", "60"]
+
+    assert main(["apply", str(mesh_file), *common, *target]) == 0
+    assert "Apply complete." in capsys.readouterr().out
+    status = lab.lab_status(name, lab_dir)
+    assert status.whole and status.ping_ok
+    assert sorted(n.name for n in status.nodes) == ["a", "b", "c"]
+    keys = Keystore(tmp_path / "keys").public_keys(name)
+    assert sorted(keys) == ["a", "b", "c"]
+
+    # A reload (new claim on b) and a restart (c moves to another port).
+    text = mesh_file.read_text()
+    text = text.replace(
+        "    vpn_address: 10.99.0.2\n", "    vpn_address: 10.99.0.2\n    claims: [10.100.2.0/24]\n"
+    )
+    text = text.replace("    underlay: 10.98.0.3\n", "    underlay: 10.98.0.3\n    overrides: {port: 3300}\n")
+    mesh_file.write_text(text)
+    assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 2
+    out = capsys.readouterr().out
+    assert (
+        "# node.c must be replaced (restart)" in out and "# node.b will be updated in place (reload)" in out
+    )
+    assert main(["apply", str(mesh_file), *common, *target]) == 0
+    out = capsys.readouterr().out
+    assert "node b: reload" in out and "node c: restart" in out
+    status = lab.lab_status(name, lab_dir)
+    assert status.whole and status.ping_ok
+    assert Keystore(tmp_path / "keys").public_keys(name) == keys  # no key regenerated
+
+    assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 0
+    assert "No changes." in capsys.readouterr().out
+
+    # Phased key rotation of a: the mesh stays healthy and converges to the new key.
+    assert main(["rotate", str(mesh_file), "a", *common, *target, "--apply"]) == 0
+    out = capsys.readouterr().out
+    assert "Phase 1: trust the new key of a everywhere (reload)" in out and "Rotation complete." in out
+    new_keys = Keystore(tmp_path / "keys").public_keys(name)
+    assert new_keys["a"] != keys["a"] and new_keys["b"] == keys["b"]
+    status = lab.lab_status(name, lab_dir)
+    assert status.whole and status.ping_ok
+    assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 0

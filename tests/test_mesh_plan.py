@@ -1,0 +1,407 @@
+"""Plan/apply without a real target: golden plan outputs, masking, saved plans, exit codes, convergence.
+
+Golden files live in tests/golden/; regenerate them with ``UPDATE_GOLDEN=1 pytest tests/test_mesh_plan.py``
+and review the diff. Keys are written from fixed seeds so the public keys in the goldens are stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vpncloud.core import base62
+from vpncloud.mesh.apply import ApplyError, apply_mesh, apply_rotation
+from vpncloud.mesh.cli import main
+from vpncloud.mesh.keystore import Keystore
+from vpncloud.mesh.loader import load_mesh_text
+from vpncloud.mesh.models import Mesh
+from vpncloud.mesh.plan import (
+    Plan,
+    PlanError,
+    ResourceChange,
+    compute_plan,
+    compute_rotation,
+    lines_text,
+    plan_text,
+    rotation_lines,
+)
+from vpncloud.mesh.render import RenderedNode
+from vpncloud.mesh.state import load_state
+
+GOLDEN = Path(__file__).parent / "golden"
+
+MESH = """\
+mesh:
+  name: g
+  vpn_network: 10.5.0.0/24
+  timers: {peer_timeout: 300}
+nodes:
+  - name: a
+    host: ha
+    underlay: 192.0.2.1
+    vpn_address: 10.5.0.1
+  - name: b
+    host: hb
+    underlay: 192.0.2.2
+    vpn_address: 10.5.0.2
+  - name: c
+    host: hc
+    behind_nat: true
+    vpn_address: 10.5.0.3
+    claims: [10.6.0.0/24]
+"""
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"plan output differs from {path}"
+
+
+def fixed_key(store: Keystore, mesh: str, node: str) -> str:
+    """Write a deterministic key (test only); returns the base62 seed."""
+    seed = hashlib.sha256(f"test-{node}".encode()).digest()
+    directory = store.root / mesh
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(store.root, 0o700)
+    path = store.path(mesh, node)
+    path.write_text(base62.encode(seed) + "\n")
+    os.chmod(path, 0o600)
+    return base62.encode(seed)
+
+
+class FakeTarget:
+    """Records what apply deploys; optionally fails once to simulate an interruption."""
+
+    name = "fake"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[list[tuple[str, str]]] = []
+        self.health_checks = 0
+
+    def deploy(
+        self,
+        mesh: Mesh,
+        rendered: dict[str, RenderedNode],
+        changes: list[ResourceChange],
+        progress: Callable[[str], None],
+    ) -> None:
+        if self.fail:
+            self.fail = False
+            raise ApplyError("node a: step restart: simulated failure")
+        self.calls.append([(c.address, c.action) for c in changes])
+
+    def wait_healthy(self, mesh: Mesh, progress: Callable[[str], None]) -> None:
+        self.health_checks += 1
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[Keystore, Path]:
+    return Keystore(tmp_path / "keys"), tmp_path / "state"
+
+
+def applied(env: tuple[Keystore, Path], text: str = MESH) -> tuple[Mesh, list[str]]:
+    store, state_dir = env
+    secrets = [fixed_key(store, "g", n) for n in ("a", "b", "c")]
+    mesh = load_mesh_text(text)
+    apply_mesh(mesh, store, state_dir, FakeTarget())
+    return mesh, secrets
+
+
+def plan_of(env: tuple[Keystore, Path], text: str) -> Plan:
+    store, state_dir = env
+    mesh = load_mesh_text(text)
+    return compute_plan(mesh, store, load_state(state_dir, mesh.mesh.name))
+
+
+def test_golden_create_with_unknown_key(env: tuple[Keystore, Path]) -> None:
+    store, _ = env
+    fixed_key(store, "g", "a")
+    fixed_key(store, "g", "b")
+    plan = plan_of(env, MESH)
+    assert plan.summary == {"add": 4, "change": 0, "replace": 0, "destroy": 0}
+    text = plan_text(plan)
+    assert "crypto.public-key = (known after apply)" in text  # c has no key yet
+    golden("plan_create.txt", text)
+
+
+def test_golden_change_is_a_reload(env: tuple[Keystore, Path]) -> None:
+    applied(env)
+    plan = plan_of(env, MESH.replace("claims: [10.6.0.0/24]", "claims: [10.6.0.0/24, 10.7.0.0/24]").replace(
+        "peer_timeout: 300", "peer_timeout: 600"
+    ))  # fmt: skip
+    assert {c.address: c.action for c in plan.changes} == {
+        "node.a": "update",
+        "node.b": "update",
+        "node.c": "update",
+    }
+    golden("plan_change.txt", plan_text(plan))
+
+
+def test_golden_replace_when_port_changes(env: tuple[Keystore, Path]) -> None:
+    applied(env)
+    text = MESH.replace("    underlay: 192.0.2.1\n", "    underlay: 192.0.2.1\n    overrides: {port: 4000}\n")
+    plan = plan_of(env, text)
+    actions = {c.address: c.action for c in plan.changes}
+    assert actions == {"node.a": "replace", "node.b": "update", "node.c": "update"}
+    listen = next(a for a in plan.changes[0].attributes if a.name == "listen")
+    assert listen.forces_replacement and (listen.before, listen.after) == ("3210", "4000")
+    golden("plan_replace.txt", plan_text(plan))
+
+
+def test_golden_mode_and_device_changes_force_replacement(env: tuple[Keystore, Path]) -> None:
+    applied(env)
+    plan = plan_of(env, MESH.replace("  name: g\n", "  name: g\n  mode: switch\n  device_type: tap\n"))
+    assert plan.summary["replace"] == 3
+    names = {a.name for a in plan.changes[0].attributes if a.forces_replacement}
+    assert names == {"mode", "device.type"}
+
+
+def test_golden_destroy_removes_the_key_from_every_trust_list(env: tuple[Keystore, Path]) -> None:
+    store, _ = env
+    applied(env)
+    b_public = store.get("g", "b")
+    assert b_public is not None
+    text = MESH.replace("  - name: b\n    host: hb\n    underlay: 192.0.2.2\n    vpn_address: 10.5.0.2\n", "")
+    plan = plan_of(env, text)
+    actions = {c.address: c.action for c in plan.changes}
+    assert actions == {"node.a": "update", "node.b": "delete", "node.c": "update", "hosts.g": "update"}
+    rendered = plan_text(plan)
+    assert f'- "{b_public.public_key}",' in rendered  # revoked everywhere
+    golden("plan_destroy.txt", rendered)
+
+
+def test_golden_rotation_phases(env: tuple[Keystore, Path]) -> None:
+    store, state_dir = env
+    mesh, _ = applied(env)
+    rotation = compute_rotation(mesh, store, load_state(state_dir, "g"), "a")
+    assert [len(p.plan.changes) for p in rotation.phases] == [3, 1, 3]
+    # phase 2 only restarts the rotating node; phases 1 and 3 only reload
+    assert [c.action for c in rotation.phases[1].plan.changes] == ["replace"]
+    assert {c.action for p in (rotation.phases[0], rotation.phases[2]) for c in p.plan.changes} == {"update"}
+    golden("plan_rotation.txt", lines_text(rotation_lines(rotation)))
+
+
+def test_rotation_apply_runs_phases_in_order_and_converges(env: tuple[Keystore, Path]) -> None:
+    store, state_dir = env
+    mesh, _ = applied(env)
+    old = store.get("g", "a")
+    target = FakeTarget()
+    apply_rotation(mesh, store, state_dir, target, "a")
+    assert target.calls == [
+        [("node.a", "update"), ("node.b", "update"), ("node.c", "update")],
+        [("node.a", "replace")],
+        [("node.a", "update"), ("node.b", "update"), ("node.c", "update")],
+    ]
+    assert target.health_checks == 3
+    new = store.get("g", "a")
+    assert old is not None and new is not None and new.public_key != old.public_key
+    assert not compute_plan(mesh, store, load_state(state_dir, "g")).has_changes
+    assert load_state(state_dir, "g").rotation is None
+
+
+def test_interrupted_rotation_resumes(env: tuple[Keystore, Path]) -> None:
+    store, state_dir = env
+    mesh, _ = applied(env)
+    failing = FakeTarget()
+    calls = 0
+
+    def deploy_then_fail(*args: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ApplyError("node a: step restart: simulated failure")
+
+    failing.deploy = deploy_then_fail  # type: ignore[method-assign,assignment]
+    with pytest.raises(ApplyError):
+        apply_rotation(mesh, store, state_dir, failing, "a")
+    state = load_state(state_dir, "g")
+    assert state.rotation is not None and state.rotation.phase == 1
+    nxt = store.get("g", "a", next_key=True)
+    target = FakeTarget()
+    apply_rotation(mesh, store, state_dir, target, "a")
+    assert [[a for a, _ in call] for call in target.calls] == [["node.a"], ["node.a", "node.b", "node.c"]]
+    assert store.get("g", "a") == nxt  # the key created by the interrupted run was kept
+    assert not compute_plan(mesh, store, load_state(state_dir, "g")).has_changes
+
+
+def test_golden_password_mode_warns(env: tuple[Keystore, Path]) -> None:
+    text = MESH.replace("  name: g\n", "  name: g\n  auth: password\n  password: correct-horse\n")
+    plan = plan_of(env, text)
+    assert [w.kind for w in plan.warnings] == ["weak-password"]
+    rendered = plan_text(plan)
+    assert "correct-horse" not in rendered and "crypto.password = (sensitive value)" in rendered
+    golden("plan_password.txt", rendered)
+
+
+def test_unreachable_pair_and_overlap_warnings(env: tuple[Keystore, Path]) -> None:
+    text = MESH.replace("  - name: a\n", "  - name: a\n    groups: [x]\n").replace(
+        "  - name: b\n", "  - name: b\n    groups: [y]\n"
+    )
+    text += "  - name: d\n    host: hd\n    behind_nat: true\n    groups: [y]\n    vpn_address: 10.5.0.4\n"
+    text += "    claims: [10.6.0.128/25]\n"
+    text = text.replace(
+        "    behind_nat: true\n    vpn_address: 10.5.0.3\n",
+        "    behind_nat: true\n    groups: [x]\n    vpn_address: 10.5.0.3\n",
+    )
+    plan = plan_of(env, text)
+    kinds = sorted(w.kind for w in plan.warnings)
+    assert kinds == ["overlapping-claims", "unreachable-pair"]
+    assert any("c and d are both behind NAT" in w.message for w in plan.warnings)
+
+
+def test_no_secret_ever_in_plan_json_state_or_saved_plan(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, state_dir = env
+    text = MESH + "beacons:\n  store: /tmp/{node}.beacon\n  password: beacon-pw-123\n"
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(text)
+    secrets = [fixed_key(store, "g", n) for n in ("a", "b", "c")] + ["beacon-pw-123"]
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    outputs = []
+    assert main(["plan", str(mesh_file), *common, "-out", str(tmp_path / "p.json")]) == 0
+    outputs.append(capsys.readouterr().out)
+    assert main(["plan", str(mesh_file), *common, "--json"]) == 0
+    outputs.append(capsys.readouterr().out)
+    apply_mesh(load_mesh_text(text), store, state_dir, FakeTarget())
+    changed = text.replace("beacon-pw-123", "beacon-pw-456")
+    mesh_file.write_text(changed)
+    assert main(["plan", str(mesh_file), *common]) == 0
+    out = capsys.readouterr().out
+    assert "beacon.password = (sensitive value) -> (sensitive value)" in out
+    outputs.append(out)
+    outputs.append((tmp_path / "p.json").read_text())
+    outputs.append((state_dir / "g.state.json").read_text())
+    blob = "\n".join(outputs)
+    assert "(sensitive value)" in blob
+    for secret in [*secrets, "beacon-pw-456"]:
+        assert secret not in blob
+
+
+def test_cli_detailed_exitcode_json_and_stale_saved_plan(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, state_dir = env
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH)
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 2
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("Plan: 4 to add, 0 to change, 0 to replace, 0 to destroy.")
+    assert main(["plan", str(mesh_file), *common, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"] == {"add": 4, "change": 0, "replace": 0, "destroy": 0}
+    assert main(["plan", str(mesh_file), *common, "-out", str(tmp_path / "p.json")]) == 0
+    capsys.readouterr()
+    saved = Plan.model_validate_json((tmp_path / "p.json").read_text())
+    # The plan's inputs change (another apply happened): apply FILE must refuse it.
+    apply_mesh(load_mesh_text(MESH), store, state_dir, FakeTarget())
+    with pytest.raises(ApplyError, match="stale"):
+        apply_mesh(load_mesh_text(MESH), store, state_dir, FakeTarget(), expected_hash=saved.inputs_hash)
+    assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 0
+    assert "No changes." in capsys.readouterr().out
+    # a fresh saved plan of an unchanged mesh applies (nothing to do) ...
+    assert main(["plan", str(mesh_file), *common, "-out", str(tmp_path / "q.json")]) == 0
+    fresh = Plan.model_validate_json((tmp_path / "q.json").read_text())
+    apply_mesh(load_mesh_text(MESH), store, state_dir, FakeTarget(), expected_hash=fresh.inputs_hash)
+    # ... but not once the mesh file changed
+    mesh_file.write_text(MESH.replace("peer_timeout: 300", "peer_timeout: 301"))
+    capsys.readouterr()
+    assert main(["apply", str(tmp_path / "q.json"), *common, "--target", "ansible"]) == 1
+    assert "stale" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MESH.replace("vpn_address: 10.5.0.2", "vpn_adress: 10.5.0.2"))
+    assert (
+        main(["plan", str(bad), "--state-dir", str(tmp_path / "s"), "--keystore", str(tmp_path / "k")]) == 1
+    )
+    err = capsys.readouterr().err
+    assert f"{bad}:13: nodes[1].vpn_adress: unknown field" in err
+    assert "Traceback" not in err
+
+
+def test_ansible_target_is_not_yet_available(env: tuple[Keystore, Path], tmp_path: Path) -> None:
+    from vpncloud.mesh.apply import AnsibleTarget
+
+    store, state_dir = env
+    with pytest.raises(ApplyError, match="not yet available"):
+        apply_mesh(load_mesh_text(MESH), store, state_dir, AnsibleTarget(tmp_path))
+
+
+def test_interrupted_apply_converges_without_new_keys(env: tuple[Keystore, Path]) -> None:
+    store, state_dir = env
+    mesh = load_mesh_text(MESH)
+    with pytest.raises(ApplyError, match="node a: step restart"):
+        apply_mesh(mesh, store, state_dir, FakeTarget(fail=True))
+    keys = {n: store.get("g", n) for n in ("a", "b", "c")}
+    assert all(keys.values())  # keys exist before any config was deployed
+    assert not load_state(state_dir, "g").resources  # nothing recorded as applied
+    target = FakeTarget()
+    apply_mesh(mesh, store, state_dir, target)
+    assert {n: store.get("g", n) for n in ("a", "b", "c")} == keys
+    assert target.calls and len(target.calls[0]) == 4
+    assert not compute_plan(mesh, store, load_state(state_dir, "g")).has_changes
+    configs = sorted(p.name for p in (state_dir / "g").glob("*.net"))
+    assert configs == ["a.net", "b.net", "c.net"]
+    assert all((p.stat().st_mode & 0o777) == 0o600 for p in (state_dir / "g").glob("*.net"))
+
+
+def test_lost_keystore_is_refused_not_regenerated(env: tuple[Keystore, Path]) -> None:
+    store, state_dir = env
+    mesh, _ = applied(env)
+    store.path("g", "b").unlink()
+    with pytest.raises(PlanError, match=r"'b'.*missing from the keystore"):
+        compute_plan(mesh, store, load_state(state_dir, "g"))
+    with pytest.raises(PlanError):
+        apply_mesh(mesh, store, state_dir, FakeTarget())
+    assert store.get("g", "b") is None
+
+
+def test_rotation_refused_with_pending_changes(env: tuple[Keystore, Path]) -> None:
+    store, state_dir = env
+    applied(env)
+    changed = load_mesh_text(MESH.replace("peer_timeout: 300", "peer_timeout: 400"))
+    with pytest.raises(PlanError, match="pending changes"):
+        compute_rotation(changed, store, load_state(state_dir, "g"), "a")
+    with pytest.raises(PlanError, match="unknown node"):
+        compute_rotation(changed, store, load_state(state_dir, "g"), "zz")
+
+
+def test_entry_points_module_and_top_level_dispatch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from vpncloud.mesh.cli import mesh_schema
+
+    out = subprocess.run(
+        [sys.executable, "-m", "vpncloud.mesh.cli", "schema", "-o", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == mesh_schema()
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH)
+    args = ["plan", str(mesh_file), "--state-dir", str(tmp_path / "s"), "--keystore", str(tmp_path / "k")]
+    res = subprocess.run(
+        [sys.executable, "-m", "vpncloud", *args, "--no-color", "--detailed-exitcode"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Plan: 4 to add, 0 to change, 0 to replace, 0 to destroy." in res.stdout
+    assert not (tmp_path / "k").exists()  # plan never writes keys

@@ -1,0 +1,323 @@
+"""``vpncloud apply``: make the applied state match the mesh description.
+
+Order matters for safety, so it is fixed here:
+
+1. keys: every node's key is created in the keystore *before* any config is written, and an existing
+   key is never replaced (``Keystore.ensure``), so an interrupted apply re-run finds the same keys;
+2. configs: rendered with the real keys, written to ``<state_dir>/<mesh>/<node>.net`` (0600);
+3. the target deploys them (lab: network namespaces; ansible: not yet);
+4. the state file is written after each resource the target finished, so a re-run only redoes the
+   rest and converges.
+
+Targets implement :class:`Target`; failures raise :class:`ApplyError` naming the node and the step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .keystore import Keystore
+from .models import Mesh
+from .plan import (
+    Plan,
+    ResourceChange,
+    compute_plan,
+    compute_rotation,
+    desired_resources,
+    diff_resources,
+    key_view,
+)
+from .render import KeyView, RenderedNode, Unknown, config_text, hosts_block, render_mesh
+from .state import MeshState, RotationProgress, decode_attrs, encode_attrs, load_state, save_state
+
+__all__ = [
+    "AnsibleTarget",
+    "ApplyError",
+    "LabTarget",
+    "Target",
+    "apply_mesh",
+    "apply_rotation",
+    "write_configs",
+]
+
+Progress = Callable[[str], None]
+
+
+class ApplyError(Exception):
+    """Apply failed; the message names the node (or mesh) and the step."""
+
+
+class Target(Protocol):
+    """Where configs go. ``deploy`` gets every node's rendering and the changes of this run."""
+
+    name: str
+
+    def deploy(self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange],
+               progress: Progress) -> None: ...  # fmt: skip
+
+    def wait_healthy(self, mesh: Mesh, progress: Progress) -> None: ...
+
+
+def write_configs(mesh: Mesh, rendered: dict[str, RenderedNode], out_dir: Path) -> dict[str, Path]:
+    """Write every node's config (0600, directory 0700) and the hosts block; returns node -> path."""
+    directory = out_dir / mesh.mesh.name
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    paths = {}
+    for name, node in rendered.items():
+        path = directory / f"{name}.net"
+        tmp = directory / f".{name}.net.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(config_text(mesh, node))
+        os.replace(tmp, path)
+        paths[name] = path
+    (directory / "hosts").write_text(hosts_block(mesh), encoding="utf-8")
+    return paths
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+class AnsibleTarget:
+    """Deploy with the Ansible collection (``ansible/``); refuses clearly until it exists."""
+
+    name = "ansible"
+
+    def __init__(self, repo_root: Path | None = None) -> None:
+        self.root = repo_root or Path(__file__).resolve().parents[2]
+
+    def deploy(
+        self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange], progress: Progress
+    ) -> None:
+        collection = self.root / "ansible"
+        if not (collection / "galaxy.yml").exists() and not any(collection.glob("**/galaxy.yml")):
+            raise ApplyError(
+                f"mesh {mesh.mesh.name}: step deploy: target 'ansible' is not yet available "
+                f"(no Ansible collection under {collection}); use --target lab"
+            )
+        raise ApplyError(f"mesh {mesh.mesh.name}: step deploy: target 'ansible' is not wired up yet")
+
+    def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
+        return None
+
+
+class LabTarget:
+    """This machine: one network namespace per node through :mod:`vpncloud.lab.lab`."""
+
+    name = "lab"
+
+    def __init__(self, lab_dir: Path | None = None, timeout: float = 60.0) -> None:
+        self.lab_dir = lab_dir
+        self.timeout = timeout
+
+    @staticmethod
+    def _lab() -> Any:
+        try:
+            from vpncloud.lab import lab
+        except ImportError as exc:  # the lab is written by another team member
+            raise ApplyError(f"target lab: the lab module is not available ({exc})") from None
+        return lab
+
+    def spec(self, mesh: Mesh, rendered: dict[str, RenderedNode]) -> Any:
+        """The lab spec: underlay = the smallest network (at most /24) holding every node's underlay."""
+        lab = self._lab()
+        addresses = []
+        for node in mesh.nodes:
+            try:
+                addresses.append(ipaddress.IPv4Address(node.underlay or ""))
+            except ValueError:
+                raise ApplyError(
+                    f"node {node.name}: step lab spec: the lab needs an IPv4 underlay address"
+                ) from None
+        prefix = 24
+        while (
+            prefix > 8 and len({ipaddress.ip_network(f"{a}/{prefix}", strict=False) for a in addresses}) > 1
+        ):
+            prefix -= 1
+        subnet = ipaddress.ip_network(f"{addresses[0]}/{prefix}", strict=False)
+        nodes = []
+        for node, address in zip(mesh.nodes, addresses, strict=True):
+            config = _revealed(mesh, rendered[node.name])
+            nodes.append({"name": node.name, "address": str(address), "config": config})
+        try:
+            return lab.LabSpec.model_validate(
+                {"name": mesh.mesh.name, "underlay": {"subnet": str(subnet)}, "nodes": nodes}
+            )
+        except ValueError as exc:
+            # pydantic's message may quote input (configs hold keys): keep only the error kinds.
+            errors = getattr(exc, "errors", None)
+            detail = (
+                "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors(include_input=False)
+                )
+                if errors
+                else "invalid"
+            )
+            raise ApplyError(f"mesh {mesh.mesh.name}: step lab spec: {detail}") from None
+
+    def _is_up(self, mesh: Mesh) -> bool:
+        lab = self._lab()
+        try:
+            status = lab.lab_status(mesh.mesh.name, self.lab_dir, ping=False)
+        except lab.LabError:
+            return False
+        return any(n.running for n in status.nodes)
+
+    def deploy(
+        self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange], progress: Progress
+    ) -> None:
+        lab = self._lab()
+        spec = self.spec(mesh, rendered)
+        node_changes = [c for c in changes if c.address.startswith("node.")]
+        topology = any(c.action in ("create", "delete") for c in node_changes)
+        up = self._is_up(mesh)
+        try:
+            if not up or topology:
+                if up:
+                    progress(f"mesh {mesh.mesh.name}: nodes added or removed, rebuilding the lab")
+                    lab.lab_down(mesh.mesh.name, self.lab_dir)
+                progress(f"mesh {mesh.mesh.name}: starting {len(spec.nodes)} nodes in the lab")
+                lab.lab_up(spec, self.lab_dir, timeout=self.timeout)
+                return
+        except lab.LabError as exc:
+            raise ApplyError(f"mesh {mesh.mesh.name}: step lab up: {exc}") from None
+        for change in node_changes:
+            node = change.address.split(".", 1)[1]
+            step = "reload" if change.action == "update" else "restart"
+            progress(f"node {node}: {step}")
+            try:
+                if change.action == "update":
+                    lab.reload_node(mesh.mesh.name, spec.node(node), self.lab_dir)
+                else:
+                    lab.restart_node(mesh.mesh.name, spec.node(node), self.lab_dir, timeout=self.timeout)
+            except lab.LabError as exc:
+                raise ApplyError(f"node {node}: step {step}: {exc}") from None
+
+    def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
+        """Poll the lab until every node sees every other and all pings answer (bounded)."""
+        lab = self._lab()
+        deadline = time.monotonic() + self.timeout
+        progress(f"mesh {mesh.mesh.name}: waiting for the mesh to be healthy")
+        while True:
+            try:
+                status = lab.lab_status(mesh.mesh.name, self.lab_dir, ping=True)
+            except lab.LabError as exc:
+                raise ApplyError(f"mesh {mesh.mesh.name}: step health check: {exc}") from None
+            if status.whole and status.ping_ok:
+                return
+            if time.monotonic() >= deadline:
+                missing = ", ".join(f"{a}->{b}" for a, b in status.missing_links()) or "ping failed"
+                raise ApplyError(f"mesh {mesh.mesh.name}: step health check: not healthy ({missing})")
+            time.sleep(0.5)  # polling interval of a bounded wait, not a synchronisation sleep
+
+
+def _revealed(mesh: Mesh, rendered: RenderedNode) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(config_text(mesh, rendered))
+    assert isinstance(data, dict)
+    return data
+
+
+# --- apply -------------------------------------------------------------------------------------
+
+
+def _record(state: MeshState, desired: dict[str, dict[str, Any]], changes: list[ResourceChange]) -> MeshState:
+    resources = dict(state.resources)
+    for change in changes:
+        if change.action == "delete":
+            resources.pop(change.address, None)
+        else:
+            resources[change.address] = encode_attrs(desired[change.address])
+    return state.model_copy(update={"resources": resources})
+
+
+def _announce_new_keys(keys: KeyView, progress: Progress) -> None:
+    for name in [n for n, k in keys.private.items() if isinstance(k, Unknown)]:
+        progress(f"node {name}: generating key")
+
+
+def apply_mesh(
+    mesh: Mesh,
+    keystore: Keystore,
+    state_dir: Path,
+    target: Target,
+    *,
+    expected_hash: str | None = None,
+    progress: Progress = lambda _msg: None,
+    mesh_file: str | None = None,
+) -> Plan:
+    """Apply the mesh; with ``expected_hash`` (a saved plan) refuse if the inputs changed since.
+
+    Returns the plan that was applied.
+    """
+    state = load_state(state_dir, mesh.mesh.name)
+    plan = compute_plan(mesh, keystore, state, mesh_file=mesh_file)
+    if expected_hash is not None and plan.inputs_hash != expected_hash:
+        raise ApplyError(
+            f"mesh {mesh.mesh.name}: step check plan: the saved plan is stale (the mesh, the keys or the "
+            "applied state changed since it was made); run plan again"
+        )
+    if not plan.has_changes:
+        progress(f"mesh {mesh.mesh.name}: no changes")
+        return plan
+    # 1. keys first, so configs never reference a key that is not safely stored.
+    _announce_new_keys(key_view(mesh, keystore), progress)
+    try:
+        keys = key_view(mesh, keystore, generate=True)
+    except OSError as exc:
+        raise ApplyError(f"mesh {mesh.mesh.name}: step keys: {exc.strerror}") from None
+    rendered = render_mesh(mesh, keys)
+    desired = desired_resources(mesh, keys)
+    # 2. recompute the changes with the real keys (public keys are now known).
+    before = {a: decode_attrs(v) for a, v in state.resources.items()}
+    changes = diff_resources(before, desired)
+    write_configs(mesh, rendered, state_dir)
+    # 3. deploy, 4. record.
+    target.deploy(mesh, rendered, changes, progress)
+    target.wait_healthy(mesh, progress)
+    save_state(state_dir, _record(state, desired, changes).model_copy(update={"target": target.name}))
+    progress(f"mesh {mesh.mesh.name}: applied")
+    return plan
+
+
+def apply_rotation(
+    mesh: Mesh,
+    keystore: Keystore,
+    state_dir: Path,
+    target: Target,
+    node: str,
+    *,
+    progress: Progress = lambda _msg: None,
+) -> None:
+    """Run the three rotation phases, waiting for health between them; resumable after a failure."""
+    state = load_state(state_dir, mesh.mesh.name)
+    compute_rotation(mesh, keystore, state, node)  # validates preconditions
+    if state.rotation is None:
+        keystore.ensure(mesh.mesh.name, node, next_key=True)
+        state = save_state(state_dir, state.model_copy(update={"rotation": RotationProgress(node=node)}))
+    assert state.rotation is not None
+    for phase in range(state.rotation.phase + 1, 4):
+        keys = key_view(mesh, keystore, rotating=node, phase=phase, generate=True)
+        desired = desired_resources(mesh, keys)
+        before = {a: decode_attrs(v) for a, v in state.resources.items()}
+        changes = diff_resources(before, desired)
+        progress(f"node {node}: rotation phase {phase}")
+        rendered = render_mesh(mesh, keys)
+        write_configs(mesh, rendered, state_dir)
+        target.deploy(mesh, rendered, changes, progress)
+        target.wait_healthy(mesh, progress)
+        state = _record(state, desired, changes)
+        state = save_state(
+            state_dir, state.model_copy(update={"rotation": RotationProgress(node=node, phase=phase)})
+        )
+    if keystore.get(mesh.mesh.name, node, next_key=True) is not None:  # not yet promoted by a prior run
+        keystore.promote(mesh.mesh.name, node)
+    save_state(state_dir, state.model_copy(update={"rotation": None}))
+    progress(f"node {node}: key rotated")

@@ -1,0 +1,243 @@
+"""``vpncloud plan|apply|rotate|schema``: the orchestrator's command line.
+
+Exit statuses follow terraform: 0 success (with ``--detailed-exitcode``: no changes), 1 error, 2
+changes present (``--detailed-exitcode`` only). Every error is one readable message on stderr, never
+a traceback, and never contains key material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from .apply import AnsibleTarget, ApplyError, LabTarget, Target, apply_mesh, apply_rotation
+from .keystore import Keystore, KeystoreError
+from .loader import MeshError, load_meshes
+from .models import Mesh, MeshFile
+from .plan import Plan, PlanError, compute_plan, compute_rotation, print_lines, print_plan, rotation_lines
+from .state import StateError, load_state
+
+__all__ = ["main", "mesh_schema"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+
+DEFAULT_STATE_DIR = ".vpncloud/state"
+DEFAULT_KEYSTORE = ".vpncloud/keys"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "mesh.schema.json"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("VPNCLOUD_STATE_DIR", DEFAULT_STATE_DIR)),
+        help=f"Applied state and rendered configs (default $VPNCLOUD_STATE_DIR or {DEFAULT_STATE_DIR})",
+    )
+    p.add_argument(
+        "--keystore",
+        type=Path,
+        default=Path(os.environ.get("VPNCLOUD_KEYSTORE", DEFAULT_KEYSTORE)),
+        help=f"Key directory (default $VPNCLOUD_KEYSTORE or {DEFAULT_KEYSTORE})",
+    )
+    p.add_argument("--no-color", action="store_true", help="Plain output")
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--target", choices=("lab", "ansible"), default="lab", help="Where to deploy (default lab)"
+    )
+    p.add_argument("--lab-dir", type=Path, default=None, help="Lab state root (default: the lab's own)")
+    p.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for a healthy mesh")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser of the four subcommands."""
+    p = _Parser(prog="vpncloud", description="Declarative VpnCloud mesh orchestration")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    plan = sub.add_parser("plan", help="Show what apply would change")
+    plan.add_argument("mesh", nargs="+", type=Path, help="mesh.yaml file(s)")
+    _common(plan)
+    plan.add_argument("--json", action="store_true", help="Print the plan as JSON")
+    plan.add_argument(
+        "--detailed-exitcode", "-detailed-exitcode", action="store_true", help="Exit 2 when there are changes"
+    )
+    plan.add_argument("-out", "--out", type=Path, help="Save the plan for 'apply FILE' (one mesh only)")
+
+    apply = sub.add_parser("apply", help="Apply a mesh file or a saved plan")
+    apply.add_argument("source", type=Path, help="mesh.yaml or a plan saved with plan -out")
+    _common(apply)
+    _target_args(apply)
+
+    rotate = sub.add_parser("rotate", help="Plan (and with --apply run) a phased key rotation")
+    rotate.add_argument("mesh", type=Path, help="mesh.yaml")
+    rotate.add_argument("node", help="Node whose key rotates")
+    _common(rotate)
+    _target_args(rotate)
+    rotate.add_argument(
+        "--apply", action="store_true", help="Run the phases, waiting for health between them"
+    )
+    rotate.add_argument("--json", action="store_true", help="Print the rotation plan as JSON")
+
+    schema = sub.add_parser("schema", help="Write the JSON Schema of mesh.yaml")
+    schema.add_argument("-o", "--output", type=Path, default=SCHEMA_PATH, help="Output file ('-' = stdout)")
+    return p
+
+
+def mesh_schema() -> str:
+    """The JSON Schema of mesh.yaml, as written to schemas/mesh.schema.json."""
+    schema = MeshFile.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return json.dumps(schema, indent=2, sort_keys=False) + "\n"
+
+
+def _target(ns: argparse.Namespace) -> Target:
+    if ns.target == "ansible":
+        return AnsibleTarget()
+    return LabTarget(ns.lab_dir, timeout=ns.timeout)
+
+
+def _consoles(ns: argparse.Namespace) -> tuple[Console, Console]:
+    no_color = bool(getattr(ns, "no_color", False)) or "NO_COLOR" in os.environ
+    return Console(no_color=no_color, highlight=False), Console(
+        stderr=True, no_color=no_color, highlight=False
+    )
+
+
+def _plan(ns: argparse.Namespace, out: Console) -> int:
+    meshes = load_meshes(ns.mesh)
+    keystore = Keystore(ns.keystore)
+    plans: list[Plan] = []
+    for path, mesh in zip(ns.mesh, meshes, strict=True):
+        plans.append(
+            compute_plan(mesh, keystore, load_state(ns.state_dir, mesh.mesh.name), mesh_file=str(path))
+        )
+    if ns.out is not None:
+        if len(plans) != 1:
+            raise PlanError("-out saves the plan of exactly one mesh file")
+        ns.out.write_text(plans[0].model_dump_json(indent=2) + "\n", encoding="utf-8")
+    if ns.json:
+        data = [p.model_dump(mode="json") for p in plans]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+    else:
+        for plan in plans:
+            print_plan(plan, out)
+        if ns.out is not None:
+            out.print(f"\nSaved the plan to {ns.out}. To perform exactly these actions, run:\n"
+                      f"    vpncloud apply {ns.out}", highlight=False)  # fmt: skip
+    if ns.detailed_exitcode and any(p.has_changes for p in plans):
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def _load_source(source: Path) -> tuple[Mesh, str, str | None]:
+    """A mesh file, or a saved plan pointing at one: (mesh, mesh file, expected inputs hash)."""
+    if source.suffix == ".json":
+        try:
+            saved = Plan.model_validate_json(source.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise PlanError(f"{source}: not a saved plan") from None
+        if not saved.mesh_file:
+            raise PlanError(f"{source}: the saved plan does not name its mesh file")
+        return load_meshes([saved.mesh_file])[0], saved.mesh_file, saved.inputs_hash
+    return load_meshes([source])[0], str(source), None
+
+
+def _apply(ns: argparse.Namespace, out: Console) -> int:
+    try:
+        mesh, mesh_file, expected = _load_source(ns.source)
+    except MeshError:
+        raise
+    if expected is None:
+        plan = compute_plan(
+            mesh, Keystore(ns.keystore), load_state(ns.state_dir, mesh.mesh.name), mesh_file=mesh_file
+        )
+        print_plan(plan, out)
+    apply_mesh(
+        mesh,
+        Keystore(ns.keystore),
+        ns.state_dir,
+        _target(ns),
+        expected_hash=expected,
+        progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
+        mesh_file=mesh_file,
+    )
+    out.print("Apply complete.", style="bold green", highlight=False)
+    return EXIT_OK
+
+
+def _rotate(ns: argparse.Namespace, out: Console) -> int:
+    mesh = load_meshes([ns.mesh])[0]
+    keystore = Keystore(ns.keystore)
+    rotation = compute_rotation(mesh, keystore, load_state(ns.state_dir, mesh.mesh.name), ns.node)
+    if ns.json:
+        print(rotation.model_dump_json(indent=2))
+    else:
+        print_lines(rotation_lines(rotation), out)
+    if ns.apply:
+        apply_rotation(
+            mesh,
+            keystore,
+            ns.state_dir,
+            _target(ns),
+            ns.node,
+            progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
+        )
+        out.print("Rotation complete.", style="bold green", highlight=False)
+    return EXIT_OK
+
+
+def _schema(ns: argparse.Namespace) -> int:
+    text = mesh_schema()
+    if str(ns.output) == "-":
+        sys.stdout.write(text)
+    else:
+        ns.output.parent.mkdir(parents=True, exist_ok=True)
+        ns.output.write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``plan``, ``apply``, ``rotate`` or ``schema``; returns the exit status."""
+    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    out, err = _consoles(ns)
+    try:
+        if ns.command == "plan":
+            return _plan(ns, out)
+        if ns.command == "apply":
+            return _apply(ns, out)
+        if ns.command == "rotate":
+            return _rotate(ns, out)
+        return _schema(ns)
+    except MeshError as exc:
+        for item in exc.items:
+            err.print(f"Error: {item}", style="red", highlight=False, markup=False, soft_wrap=True)
+    except (PlanError, ApplyError, KeystoreError, StateError) as exc:
+        err.print(f"Error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+    except OSError as exc:
+        err.print(
+            f"Error: {exc.filename or ''}: {exc.strerror}",
+            style="red",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
