@@ -86,6 +86,8 @@ class Keystore:
         if existing is not None:
             return existing
         directory = self._dir(mesh)
+        # The parents (e.g. .vpncloud/) are not secret; the keystore and mesh dirs are 0700.
+        self.root.parent.mkdir(parents=True, exist_ok=True)
         for d in (self.root, directory):
             d.mkdir(mode=0o700, exist_ok=True)
             os.chmod(d, 0o700)
