@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from . import base62
 from .errors import DecodeError
-from .types import SocketAddr, host_text
+from .types import SocketAddr, host_text, sockaddr_entry
 
 TYPE_BEGIN = 0
 TYPE_END = 1
@@ -73,15 +73,9 @@ def encode_beacon(addrs: list[SocketAddr], password: str, hour: int) -> str:
     v4 = bytearray()
     v6 = bytearray()
     count4 = 0
-    for host, port in addrs:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise DecodeError(f"invalid IP address {host!r}") from None
-        if not 0 <= port <= 0xFFFF:
-            raise DecodeError(f"invalid port {port!r}")
-        entry = ip.packed + port.to_bytes(2, "big")
-        if ip.version == 4:
+    for addr in addrs:
+        version, entry = sockaddr_entry(addr)
+        if version == 4:
             v4 += entry
             count4 += 1
         else:

@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .errors import DecodeError
-from .types import NODE_ID_BYTES, Range, SocketAddr, host_text
+from .types import NODE_ID_BYTES, Range, SocketAddr, host_text, sockaddr_entry
 
 MSG_DATA = 0x00
 MSG_NODE_INFO = 0x01
@@ -152,15 +152,9 @@ def _encode_addr_list(addrs: list[SocketAddr]) -> bytearray:
     """Flags byte (counts only) + IPv6 entries + IPv4 entries; first 7 of each family kept."""
     v6: list[bytes] = []
     v4: list[bytes] = []
-    for host, port in addrs:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise DecodeError(f"invalid IP address {host!r}") from None
-        if not 0 <= port <= 0xFFFF:
-            raise DecodeError(f"invalid port {port!r}")
-        entry = ip.packed + port.to_bytes(2, "big")
-        if ip.version == 6:
+    for addr in addrs:
+        version, entry = sockaddr_entry(addr)
+        if version == 6:
             if len(v6) < MAX_ADDRS_PER_FAMILY:
                 v6.append(entry)
         elif len(v4) < MAX_ADDRS_PER_FAMILY:

@@ -226,6 +226,21 @@ def _port(text: str, whole: str) -> int:
     return port
 
 
+def sockaddr_entry(addr: SocketAddr) -> tuple[int, bytes]:
+    """IP version and wire entry (packed address + u16 BE port) of a socket address.
+
+    NODE_INFO address lists and beacons share this entry format (spec 9.1, 15.3).
+    """
+    host, port = addr[0], addr[1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise DecodeError(f"invalid IP address {host!r}") from None
+    if not 0 <= port <= 0xFFFF:
+        raise DecodeError(f"invalid port {port!r}")
+    return ip.version, ip.packed + port.to_bytes(2, "big")
+
+
 def sockaddr_packed(addr: SocketAddr) -> bytes:
     """16- or 4-byte packed form of the host part."""
     return ipaddress.ip_address(addr[0]).packed
