@@ -338,6 +338,8 @@ def _compose(text: str) -> yaml.Node | None:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"invalid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply") from None
 
 
 def _parse_v2(root: yaml.Node | None) -> ConfigFile:

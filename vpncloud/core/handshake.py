@@ -368,6 +368,8 @@ class Handshake:
         self._ecdh: X25519Key | None = None
         self._core: CryptoCore | None = None
         self.algorithm: Algorithm | None = None
+        #: The trusted public key that signed the last accepted message (for key expiry checks).
+        self.peer_key: bytes | None = None
 
     @classmethod
     def initiator(
@@ -405,10 +407,11 @@ class Handshake:
 
     def handle(self, data: bytes) -> HandshakeStep:
         """Process one received handshake datagram (see the module docstring)."""
-        msg, _key = parse_init(data, self._identity)
+        msg, key = parse_init(data, self._identity)
         assert msg.stage is not None and msg.salted_node_id_hash is not None  # checked by parse_init
         if msg.salted_node_id_hash == self.salted_hash:
             raise InitFatal("Connected to self")
+        self.peer_key = key
         action = TRANSITIONS[(self.state, msg.stage)]
         if action is Action.IGNORE:
             return HandshakeStep()

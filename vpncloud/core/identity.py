@@ -7,7 +7,7 @@ into a seed with PBKDF2. Handshake messages do not carry public keys, only a 4-b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from . import base62
 from .errors import ConfigError, DecodeError
@@ -40,9 +40,11 @@ class Identity:
     The seed is secret: it never appears in ``repr``/``str``.
     """
 
-    __slots__ = ("public_key", "seed", "trusted_keys")
+    __slots__ = ("expiry", "public_key", "seed", "trusted_keys")
 
-    def __init__(self, seed: bytes, trusted_keys: Iterable[bytes] = ()) -> None:
+    def __init__(
+        self, seed: bytes, trusted_keys: Iterable[bytes] = (), expiry: Mapping[bytes, float] | None = None
+    ) -> None:
         if len(seed) != 32:
             raise ConfigError("Private key must be 32 bytes")
         self.seed = bytes(seed)
@@ -53,6 +55,10 @@ class Identity:
                 raise ConfigError("Trusted keys must be 32 bytes")
         # An empty list means "trust only the own key" (spec 5.1), so a shared password is enough.
         self.trusted_keys: tuple[bytes, ...] = trusted or (self.public_key,)
+        #: Optional expiry of trusted keys: public key -> wall-clock time (Unix seconds) from which
+        #: the key is no longer accepted. Not part of the original's config; the daemon loads it from
+        #: the separate security file. The core never reads a clock: callers pass ``wall_now``.
+        self.expiry: dict[bytes, float] = dict(expiry or {})
 
     @classmethod
     def from_config(
@@ -89,12 +95,27 @@ class Identity:
         """``SHA-256(own public key || salt)[:4]`` (spec 5.3)."""
         return sha256(self.public_key + salt)[:4]
 
-    def find_trusted(self, salt: bytes, hash4: bytes) -> bytes | None:
-        """First trusted key (in list order) whose salted hash equals ``hash4``, or None."""
+    def find_trusted(self, salt: bytes, hash4: bytes, wall_now: float | None = None) -> bytes | None:
+        """First trusted key (in list order) whose salted hash equals ``hash4``, or None.
+
+        With ``wall_now`` (Unix seconds, supplied by the caller), expired keys are skipped.
+        """
         for key in self.trusted_keys:
             if sha256(key + salt)[:4] == hash4:
+                if wall_now is not None and self.is_expired(key, wall_now):
+                    continue
                 return key
         return None
+
+    def is_expired(self, key: bytes, wall_now: float) -> bool:
+        """Whether ``key`` has an expiry and it has passed at wall-clock time ``wall_now``."""
+        expires = self.expiry.get(key)
+        return expires is not None and wall_now >= expires
+
+    def with_expiry(self, expiry: Mapping[bytes, float]) -> Identity:
+        """A copy of this identity with the given expiry map (keys not trusted are ignored)."""
+        kept = {k: v for k, v in expiry.items() if k in self.trusted_keys}
+        return Identity(self.seed, self.trusted_keys, kept)
 
     def __repr__(self) -> str:
         return (

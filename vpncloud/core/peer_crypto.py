@@ -92,6 +92,8 @@ class PeerCrypto:
         self.peer_timeout: int | None = None  # decoded by node.py from the handshake NODE_INFO
         self.handshake_initiator: bool | None = None
         self.ticks_since_key_switch = 0
+        #: The peer's trusted public key, known once the handshake succeeded (key expiry, reload).
+        self.peer_public_key: bytes | None = None
 
     @classmethod
     def initiator(
@@ -112,6 +114,14 @@ class PeerCrypto:
     def has_init(self) -> bool:
         """True while handshake state is kept (pending, or the initiator's ~61-tick grace period)."""
         return self._handshake is not None
+
+    @property
+    def core(self) -> CryptoCore | None:
+        """The session core once established (None before, and for unencrypted sessions).
+
+        For the bulk data path (``bulk.py``): DATA frames are encrypted/decrypted with it directly.
+        """
+        return self._core
 
     @property
     def send_slot(self) -> int | None:
@@ -174,6 +184,7 @@ class PeerCrypto:
             self._core = session.core
             self.is_ready = True
             self.handshake_initiator = session.initiator
+            self.peer_public_key = hs.peer_key
             reply = step.reply
             if self._core is not None:
                 # The handshake responder is the rotation initiator (spec 6.8).

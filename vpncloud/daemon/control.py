@@ -100,7 +100,7 @@ class ControlServer:
     def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return {"ok": False, "error": "malformed request: expected one JSON object per line"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": 'malformed request: expected {"cmd": "..."}'}

@@ -114,6 +114,8 @@ def _compose(text: str, file: str) -> yaml.Node | None:
         raise MeshError([MeshErrorItem(file, line, "", f"invalid YAML: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise MeshError([MeshErrorItem(file, None, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise MeshError([MeshErrorItem(file, None, "", "invalid YAML: nested too deeply")]) from None
 
 
 def _problems_to_error(file: str, located: _Located, problems: Iterable[Problem]) -> MeshError:

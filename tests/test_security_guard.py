@@ -1,0 +1,239 @@
+"""Handshake flood protection (vpncloud/core/guard.py) and its wiring into Node, on the virtual network.
+
+Claims checked here:
+* token buckets refill from the ``now`` passed in; the per-source map is bounded (LRU);
+* no reply ever goes to a source whose handshake message did not verify with a trusted key;
+* replayed genuine PINGs from one source / from many spoofed sources cost at most burst + rate x time
+  signature checks (counted on the real verify function);
+* a PONG is larger than the PING provoking it (the protocol forces this); with the amplification budget
+  a responder never sends an unauthenticated address more bytes than it received from it, also over the
+  retransmission period, and handshakes still complete (wire-compatible, one tick later);
+* a flood from one address does not stop a legitimate handshake from another.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from vpncloud.core import handshake as hs_mod
+from vpncloud.core.guard import GuardConfig, HandshakeGuard, TokenBucket
+from vpncloud.core.node import Node, NodeConfig
+from vpncloud.sim.harness import Harness, SimNode
+
+
+def test_token_bucket_refills_from_passed_time() -> None:
+    b = TokenBucket.full(rate=2.0, burst=3.0, now=100.0)
+    assert [b.take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert not b.take(100.4)  # 0.8 tokens
+    assert b.take(100.5)  # 1.0 token
+    assert not b.take(99.0)  # time going backwards never adds tokens
+    assert b.take(200.0) and b.tokens == pytest.approx(2.0)  # capped at burst
+
+
+def test_guard_per_source_ignores_port_and_is_bounded() -> None:
+    g = HandshakeGuard(GuardConfig(per_source_rate=1, per_source_burst=2, max_sources=50))
+    assert g.allow_source("::ffff:1.2.3.4", 0.0) and g.allow_source("::ffff:1.2.3.4", 0.0)
+    assert not g.allow_source("::ffff:1.2.3.4", 0.0)
+    assert g.counters.dropped_source == 1
+    for i in range(1000):
+        g.allow_source(f"::ffff:10.0.{i // 256}.{i % 256}", 1.0)
+    assert g.tracked_sources == 50
+    assert g.counters.evicted_sources == 951
+
+
+def test_guard_global_bucket() -> None:
+    g = HandshakeGuard(GuardConfig(global_rate=10, global_burst=5))
+    assert sum(g.allow_global(0.0) for _ in range(20)) == 5
+    assert sum(g.allow_global(0.3) for _ in range(20)) == 3  # refilled 0.3 s x 10/s
+    assert sum(g.allow_global(10.0) for _ in range(20)) == 5  # capped at the burst
+    assert g.counters.dropped_global == 15 + 17 + 15 and g.counters.allowed == 13
+
+
+def test_guard_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        GuardConfig(global_rate=0)
+    with pytest.raises(ValueError):
+        GuardConfig(max_sources=0)
+
+
+# --- wiring into the node ---------------------------------------------------------------------------
+
+
+class VerifyCounter:
+    """Wraps the real Ed25519 verify used by the handshake and counts calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = hs_mod.ed25519_verify
+
+        def counting(*args: bytes) -> bool:
+            self.calls += 1
+            return real(*args)
+
+        monkeypatch.setattr(hs_mod, "ed25519_verify", counting)
+
+
+def captured_ping(h: Harness, a: SimNode, b: SimNode) -> bytes:
+    """A genuine PING from a to b, taken off the virtual wire."""
+    h.connect(a, b)
+
+    def pings() -> list[bytes]:
+        return [bytes(e.datagram.data) for e in h.net.trace if e.datagram.data[:1] == b"\xff"]
+
+    assert h.run_until(lambda: bool(pings()), timeout=1)
+    return pings()[0]
+
+
+def fresh_node(guard: GuardConfig | None = None, password: str = "test123") -> Node:
+    from vpncloud.core.peer_crypto import CryptoConfig
+    from vpncloud.sim.harness import DEFAULT_ALGORITHMS, identity_from_password
+
+    crypto = CryptoConfig(identity=identity_from_password(password), algorithms=list(DEFAULT_ALGORITHMS))
+    node = Node(NodeConfig(), crypto, 0.0, random.Random(7))
+    if guard is not None:
+        node.guard = HandshakeGuard(guard)
+    return node
+
+
+def test_forged_init_messages_get_no_reply_and_no_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    verify = VerifyCounter(monkeypatch)
+    node = fresh_node()
+    rnd = random.Random(1)
+    for i in range(500):
+        junk = b"\xff" + rnd.randbytes(rnd.randrange(0, 300))
+        node.receive_datagram(junk, (f"192.0.2.{i % 200}", 4000 + i), float(i) / 100)
+    assert node.datagrams_to_send() == []
+    assert not node.pending and not node.peers
+    # random key hashes never match a trusted key: no signature was checked, no global token spent
+    assert verify.calls == 0
+    assert node.guard.counters.allowed == 0
+
+
+def test_reply_only_after_trusted_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A genuine PING with one flipped signature bit is not answered; the genuine one is."""
+    h = Harness(seed=3)
+    a, b = h.add_node(), h.add_node()
+    ping = captured_ping(h, a, b)
+    node = fresh_node()
+    bad = ping[:-1] + bytes([ping[-1] ^ 1])
+    node.receive_datagram(bad, ("198.51.100.1", 3210), 0.0)
+    assert node.datagrams_to_send() == []
+    node.receive_datagram(ping, ("198.51.100.2", 3210), 0.0)
+    out = node.datagrams_to_send()
+    assert len(out) == 1 and out[0][0][:1] == b"\xff"
+    # The protocol forces this: a PONG carries a key, the algorithm list and the encrypted NODE_INFO.
+    assert len(ping) == 155 and len(out[0][0]) > len(ping)
+
+
+def test_replayed_ping_flood_from_one_source_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(seed=4)
+    a, b = h.add_node(), h.add_node()
+    ping = captured_ping(h, a, b)
+    verify = VerifyCounter(monkeypatch)
+    cfg = GuardConfig(per_source_rate=5, per_source_burst=10, global_rate=1000, global_burst=1000)
+    node = fresh_node(cfg)
+    src = ("203.0.113.9", 5555)
+    n = 2000
+    for i in range(n):  # 2000 datagrams within 2 s, also hopping ports
+        node.receive_datagram(ping, (src[0], src[1] + i % 7), i / 1000)
+    assert verify.calls <= 10 + 5 * 2 + 1
+    st = node.status(2.0)["security"]["handshake_guard"]
+    assert st["dropped_source"] >= n - 21
+    sent = sum(len(d) for d, _ in node.datagrams_to_send())
+    assert sent <= (10 + 5 * 2 + 1) * 300
+
+
+def test_spoofed_sources_hit_the_global_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(seed=5)
+    a, b = h.add_node(), h.add_node()
+    ping = captured_ping(h, a, b)
+    verify = VerifyCounter(monkeypatch)
+    cfg = GuardConfig(global_rate=20, global_burst=40, max_sources=256)
+    node = fresh_node(cfg)
+    for i in range(3000):  # 3000 different spoofed sources within 1 s
+        node.receive_datagram(ping, (f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 3210), i / 3000)
+    assert verify.calls <= 40 + 20 + 1
+    st = node.status(1.0)["security"]["handshake_guard"]
+    assert st["dropped_global"] >= 3000 - 61
+    assert st["tracked_sources"] <= 256
+
+
+def test_flood_from_one_source_does_not_block_a_legitimate_handshake() -> None:
+    h = Harness(seed=6)
+    a, b, c = h.add_node(), h.add_node(), h.add_node()
+    ping = captured_ping(h, c, b)
+    h.run_for(0.5)
+    h.connect(a, b)
+    attacker = ("10.0.0.250", 6666)
+    for _ in range(20):
+        for _ in range(100):  # 100 replayed PINGs per 0.1 s from one address
+            h.deliver_raw(b, ping, attacker)
+        h.run_for(0.1)
+        if h.connected(a, b) and h.connected(b, a):
+            break
+    assert h.connected(a, b) and h.connected(b, a)
+    assert b.node.guard.counters.dropped_source > 0
+
+
+def test_amplification_budget_replayed_ping_over_retransmission_period() -> None:
+    """Without the budget one replayed PING makes the responder retransmit its PONG every tick
+    (up to 120 times, like the original: a large amplification). With it, bytes out <= bytes in."""
+    results = {}
+    for budget in (False, True):
+        h = Harness(seed=8)
+        a, b = h.add_node(), h.add_node()
+        b.node.guard = HandshakeGuard(GuardConfig(amplification_budget=budget))
+        ping = captured_ping(h, a, b)
+        victim = h.add_node()  # a node whose address the attacker spoofs; it ignores unknown PONGs
+        h.stop(victim, graceful=False)
+        h.net.trace.clear()
+        h.deliver_raw(b, ping, victim.addr)
+        h.run_for(30)
+        sent = sum(
+            len(e.datagram.data)
+            for e in h.net.trace
+            if e.datagram.sender == b.addr and e.datagram.dst == victim.addr and e.status != "queued"
+        )
+        results[budget] = sent
+    assert results[False] > 20 * 155  # the original's behaviour: PONG retransmitted every tick
+    assert results[True] <= 155
+
+
+def test_amplification_budget_keeps_handshakes_working() -> None:
+    h = Harness(seed=9)
+    a, b = h.add_node(), h.add_node()
+    for n in (a, b):
+        n.node.guard = HandshakeGuard(GuardConfig(amplification_budget=True))
+    h.run_for(0.5)
+    h.connect(a, b)
+    assert h.run_until(h.full_mesh, timeout=5)
+    # b (responder) sent a at most what it received before the session existed
+    assert b.node.guard.counters.dropped_amplification >= 1
+    p = h.send_packet(a, b, b"hello")
+    h.run_for(1)
+    assert b.device_payloads()[-1] == p
+
+
+def test_status_reports_guard_counters() -> None:
+    node = fresh_node(GuardConfig(per_source_rate=1, per_source_burst=1))
+    for i in range(5):
+        node.receive_datagram(b"\xff" + bytes(200), ("192.0.2.1", 1000), i / 10)
+    sec = node.status(1.0)["security"]
+    assert sec["handshake_guard"]["dropped_source"] == 4
+    assert sec["acl"] is None and sec["expired_key_refusals"] == 0
+
+
+def test_spoofed_junk_leaves_no_per_source_state() -> None:
+    """Traffic statistics, pending handshakes and the guard stay bounded under a spoofed-source flood."""
+    node = fresh_node(GuardConfig(max_sources=100))
+    rnd = random.Random(3)
+    for i in range(5000):
+        src = (f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 1 + i)
+        junk = rnd.choice([b"\xff", b"\x00", b"\x01", b"\x02"]) + rnd.randbytes(rnd.randrange(0, 200))
+        node.receive_datagram(junk, src, i / 5000)
+    assert node.traffic.peers == {}
+    assert not node.pending and not node.peers
+    assert node.guard.tracked_sources <= 100
+    assert node.datagrams_to_send() == []
