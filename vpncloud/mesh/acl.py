@@ -88,7 +88,7 @@ class AclSpec(_Model):
         default_factory=list,
         description="Policy tests like 'a -> b:22 allowed', 'c -> b denied', 'a -> b:53/udp allowed'.",
     )
-    allow_non_ip: bool = Field(True, description="TAP mode: let ARP and other non-IP frames pass.")
+    allow_non_ip: bool = Field(default=True, description="TAP mode: let ARP and other non-IP frames pass.")
 
 
 # --- members and compilation ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from .acl import security_file, security_file_text
 from .keystore import Keystore
 from .models import Mesh
 from .plan import (
@@ -63,7 +64,12 @@ class Target(Protocol):
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None: ...
 
 
-def write_configs(mesh: Mesh, rendered: dict[str, RenderedNode], out_dir: Path) -> dict[str, Path]:
+def write_configs(
+    mesh: Mesh,
+    rendered: dict[str, RenderedNode],
+    out_dir: Path,
+    public_keys: dict[str, str] | None = None,
+) -> dict[str, Path]:
     """Write every node's config (0600, directory 0700) and the hosts block; returns node -> path."""
     directory = out_dir / mesh.mesh.name
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -78,6 +84,11 @@ def write_configs(mesh: Mesh, rendered: dict[str, RenderedNode], out_dir: Path) 
         os.replace(tmp, path)
         paths[name] = path
     (directory / "hosts").write_text(hosts_block(mesh), encoding="utf-8")
+    if mesh.acl is not None or mesh.key_expiry:
+        # Beside each config, where the daemon looks by default (<name>.security.yaml).
+        text = security_file_text(security_file(mesh, mesh.acl, mesh.key_expiry, public_keys or {}))
+        for name in rendered:
+            (directory / f"{name}.security.yaml").write_text(text, encoding="utf-8")
     return paths
 
 
@@ -238,6 +249,10 @@ def _record(state: MeshState, desired: dict[str, dict[str, Any]], changes: list[
     return state.model_copy(update={"resources": resources})
 
 
+def _public_keys(keys: KeyView) -> dict[str, str]:
+    return {name: key for name, key in keys.public.items() if isinstance(key, str)}
+
+
 def _announce_new_keys(keys: KeyView, progress: Progress) -> None:
     for name in [n for n, k in keys.private.items() if isinstance(k, Unknown)]:
         progress(f"node {name}: generating key")
@@ -278,7 +293,7 @@ def apply_mesh(
     # 2. recompute the changes with the real keys (public keys are now known).
     before = {a: decode_attrs(v) for a, v in state.resources.items()}
     changes = diff_resources(before, desired)
-    write_configs(mesh, rendered, state_dir)
+    write_configs(mesh, rendered, state_dir, _public_keys(keys))
     # 3. deploy, 4. record.
     target.deploy(mesh, rendered, changes, progress)
     target.wait_healthy(mesh, progress)

@@ -14,6 +14,7 @@ YAML line of the offending field.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import itertools
 from collections import defaultdict
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+
+from .acl import AclSpec, check_security
 
 __all__ = [
     "Beacons",
@@ -243,6 +246,16 @@ class MeshFile(_Model):
     websocket_proxies: list[WebSocketProxy] = Field(
         default_factory=list, description="WebSocket proxies (model only; not deployed yet)."
     )
+    acl: AclSpec | None = Field(
+        default=None,
+        description="Allow rules between groups, nodes and networks, with policy tests checked by plan. "
+        "Without this section every node allows everything (the original's behaviour).",
+    )
+    key_expiry: dict[str, dt.date | dt.datetime] = Field(
+        default_factory=dict,
+        description="Node name -> date (UTC midnight) or date-time from which its key is refused by "
+        "every node; plan warns 30 days ahead.",
+    )
 
     _peer_cache: dict[str, list[Node]] | None = PrivateAttr(default=None)
 
@@ -392,6 +405,7 @@ def check_mesh(mesh: Mesh) -> list[Problem]:
                     f"one instance vpncloud@{mesh.mesh.name} per host",
                 )
             )
+    problems += check_security(mesh, mesh.acl, mesh.key_expiry)
     return problems
 
 

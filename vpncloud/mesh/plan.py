@@ -16,6 +16,7 @@ model; ``--json`` dumps the same model.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import itertools
 import json
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, computed_field, mo
 from rich.console import Console
 from rich.text import Text
 
+from .acl import expiry_warnings, security_file
 from .keystore import Keystore
 from .models import Mesh, overlapping_claims, public_peers
 from .render import UNKNOWN, KeyView, Sensitive, Unknown, flatten, hosts_block, render_mesh
@@ -52,7 +54,7 @@ __all__ = [
 RELOADABLE = frozenset(
     {"peers", "claims", "auto-claim", "crypto.trusted-keys", "peer-timeout", "keepalive", "switch-timeout",
      "advertise-addresses", "statsd.server", "statsd.prefix", "hook", "hooks", "beacon.store", "beacon.load",
-     "beacon.interval", "beacon.password", "entries"}
+     "beacon.interval", "beacon.password", "entries", "acl", "key-expiry"}
 )  # fmt: skip
 
 Action = Literal["create", "update", "replace", "delete"]
@@ -214,6 +216,13 @@ def desired_resources(mesh: Mesh, keys: KeyView) -> dict[str, dict[str, Any]]:
         attrs.update(flatten(rendered.config))
         resources[f"node.{name}"] = attrs
     resources[f"hosts.{mesh.mesh.name}"] = {"entries": hosts_block(mesh).splitlines()[1:-1]}
+    if mesh.acl is not None or mesh.key_expiry:
+        # The per-node security file (ACL, key expiry): no secrets, the same on every node.
+        security = security_file(mesh, mesh.acl, mesh.key_expiry, {})
+        resources[f"security.{mesh.mesh.name}"] = {
+            "acl": json.dumps(security.get("acl"), sort_keys=True),
+            "key-expiry": {name: str(value) for name, value in sorted(mesh.key_expiry.items())},
+        }
     return resources
 
 
@@ -325,6 +334,8 @@ def plan_warnings(mesh: Mesh) -> list[PlanWarning]:
                     "public node: they cannot reach each other",
                 )
             )
+    for kind, message in expiry_warnings(mesh.key_expiry, dt.datetime.now(dt.UTC)):
+        warnings.append(PlanWarning(kind=kind, message=message))
     for na, ca, nb, cb in overlapping_claims(mesh):
         warnings.append(
             PlanWarning(
