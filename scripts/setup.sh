@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables)
+APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -15,7 +15,10 @@ Targets implement :class:`Target`; failures raise :class:`ApplyError` naming the
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,23 +99,91 @@ def write_configs(
 
 
 class AnsibleTarget:
-    """Deploy with the Ansible collection (``ansible/``); refuses clearly until it exists."""
+    """Deploy with the Ansible collection in ``ansible/`` (``playbooks/site.yml``).
+
+    The playbook renders each node's config on the controller from the same mesh file and keystore,
+    so nothing secret is passed on the command line. Without ``--inventory`` an inventory is written
+    to ``<state-dir>/<mesh>/inventory.yml`` from the nodes' ``host`` fields (group ``vpncloud_nodes``).
+    The playbook's rolling health check is the health wait.
+    """
 
     name = "ansible"
 
-    def __init__(self, repo_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        repo_root: Path | None = None,
+        *,
+        state_dir: Path | None = None,
+        keystore: Path | None = None,
+        inventory: Path | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.root = repo_root or Path(__file__).resolve().parents[2]
+        self.state_dir = state_dir or Path(".vpncloud/state")
+        self.keystore = keystore
+        self.inventory = inventory
+        self.extra_args = list(extra_args or [])
+        self.mesh_file: str | None = None
+        self.dry_run = any(a in ("--check", "-C") for a in self.extra_args)
+
+    def write_inventory(self, mesh: Mesh) -> Path:
+        """An inventory of the mesh's hosts, for when the user gives none."""
+        directory = self.state_dir / mesh.mesh.name
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        hosts = {n.host: {"ansible_host": n.host} for n in mesh.nodes}
+        lines = ["# Written by vpncloud apply --target ansible from the mesh description.", "all:",
+                 "  children:", "    vpncloud_nodes:", "      hosts:"]  # fmt: skip
+        for host, attrs in hosts.items():
+            lines.append(f"        {json.dumps(host)}:")
+            lines.append(f"          ansible_host: {json.dumps(attrs['ansible_host'])}")
+        path = directory / "inventory.yml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def command(self, mesh: Mesh) -> tuple[list[str], dict[str, str]]:
+        """The ansible-playbook command line and environment (no secrets in either)."""
+        collection = self.root / "ansible"
+        if not (collection / "galaxy.yml").exists():
+            raise ApplyError(
+                f"mesh {mesh.mesh.name}: step deploy: no Ansible collection under {collection}; "
+                "use --target lab"
+            )
+        if self.mesh_file is None:
+            raise ApplyError(f"mesh {mesh.mesh.name}: step deploy: the ansible target needs the mesh file")
+        # A collections path without Galaxy: ansible_collections/vpncloud/mesh -> ansible/
+        link_dir = self.state_dir / "ansible_collections" / "vpncloud"
+        link_dir.mkdir(parents=True, exist_ok=True)
+        link = link_dir / "mesh"
+        if not link.exists():
+            link.symlink_to(collection.resolve(), target_is_directory=True)
+        playbook_bin = Path(sys.executable).with_name("ansible-playbook")
+        inventory = self.inventory or self.write_inventory(mesh)
+        cmd = [
+            str(playbook_bin) if playbook_bin.exists() else "ansible-playbook",
+            "-i", str(inventory),
+            str(collection / "playbooks" / "site.yml"),
+            "-e", f"vpncloud_mesh_file={Path(self.mesh_file).resolve()}",
+        ]  # fmt: skip
+        if self.keystore is not None:
+            cmd += ["-e", f"vpncloud_keystore={self.keystore.resolve()}"]
+        cmd += self.extra_args
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(self.state_dir.resolve()))
+        return cmd, env
 
     def deploy(
         self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange], progress: Progress
     ) -> None:
-        collection = self.root / "ansible"
-        if not (collection / "galaxy.yml").exists() and not any(collection.glob("**/galaxy.yml")):
+        cmd, env = self.command(mesh)
+        progress(f"mesh {mesh.mesh.name}: running ansible-playbook site.yml (rolling, health-checked)")
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise ApplyError(f"mesh {mesh.mesh.name}: step ansible-playbook: {exc.strerror}") from None
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise ApplyError(
-                f"mesh {mesh.mesh.name}: step deploy: target 'ansible' is not yet available "
-                f"(no Ansible collection under {collection}); use --target lab"
+                f"mesh {mesh.mesh.name}: step ansible-playbook: exit status {proc.returncode}\n{tail}"
             )
-        raise ApplyError(f"mesh {mesh.mesh.name}: step deploy: target 'ansible' is not wired up yet")
 
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
         return None
@@ -297,6 +368,10 @@ def apply_mesh(
     # 3. deploy, 4. record.
     target.deploy(mesh, rendered, changes, progress)
     target.wait_healthy(mesh, progress)
+    if getattr(target, "dry_run", False):
+        # A check-mode deployment changed nothing: recording it would hide the changes from plan.
+        progress(f"mesh {mesh.mesh.name}: check mode, applied state not recorded")
+        return plan
     save_state(state_dir, _record(state, desired, changes).model_copy(update={"target": target.name}))
     progress(f"mesh {mesh.mesh.name}: applied")
     return plan

@@ -62,6 +62,16 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lab-dir", type=Path, default=None, help="Lab state root (default: the lab's own)")
     p.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for a healthy mesh")
+    p.add_argument(
+        "--inventory", type=Path, default=None, help="Ansible inventory (target ansible; default: generated)"
+    )
+    p.add_argument(
+        "--ansible-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="Extra argument for ansible-playbook (repeatable), e.g. --ansible-arg=--check",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +117,9 @@ def mesh_schema() -> str:
 
 def _target(ns: argparse.Namespace) -> Target:
     if ns.target == "ansible":
-        return AnsibleTarget()
+        return AnsibleTarget(
+            state_dir=ns.state_dir, keystore=ns.keystore, inventory=ns.inventory, extra_args=ns.ansible_arg
+        )
     return LabTarget(ns.lab_dir, timeout=ns.timeout)
 
 
@@ -167,11 +179,14 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
             mesh, Keystore(ns.keystore), load_state(ns.state_dir, mesh.mesh.name), mesh_file=mesh_file
         )
         print_plan(plan, out)
+    target = _target(ns)
+    if isinstance(target, AnsibleTarget):
+        target.mesh_file = mesh_file
     apply_mesh(
         mesh,
         Keystore(ns.keystore),
         ns.state_dir,
-        _target(ns),
+        target,
         expected_hash=expected,
         progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
         mesh_file=mesh_file,
