@@ -27,4 +27,12 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+
+# Molecule: rootful podman, the offline-built container image and molecule's own virtualenv
+# (VPNCLOUD_SKIP_MOLECULE=1 skips this on machines that only run the lab).
+if [[ "${VPNCLOUD_SKIP_MOLECULE:-0}" != 1 ]]; then
+    bash scripts/molecule/setup-host.sh
+    bash scripts/molecule/setup-venv.sh
+    bash scripts/molecule/build-image.sh
+fi
 echo "setup: done ($(.venv/bin/python --version), vpncloud at .venv/bin/vpncloud)"
