@@ -76,6 +76,20 @@ class CryptoCore:
         nonce = slot.nonce.to_bytes(12, "big")
         return bytes((self._send_id,)) + nonce[5:] + slot.aead.seal(nonce, plaintext)
 
+    def encrypt_many(self, prefix: bytes, payloads: list[bytes]) -> list[bytes]:
+        """Frames for ``prefix + payload`` of each payload (the same as ``encrypt`` one by one)."""
+        slot = self._send
+        seal = slot.aead.seal
+        sid = bytes((self._send_id,))
+        nonce = slot.nonce
+        out = []
+        for payload in payloads:
+            nonce += 1
+            nb = nonce.to_bytes(12, "big")
+            out.append(sid + nb[5:] + seal(nb, prefix + payload))
+        slot.nonce = nonce
+        return out
+
     def decrypt(self, frame: bytes) -> bytes:
         """Plaintext of a frame; raises ``CryptoError`` (too short, old nonce, bad tag)."""
         if len(frame) < _MIN_FRAME:
@@ -89,6 +103,31 @@ class CryptoCore:
         if nonce > slot.seen_nonce:
             slot.seen_nonce = nonce
         return plaintext
+
+    def decrypt_many(self, frames: list[bytes]) -> list[bytes | None]:
+        """``decrypt`` for each frame, with None instead of an exception for a frame that fails."""
+        out: list[bytes | None] = []
+        append = out.append
+        peer_half = self._peer_half
+        slots = self._slots
+        for frame in frames:
+            if len(frame) < _MIN_FRAME:
+                append(None)
+                continue
+            slot = slots[frame[0] & 3]
+            nonce = peer_half | int.from_bytes(frame[1:8], "big")
+            if nonce < slot.min_nonce:
+                append(None)
+                continue
+            try:
+                plain = slot.aead.open(nonce.to_bytes(12, "big"), frame[8:])
+            except CryptoError:
+                append(None)
+                continue
+            if nonce > slot.seen_nonce:
+                slot.seen_nonce = nonce
+            append(plain)
+        return out
 
     def rotate(self, key: bytes, slot_id: int, use_for_sending: bool) -> None:
         """Install ``key`` in slot ``slot_id mod 4`` with fresh nonce state; maybe send with it."""

@@ -30,17 +30,23 @@ the wire (spec 25):
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import messages
+from .acl import AclPolicy
 from .beacon import encode_beacon, hour_stamp
 from .errors import CryptoError, DecodeError, InitFatal, VpnCloudError
+from .guard import HandshakeGuard
+from .handshake import STAGE_PING, decode_init
 from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
+from .superpacket import SLICE_MARK_BYTE, add_features, decode_features
 from .table import ClaimTable
 from .traffic import TrafficStats
 from .types import (
@@ -218,6 +224,10 @@ class Peer:
     last_seen: float
     connected_at: float
     claims: list[Range] = field(default_factory=list)
+    #: Super-packet feature bits the peer announced (superpacket.py; 0 for the original).
+    features: int = 0
+    #: Super-packet reassembly state (superpacket.Reassembler), created on the first slice.
+    reassembly: Any = None
 
 
 @dataclass
@@ -238,6 +248,12 @@ class ReconnectEntry:
 
 class Node:
     """One VpnCloud node, without any I/O. See the module docstring."""
+
+    #: Super-packets (issue 9, see superpacket.py and bulk.py), switched on by the daemon with
+    #: :meth:`enable_super_packets`. 0 = off: nothing is announced and the node behaves like 2.4.
+    super_features: int = 0
+    super_datagram: int = 0
+    super_id: int = 0
 
     def __init__(
         self,
@@ -264,6 +280,7 @@ class Node:
         self._learned_addresses: list[SocketAddr] = []
         self._own_addresses: list[SocketAddr] = []
         self._own_mapped: set[SocketAddr] = set()
+        self._local_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._rebuild_own_addresses()
 
         self.table = ClaimTable(config.switch_timeout, config.peer_timeout)
@@ -279,6 +296,17 @@ class Node:
         self._next_beacon = now
         self._next_own_address_reset = now + OWN_ADDRESS_RESET
         self._closed = False
+
+        # Security additions (issue 10): handshake flood guard, optional ACL, key expiry.
+        self.guard = HandshakeGuard()
+        self.acl: AclPolicy | None = None
+        self._wall_now: float | None = None
+        # Pending handshakes the peer started -> the PING that started them.
+        self._inbound: dict[SocketAddr, bytes] = {}
+        self._next_guard_log = 0.0
+        self._next_expiry_log = 0.0
+        self._next_unknown_log = 0.0
+        self.expired_key_refusals = 0
 
     # ------------------------------------------------------------------ outputs
 
@@ -323,7 +351,18 @@ class Node:
             addr = mapped(addr)
         elif len(addr) != 2:
             addr = (addr[0], addr[1])
-        self.traffic.count_in_traffic(addr, len(data))
+        # Per-address traffic only for known addresses: a flood from spoofed sources must not grow
+        # the table (issue 10); admitted handshake messages from new sources are counted below.
+        known = addr in self._peers or addr in self._pending
+        if known:
+            self.traffic.count_in_traffic(addr, len(data))
+        if data[:1] == SLICE_MARK_BYTE and self.super_features:
+            from .bulk import receive_slice
+
+            receive_slice(self, data, addr, now)
+            return
+        if data[:1] == b"\xff" and not self._init_admitted(data, addr, now, count=not known):
+            return
         pending = self._pending.get(addr)
         if pending is not None:
             self._handle_pending(pending, data, addr, now)
@@ -339,7 +378,65 @@ class Node:
             self._handle_peer(peer, data, addr, now)
             return
         self.traffic.count_invalid_protocol(len(data))
-        log.info("Ignoring non-init message from unknown peer %s", format_sockaddr(nice(addr)))
+        if now >= self._next_unknown_log:
+            # At most one line per 10 s: junk from unknown (spoofable) sources must not flood the log.
+            self._next_unknown_log = now + 10.0
+            log.info("Ignoring non-init message from unknown peer %s", format_sockaddr(nice(addr)))
+
+    def _init_admitted(self, data: bytes, addr: SocketAddr, now: float, *, count: bool = False) -> bool:
+        """Flood guard for handshake messages, BEFORE any signature check (see ``guard.py``).
+
+        Order: per-source bucket; cheap key-hash lookup (untrusted messages go on to the normal
+        path, which rejects them without a signature check); expired keys; global bucket.
+        """
+        guard = self.guard
+        if not guard.allow_source(addr[0], now):
+            self._note_guard_drop(now)
+            return False
+        if len(data) < 9:
+            return True  # rejected as "untrusted peer" by the normal path
+        identity = self.crypto.identity
+        key = identity.find_trusted(bytes(data[1:5]), bytes(data[5:9]))
+        if key is None:
+            return True  # cheap rejection downstream, no global token spent
+        wall = self._wall_now
+        if (
+            wall is not None
+            and identity.is_expired(key, wall)
+            and identity.find_trusted(bytes(data[1:5]), bytes(data[5:9]), wall) is None
+        ):
+            self.expired_key_refusals += 1
+            self.traffic.count_invalid_protocol(len(data))
+            if now >= self._next_expiry_log:
+                self._next_expiry_log = now + 10.0
+                log.warning("Refusing handshake from %s: its trusted key has expired", _fmt(addr))
+            return False
+        if addr not in self._peers:
+            guard.note_received(addr, len(data), now)
+        if not guard.allow_global(now):
+            self._note_guard_drop(now)
+            return False
+        if count:
+            self.traffic.count_in_traffic(addr, len(data))
+        return True
+
+    def _note_guard_drop(self, now: float) -> None:
+        self.traffic.count_invalid_protocol(0)
+        if now >= self._next_guard_log:
+            # At most one line per 10 s: a flood must not turn into a log flood.
+            self._next_guard_log = now + 10.0
+            c = self.guard.counters
+            log.warning(
+                "Rate-limiting handshake messages (dropped so far: %d per source, %d global)",
+                c.dropped_source,
+                c.dropped_global,
+            )
+
+    def _send_budgeted(self, data: bytes, addr: SocketAddr, now: float) -> None:
+        """Send a handshake reply; to a peer that started the handshake only within its byte budget."""
+        if addr in self._inbound and not self.guard.may_send(addr, len(data), now):
+            return
+        self._send(data, addr)
 
     def _handle_new_init(self, data: bytes, addr: SocketAddr, now: float, *, established: bool) -> None:
         crypto = PeerCrypto.responder(self.crypto, self.node_id, self._node_info_bytes(), self._rng)
@@ -360,13 +457,27 @@ class Node:
             return
         if isinstance(result, Reply):
             self._pending[addr] = crypto
+            self._inbound[addr] = data
             self._events.append(PeerConnecting(nice(addr)))
-            self._send(result.data, addr)
+            self._send_budgeted(result.data, addr, now)
         elif isinstance(result, Initialized):
             # A responder cannot complete with its first message; tolerate it anyway.
             self._handshake_done(crypto, result, addr, now)
 
     def _handle_pending(self, crypto: PeerCrypto, data: bytes, addr: SocketAddr, now: float) -> None:
+        first = self._inbound.get(addr)
+        if first is not None and data != first and _is_ping(data):
+            # A different PING for a handshake the peer started: the initiator restarted, or the
+            # first PING was a replay (by an attacker spoofing this address). The original answers
+            # with its stale PONG, which the new initiator cannot use, for up to 120 ticks; we answer
+            # the new PING afresh, but only if it verifies (else the old state stays).
+            old = self._pending.pop(addr)
+            self._inbound.pop(addr, None)
+            self._handle_new_init(data, addr, now, established=addr in self._peers)
+            if addr not in self._pending:
+                self._pending[addr] = old
+                self._inbound[addr] = first
+            return
         try:
             result = crypto.handle_message(data)
         except InitFatal as err:
@@ -378,7 +489,7 @@ class Node:
             log.error("Crypto error: %s", err)
             return
         if isinstance(result, Reply):
-            self._send(result.data, addr)
+            self._send_budgeted(result.data, addr, now)
         elif isinstance(result, Initialized):
             self._handshake_done(crypto, result, addr, now)
         elif isinstance(result, Message):
@@ -413,6 +524,12 @@ class Node:
                 self.traffic.count_invalid_protocol(len(payload))
                 log.error("Invalid payload from %s: %s", _fmt(addr), err)
                 return
+            acl = self.acl
+            if acl is not None and not acl.check(
+                payload, now, outbound=False, frame=self.config.device_type is DeviceType.TAP
+            ):
+                self.traffic.count_dropped_payload(len(payload))
+                return
             self.traffic.count_in_payload(src, dst, len(payload))
             self._device_out.append(payload)
             if self._learning:
@@ -424,6 +541,7 @@ class Node:
                 self.traffic.count_invalid_protocol(len(payload))
                 log.error("Message error: %s", err)
                 return
+            peer.features = decode_features(payload)
             self._update_peer_info(peer, addr, info, now)
         elif msg_type == messages.MSG_KEEPALIVE:
             peer.timeout = now + self.config.peer_timeout
@@ -444,8 +562,11 @@ class Node:
         except DecodeError as err:
             log.error("Invalid node info in handshake from %s: %s", _fmt(addr), err)
             self._pending.pop(addr, None)
+            self._inbound.pop(addr, None)
             return
         self._pending.pop(addr, None)
+        self._inbound.pop(addr, None)
+        self.guard.forget(addr)
         existing = self._peers.get(addr)
         if existing is not None and existing.crypto is crypto:
             # A repeated PONG answered from the kept handshake state: the peer is already there.
@@ -466,6 +587,7 @@ class Node:
         log.info("Added peer %s", _fmt(addr))
         self._events.append(PeerConnected(nice(addr), info.node_id, list(info.claims)))
         self._peers[addr] = peer
+        peer.features = decode_features(result.node_info)
         if result.reply is not None:
             self._send(result.reply, addr)
         self._update_peer_info(peer, addr, info, now)
@@ -484,7 +606,7 @@ class Node:
         if peer.claims != info.claims:
             peer.claims = list(info.claims)
             self._events.append(ClaimsChanged())
-        self.table.set_claims(addr, list(info.claims), now)
+        self._route_claims(peer, addr, info, now)
         known_ids = {p.node_id for p in self._peers.values()}
         for entry in info.peers:
             if any(a in self._peers for a in entry.addrs):
@@ -499,6 +621,36 @@ class Node:
                 continue
             self.connect(entry.addrs, now)
 
+    def _route_claims(self, peer: Peer, addr: SocketAddr, info: NodeInfo, now: float) -> None:
+        """Put the peer's claims into the table, preferring a session over our LAN (ours).
+
+        The original routes to whichever session announced the claims last. When the same node is
+        reachable both through a NAT/public address and directly on our LAN, we route to the LAN
+        session and connect to its LAN address if we have no session there yet.
+        """
+        local = self._is_local(addr)
+        twins = [a for a, p in self._peers.items() if a != addr and p.node_id == peer.node_id]
+        if not local and any(self._is_local(a) for a in twins):
+            self.table.remove_claims(addr)
+        else:
+            self.table.set_claims(addr, list(info.claims), now)
+            if local:
+                for other in twins:
+                    self.table.remove_claims(other)
+        if local or not self._local_networks:
+            return
+        candidates = [
+            mapped(a)
+            for a in info.addrs
+            if self._is_local(a)
+            and mapped(a) not in self._peers
+            and mapped(a) not in self._pending
+            and mapped(a) not in self._own_mapped
+        ]
+        if candidates:
+            log.info("Peer %s is also on our LAN; connecting to %s directly", _fmt(addr), _fmt(candidates[0]))
+            self.connect(candidates, now)
+
     def _remove_peer(self, addr: SocketAddr) -> Peer | None:
         peer = self._peers.pop(addr, None)
         if peer is not None:
@@ -509,6 +661,7 @@ class Node:
 
     def _drop_pending(self, addr: SocketAddr, reason: str) -> None:
         self._pending.pop(addr, None)
+        self._inbound.pop(addr, None)
         log.info("Closing pending connection to %s due to error in crypto init (%s)", _fmt(addr), reason)
         self._events.append(PeerDisconnected(nice(addr), None))
 
@@ -567,10 +720,36 @@ class Node:
         for a in addrs:
             self.connect([a], now)
 
-    def set_own_addresses(self, addrs: list[SocketAddr]) -> None:
-        """The primary address(es) of this host, found by the daemon (spec 10.5 item 2)."""
+    def set_own_addresses(self, addrs: list[SocketAddr], local_networks: list[str] | None = None) -> None:
+        """The primary address(es) of this host, found by the daemon (spec 10.5 item 2).
+
+        ``local_networks`` are the prefixes of the LANs this host is on (LAN awareness, ours): a peer
+        also reachable at an address inside them is talked to directly. Without it, the /24 (IPv4)
+        or /64 (IPv6) around each address is assumed.
+        """
         self._base_addresses = [mapped(a) for a in addrs]
+        if local_networks is None:
+            local_networks = [
+                f"{nice(a)[0]}/24" if "." in nice(a)[0] else f"{a[0]}/64" for a in self._base_addresses
+            ]
+        nets = []
+        for text in local_networks:
+            try:
+                nets.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                log.warning("Ignoring invalid local network %r", text)
+        self._local_networks = nets
         self._rebuild_own_addresses()
+
+    def _is_local(self, addr: SocketAddr) -> bool:
+        """Whether ``addr`` lies in one of our LANs (never true for our own addresses)."""
+        if not self._local_networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(nice(addr)[0])
+        except ValueError:
+            return False
+        return any(ip.version == net.version and ip in net for net in self._local_networks)
 
     def _rebuild_own_addresses(self) -> None:
         own: list[SocketAddr] = []
@@ -588,6 +767,12 @@ class Node:
             src, dst = self._parse(packet)
         except DecodeError as err:
             log.error("Invalid packet from device: %s", err)
+            return
+        acl = self.acl
+        if acl is not None and not acl.check(
+            packet, now, outbound=True, frame=self.config.device_type is DeviceType.TAP
+        ):
+            self.traffic.count_dropped_payload(len(packet))
             return
         self.traffic.count_out_payload(dst, src, len(packet))
         target = self.table.lookup(dst, now)
@@ -609,6 +794,34 @@ class Node:
                 self._send(peer.crypto.send_message(messages.MSG_DATA, packet), addr)
             return
         self.traffic.count_dropped_payload(len(packet))
+
+    # ------------------------------------------------------------------ batch data path (bulk.py)
+
+    def receive_packets(self, packets: list[bytes], now: float) -> None:
+        """Packets from the device with one source and destination (segments of one super-packet);
+        the same as ``receive_packet`` for each, with the per-packet work done once."""
+        from .bulk import send_packets
+
+        send_packets(self, packets, now)
+
+    def enable_super_packets(self, features: int, max_datagram: int) -> None:
+        """Announce super-packets (``superpacket.FEATURE_*`` bits) in every NODE_INFO from now on and
+        cut them into datagrams of at most ``max_datagram`` bytes. 0 switches them off."""
+        self.super_features = features
+        self.super_datagram = max_datagram
+
+    def receive_super_packet(self, data: bytes, segments: Callable[[], list[bytes]], now: float) -> None:
+        """A super-packet from an offloading device (virtio header + packet). It goes to a peer that
+        takes super-packets as one; otherwise ``segments()`` gives the ordinary packets to send."""
+        from .bulk import send_super
+
+        send_super(self, data, segments, now)
+
+    def receive_datagrams(self, datagrams: list[bytes], addr: SocketAddr, now: float) -> None:
+        """Datagrams from one source (a GRO train); the same as ``receive_datagram`` for each."""
+        from .bulk import receive_datagrams
+
+        receive_datagrams(self, datagrams, addr, now)
 
     # ------------------------------------------------------------------ messages out
 
@@ -635,7 +848,7 @@ class Node:
         )
 
     def _node_info_bytes(self) -> bytes:
-        return self._node_info().encode()
+        return add_features(self._node_info().encode(), self.super_features)
 
     def _broadcast_node_info(self) -> None:
         payload = self._node_info_bytes()
@@ -675,6 +888,11 @@ class Node:
             self.connect([addr], now)
         # 2. claim table
         self.table.housekeep(now)
+        # 2b. security additions: idle ACL flows, peers whose trusted key expired
+        if self.acl is not None:
+            self.acl.expire(now)
+        if self._wall_now is not None:
+            self._close_expired_peers(now)
         # 3. crypto ticks: retransmissions, rotation, replay window
         for addr, crypto in list(self._pending.items()):
             try:
@@ -686,7 +904,7 @@ class Node:
                     self.connect([addr], now)
                 continue
             if msg:
-                self._send(msg, addr)
+                self._send_budgeted(msg, addr, now)
         for addr, peer in list(self._peers.items()):
             try:
                 msg = peer.crypto.every_tick()
@@ -722,16 +940,28 @@ class Node:
             self._events.append(OwnAddressesDue())
             self._next_own_address_reset = now + OWN_ADDRESS_RESET
 
+    def _close_expired_peers(self, now: float) -> None:
+        identity = self.crypto.identity
+        assert self._wall_now is not None
+        for addr, peer in list(self._peers.items()):
+            key = peer.crypto.peer_public_key
+            if key is not None and identity.is_expired(key, self._wall_now):
+                log.warning("Closing connection to %s: its trusted key has expired", _fmt(addr))
+                with contextlib.suppress(VpnCloudError):
+                    self._send(peer.crypto.send_message(messages.MSG_CLOSE, b""), addr)
+                self._remove_peer(addr)
+                self._events.append(PeerDisconnected(nice(addr), peer.node_id))
+
     def _reconnect_tick(self, now: float) -> None:
         for entry in self._reconnect:
             if entry.next <= now:
                 self.connect(entry.addrs, now)
         for entry in self._reconnect:
             if any(a in self._peers for a in entry.addrs):
+                # Connected: reset the back-off, but still re-resolve below so a moved name is followed.
                 entry.tries = 0
                 entry.timeout = 1.0
                 entry.next = now + 1.0
-                continue
             if entry.resolvable and entry.next_resolve <= now:
                 self._events.append(ResolvePeer(entry.name))
                 entry.next_resolve = now + RESOLVE_INTERVAL
@@ -815,6 +1045,11 @@ class Node:
                 ],
             },
             "traffic": self.traffic.snapshot(),
+            "security": {
+                "handshake_guard": self.guard.snapshot(),
+                "expired_key_refusals": self.expired_key_refusals,
+                "acl": self.acl.snapshot() if self.acl is not None else None,
+            },
         }
 
     # ------------------------------------------------------------------ control
@@ -846,6 +1081,18 @@ class Node:
             # Tell peers about the new claims now rather than at the next interval.
             self._next_peers = now
 
+    def set_acl(self, policy: AclPolicy | None) -> None:
+        """Install (or with None remove) the ACL policy; None allows everything like the original."""
+        self.acl = policy
+
+    def set_wall_time(self, wall_now: float) -> None:
+        """Wall-clock time (Unix seconds) from the daemon, for trusted-key expiry.
+
+        The core's ``now`` is monotonic and cannot be compared with expiry dates; the daemon calls
+        this before :meth:`handle_timer` (once a second is enough). Without it keys never expire.
+        """
+        self._wall_now = wall_now
+
     def shutdown(self, now: float) -> None:
         """Send CLOSE to every peer (spec 10.6)."""
         log.info("Shutting down...")
@@ -854,6 +1101,16 @@ class Node:
             with contextlib.suppress(VpnCloudError):
                 self._send(peer.crypto.send_message(messages.MSG_CLOSE, b""), addr)
         self._closed = True
+
+
+def _is_ping(data: bytes) -> bool:
+    """A handshake message whose STAGE is PING (no signature check; the caller verifies later)."""
+    if data[:1] != b"\xff":
+        return False
+    try:
+        return decode_init(data).stage == STAGE_PING
+    except DecodeError:
+        return False
 
 
 def _fmt(addr: SocketAddr) -> str:

@@ -22,15 +22,30 @@ from vpncloud.core.types import Range, SocketAddr, format_sockaddr, nice
 from .logs import get_logger
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+#: Offload sets tried in order (USO needs Linux >= 6.2).
+OFFLOAD_CHOICES = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+)
+#: Largest read: a 64 KB super-packet plus the virtio header.
+READ_SIZE = 65535 + 10
 
 #: Bytes of outer headers the tunnel adds (IPv6 40 + UDP 8 + crypto header 8 + tag 16 + type 1),
 #: plus 14 for the Ethernet header of a TAP frame (spec 12 step 3).
 OVERHEAD_TUN = 73
 OVERHEAD_TAP = 87
+ZERO_VNET_HDR = bytes(10)
 CVE_URL = "https://vpncloud.ddswd.de/docs/security/cve-2019-14899/"
 
 log = get_logger()
@@ -41,20 +56,51 @@ class DeviceError(Exception):
 
 
 class Device:
-    """An open TUN or TAP interface. ``read``/``write`` move one packet/frame each."""
+    """An open TUN or TAP interface. ``read``/``write`` move one packet/frame each.
 
-    def __init__(self, fd: int, ifname: str, device_type: str) -> None:
+    With ``offload=True`` (TUN only) the device is opened with ``IFF_VNET_HDR`` and asked for
+    checksum/TSO/USO offloads (``TUNSETOFFLOAD``). Then ``vnet`` is True and every ``read_raw`` returns
+    a 10-byte virtio-net header plus a packet of up to 64 KB, and ``write_raw`` takes the same; the
+    plain ``read``/``write`` are not used in that mode (``write`` adds a zero header). When the kernel
+    refuses any of it the device silently falls back to the plain per-packet mode.
+    """
+
+    def __init__(self, fd: int, ifname: str, device_type: str, vnet: bool = False, offloads: int = 0) -> None:
         self.fd = fd
         self.ifname = ifname
         self.device_type = device_type
+        self.vnet = vnet
+        self.offloads = offloads
 
     @classmethod
-    def open(cls, device_type: str, name: str = "vpncloud%d", path: str | None = None) -> Device:
+    def open(
+        cls, device_type: str, name: str = "vpncloud%d", path: str | None = None, *, offload: bool = False
+    ) -> Device:
         """Create the interface (``%d`` in ``name`` is filled in by the kernel)."""
+        if offload and device_type == "tun":
+            try:
+                dev = cls._open(device_type, name, path, IFF_VNET_HDR)
+            except DeviceError as exc:
+                log.info("TUN offloads not available (%s); using one packet per read", exc)
+            else:
+                for choice in OFFLOAD_CHOICES:
+                    try:
+                        fcntl.ioctl(dev.fd, TUNSETOFFLOAD, choice)
+                    except OSError:
+                        continue
+                    dev.vnet = True
+                    dev.offloads = choice
+                    return dev
+                log.info("TUN offloads refused by the kernel; using one packet per read")
+                dev.close()
+        return cls._open(device_type, name, path, 0)
+
+    @classmethod
+    def _open(cls, device_type: str, name: str, path: str | None, extra: int) -> Device:
         raw = name.encode()
         if len(raw) >= IFNAMSIZ:
             raise DeviceError(f"Failed to open virtual {device_type} interface {name}: name too long")
-        flags = (IFF_TUN if device_type == "tun" else IFF_TAP) | IFF_NO_PI
+        flags = (IFF_TUN if device_type == "tun" else IFF_TAP) | IFF_NO_PI | extra
         try:
             fd = os.open(path or "/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
@@ -86,8 +132,25 @@ class Device:
                 return None
             raise
 
+    def read_raw(self) -> bytes | None:
+        """Offload mode: virtio header + packet (up to 64 KB), or None when nothing is waiting."""
+        try:
+            return os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EINTR):
+                return None
+            raise
+
     def write(self, data: bytes) -> None:
         """Write one packet/frame; the kernel rejects malformed ones, which is a drop, not a crash."""
+        if self.vnet:
+            data = ZERO_VNET_HDR + data
+        self.write_raw(data)
+
+    def write_raw(self, data: bytes) -> None:
+        """Write as given (in offload mode: virtio header + packet); errors are drops."""
         try:
             os.write(self.fd, data)
         except BlockingIOError:
@@ -135,6 +198,13 @@ class Device:
 
         with IPRoute() as ipr:
             ipr.link("set", index=self._index(ipr), state="up")
+
+    def set_gso_max_size(self, size: int) -> None:
+        """Cap the size of super-packets the kernel hands us (so one fits one UDP GSO send)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            ipr.link("set", index=self._index(ipr), gso_max_size=size)
 
     def get_ipv4(self) -> str | None:
         """The first IPv4 address on the interface (for auto-claim), or None."""

@@ -36,6 +36,7 @@ from vpncloud.config import (
 from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
 
 from . import device as devmod
+from . import offload
 from .control import ControlServer, default_socket_path
 from .hooks import Hooks, run_sync
 from .logs import get_logger
@@ -56,6 +57,35 @@ EXIT_OK = 0
 EXIT_FATAL = 255
 DEVICE_BATCH = 256
 DEFAULT_PEER_PORT = 3210
+#: Offload mode: flush the node's output after this many bytes read from the device, so a burst of
+#: super-packets does not overflow the socket's send buffer before the first send.
+DEVICE_FLUSH_BYTES = 256 * 1024
+#: Offload mode: GRO reads (each up to 64 KB) per wake-up of the socket before flushing.
+SOCKET_TRAIN_BATCH = 32
+
+#: Data-plane modes (environment ``VPNCLOUD_DATAPLANE``): ``off`` = one packet per syscall as the
+#: original; ``wire`` = kernel offloads, only ordinary VpnCloud messages on the wire (T1);
+#: ``super`` (default) = ``wire`` plus super-packets to peers that announce them (T2).
+DATAPLANE_MODES = ("off", "wire", "super")
+
+
+def dataplane_mode() -> str:
+    """The configured data-plane mode (unknown values fall back to the default with a warning)."""
+    mode = os.environ.get("VPNCLOUD_DATAPLANE", "super").strip().lower() or "super"
+    if mode not in DATAPLANE_MODES:
+        log.warning("Unknown VPNCLOUD_DATAPLANE=%r (choose from off, wire, super); using 'super'", mode)
+        mode = "super"
+    return mode
+
+
+def gso_max_size_for(mtu: int) -> int:
+    """Largest super-packet whose datagrams fit one UDP GSO send (<= 64 datagrams, 65,000 bytes).
+
+    Each segment becomes one datagram of at most ``mtu + 25`` bytes (crypto header, tag, type) and
+    carries at least ``mtu - 60`` payload bytes (IPv6 + TCP timestamps); super-packet slices add 7.
+    """
+    per_send = max(1, min(64, 65000 // (mtu + 32)))
+    return max(per_send * max(mtu - 60, 500), 1280)
 
 
 class Fatal(Exception):
@@ -100,6 +130,9 @@ class Daemon:
         self.speeds: dict[Any, float] | None = None
         self.auto_claim_ip: str | None = None
         self.started = time.monotonic()
+        self.mode = dataplane_mode()
+        self.vnet = False  # device reads/writes carry virtio headers (offloads on)
+        self.sock_gro = False
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -144,6 +177,7 @@ class Daemon:
                 ) from None
             log.info("Listening on %s", format_sockaddr(nice(self.sock.sock.getsockname()[:2])))
         self._setup_device()
+        self._setup_offloads()
         if cfg.stats_file:
             try:
                 self.stats_file = StatsFile(cfg.stats_file)
@@ -165,6 +199,7 @@ class Daemon:
             )
         node_config = build_node_config(cfg, port=self.sock.port, auto_claim_ip=self.auto_claim_ip)
         self.node = Node(node_config, crypto, self.now(), _Rng())
+        self._enable_super_packets()
         self._set_own_addresses()
         self._start_port_forwarding()
         self._open_control()
@@ -205,7 +240,9 @@ class Daemon:
     def _setup_device(self) -> None:
         cfg = self.config
         try:
-            dev = devmod.Device.open(cfg.device_type, cfg.device_name, cfg.device_path)
+            dev = devmod.Device.open(
+                cfg.device_type, cfg.device_name, cfg.device_path, offload=self.mode != "off"
+            )
         except devmod.DeviceError as exc:
             raise Fatal(str(exc)) from None
         self.device = dev
@@ -235,6 +272,51 @@ class Daemon:
             except Exception as exc:  # only the auto-claim is lost
                 log.warning("Failed to read the address of %s: %s", dev.ifname, exc)
         self.hooks.fire("device_configured", self._env())
+
+    def _setup_offloads(self) -> None:
+        """Socket buffers, UDP GSO/GRO and the device's super-packet size (offload modes only)."""
+        sock = self.sock
+        if hasattr(sock, "set_buffers"):
+            sock.set_buffers()
+        dev = self.device
+        if dev is None or not dev.vnet:
+            if self.mode != "off":
+                log.info("Data plane: one packet per syscall (no device offloads)")
+            return
+        self.vnet = True
+        if hasattr(sock, "enable_offloads"):
+            sock.enable_offloads()
+            self.sock_gro = bool(sock.gro)
+        try:
+            size = gso_max_size_for(dev.get_mtu())
+            dev.set_gso_max_size(size)
+        except Exception as exc:  # an old kernel/pyroute2: bigger super-packets just take 2 sends
+            log.debug("Cannot set gso_max_size on %s: %s", dev.ifname, exc)
+            size = 0
+        log.info(
+            "Data plane: %s, device offloads 0x%x, UDP GSO %s, GRO %s, gso_max_size %d",
+            self.mode,
+            dev.offloads,
+            "on" if getattr(sock, "gso", False) else "off",
+            "on" if self.sock_gro else "off",
+            size,
+        )
+
+    def _enable_super_packets(self) -> None:
+        """T2: announce super-packets to peers of ours (mode ``super`` with device offloads)."""
+        dev = self.device
+        if self.mode != "super" or not self.vnet or dev is None or self.node is None:
+            return
+        from vpncloud.core.superpacket import FEATURE_TCP, FEATURE_UDP
+
+        features = FEATURE_TCP | (FEATURE_UDP if dev.offloads & devmod.TUN_F_USO4 else 0)
+        try:
+            mtu = dev.get_mtu()
+        except (OSError, ValueError):
+            return
+        # slices are no bigger than the largest ordinary datagram (MTU + type + crypto header + tag)
+        self.node.enable_super_packets(features, mtu + 25)
+        log.info("Super-packets announced to peers (features 0x%x)", features)
 
     def _open_control(self) -> None:
         path = self.config.control_socket or default_socket_path(
@@ -344,6 +426,9 @@ class Daemon:
 
     def _on_socket(self, key: selectors.SelectorKey) -> None:
         assert self.sock is not None
+        if self.sock_gro:
+            self._on_socket_gro()
+            return
         try:
             batch = self.sock.recv_batch()
         except OSError as exc:
@@ -352,8 +437,38 @@ class Daemon:
             self.exit_code = EXIT_FATAL
             self.stop_requested = True
             return
-        for data, addr in batch:
-            self._guard(self.node.receive_datagram, data, addr, self.now())
+        now = self.now()
+        node = self.node
+        i = 0
+        n = len(batch)
+        while i < n:
+            # runs from one source go through the batch path (same result, less work per datagram)
+            addr = batch[i][1]
+            j = i + 1
+            while j < n and batch[j][1] == addr:
+                j += 1
+            if j - i == 1:
+                self._guard(node.receive_datagram, batch[i][0], addr, now)
+            else:
+                self._guard(node.receive_datagrams, [d for d, _ in batch[i:j]], addr, now)
+            i = j
+        self._flush()
+
+    def _on_socket_gro(self) -> None:
+        """Offload mode: each read is a GRO train of datagrams from one source (any split)."""
+        receive = self.node.receive_datagram
+        receive_many = self.node.receive_datagrams
+        now = self.now()
+        for data, seg, addr in self.sock.recv_trains(SOCKET_TRAIN_BATCH):
+            n = len(data)
+            try:
+                if seg >= n:
+                    receive(data, addr, now)
+                else:
+                    receive_many([data[pos : pos + seg] for pos in range(0, n, seg)], addr, now)
+            except Exception as exc:
+                log.error("Unexpected error while processing input: %s: %s", type(exc).__name__, exc)
+                log.debug("Details", exc_info=True)
         self._flush()
 
     def _update_socket_interest(self) -> None:
@@ -371,16 +486,93 @@ class Daemon:
 
     def _on_device(self, _key: selectors.SelectorKey) -> None:
         assert self.device is not None
+        if self.vnet:
+            self._on_device_vnet()
+            return
+        packets: list[bytes] = []
         for _ in range(DEVICE_BATCH):
             try:
                 packet = self.device.read()
             except OSError as exc:
                 log.error("Failed to read from device %s: %s", self.device.ifname, exc.strerror)
-                return
+                break
             if packet is None:
                 break
-            self._guard(self.node.receive_packet, packet, self.now())
+            packets.append(packet)
+        now = self.now()
+        node = self.node
+        run: list[bytes] = []
+        run_key: bytes | None = None
+        for packet in packets:
+            # consecutive packets between the same two addresses go through the batch path
+            version = packet[0] >> 4 if packet else 0
+            key = packet[12:20] if version == 4 else packet[8:40] if version == 6 else None
+            if key is None or key != run_key:
+                if run:
+                    self._guard(node.receive_packets, run, now)
+                run = []
+                run_key = key
+            run.append(packet)
+        if run:
+            self._guard(node.receive_packets, run, now)
         self._flush()
+
+    def _on_device_vnet(self) -> None:
+        """Offload mode: reads are virtio header + packet (super-packets are segmented here)."""
+        assert self.device is not None
+        read = self.device.read_raw
+        receive = self.node.receive_packet
+        receive_super = self.node.receive_super_packet
+        now = self.now()
+        pending = 0
+        for _ in range(DEVICE_BATCH):
+            try:
+                raw = read()
+            except OSError as exc:
+                log.error("Failed to read from device %s: %s", self.device.ifname, exc.strerror)
+                break
+            if raw is None:
+                break
+            if len(raw) <= offload.VNET_HDR_LEN:
+                continue
+            try:
+                if raw[1] == 0:
+                    if raw[0] & offload.F_NEEDS_CSUM:
+                        receive(offload.segment(raw[:10], raw[10:])[0], now)
+                    else:
+                        receive(raw[offload.VNET_HDR_LEN :], now)
+                else:
+                    receive_super(raw, _segmenter(raw), now)
+            except offload.OffloadError as exc:
+                log.debug("Dropping a packet from the device: %s", exc)
+            except Exception as exc:
+                log.error("Unexpected error while processing input: %s: %s", type(exc).__name__, exc)
+                log.debug("Details", exc_info=True)
+            pending += len(raw)
+            if pending >= DEVICE_FLUSH_BYTES:
+                self._flush()
+                pending = 0
+        self._flush()
+
+    def _send_all(self, out: list[tuple[bytes, SocketAddr]]) -> None:
+        """Send the node's datagrams; runs to one address go out as UDP GSO trains when possible."""
+        sock = self.sock
+        assert sock is not None
+        if not getattr(sock, "gso", False) or len(out) == 1:
+            for data, addr in out:
+                sock.send(data, addr)
+            return
+        run: list[bytes] = []
+        run_addr: SocketAddr | None = None
+        for data, addr in out:
+            if addr != run_addr:
+                if run:
+                    sock.send_many(run, run_addr)
+                run = []
+                run_addr = addr
+            run.append(data)
+        if run:
+            sock.send_many(run, run_addr)
 
     def _on_wake(self, _key: selectors.SelectorKey) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -424,11 +616,18 @@ class Daemon:
         if node is None:
             return
         assert self.sock is not None
-        for data, addr in node.datagrams_to_send():
-            self.sock.send(data, addr)
+        out = node.datagrams_to_send()
+        if out:
+            self._send_all(out)
         if self.device is not None:
-            for packet in node.packets_to_device():
-                self.device.write(packet)
+            packets = node.packets_to_device()
+            if self.vnet:
+                if packets:
+                    for write in offload.coalesce(packets):
+                        self.device.write_raw(write)
+            else:
+                for packet in packets:
+                    self.device.write(packet)
         while True:
             event = node.next_event()
             if event is None:
@@ -525,8 +724,24 @@ class Daemon:
                     "packets": totals.get("in_packets_total", 0),
                 }
             status["routes"] = sorted(self.routes.installed) if self.routes else []
+            status["dataplane"] = self._dataplane_status()
             return {"ok": True, "status": status}
         return {"ok": False, "error": f"unknown command {cmd!r} (known: status)"}
+
+    def _dataplane_status(self) -> dict[str, Any]:
+        """Data-plane mode, offloads and which peers get super-packets (issue 9)."""
+        node = self.node
+        sock = self.sock
+        return {
+            "mode": self.mode,
+            "device_offloads": self.device.offloads if self.device is not None and self.vnet else 0,
+            "udp_gso": bool(getattr(sock, "gso", False)),
+            "udp_gro": self.sock_gro,
+            "super_features": node.super_features,
+            "super_peers": sorted(
+                _peer_text(addr) for addr, peer in node.peers.items() if node.super_features and peer.features
+            ),
+        }
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config; new peers, trusted keys and claims apply without dropping sessions."""
@@ -605,6 +820,11 @@ class Daemon:
         self._wake_r = self._wake_w = -1
         with contextlib.suppress(Exception):
             self.sel.close()
+
+
+def _segmenter(raw: bytes) -> Callable[[], list[bytes]]:
+    """Deferred TSO/USO segmentation of one device read (only done for peers without T2)."""
+    return lambda: offload.segment(raw[: offload.VNET_HDR_LEN], raw[offload.VNET_HDR_LEN :])
 
 
 class _Rng:

@@ -21,6 +21,21 @@ log = get_logger()
 #: Datagrams read per wake-up before the loop flushes and looks at the other fds.
 RECV_BATCH = 256
 
+# Linux UDP offloads (not in Python 3.11's socket module)
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+#: Socket buffers: the kernel default (208 KB) overflows under a TCP burst through the tunnel.
+SOCKET_BUFFER = 4 << 20
+#: One UDP GSO send: at most this many datagrams (kernel UDP_MAX_SEGMENTS) and bytes. Above about
+#: 65,000 bytes the kernel segments the train in software before it reaches the peer (gso_max_size),
+#: so the receiver would see single datagrams again.
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+
 
 class UdpSocket:
     """Non-blocking UDP socket bound to the listen address."""
@@ -49,8 +64,124 @@ class UdpSocket:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((host, port))
         self.sock.setblocking(False)
+        self.gso = False
+        self.gro = False
         if self.ipv6 and _ipv6_disabled():
             log.warning("IPv6 is disabled on this host: only IPv4 peers can be reached")
+
+    def set_buffers(self, size: int = SOCKET_BUFFER) -> None:
+        """Large send/receive buffers (forced as root, since rmem_max is global), best effort."""
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, force, size)
+            except OSError:
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, plain, size)
+                except OSError as exc:
+                    log.debug("Cannot set socket buffer size: %s", exc.strerror)
+
+    def enable_offloads(self) -> bool:
+        """Turn on UDP GRO receives and GSO sends where the kernel has them; True if both work."""
+        try:
+            self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            self.gro = True
+        except OSError as exc:
+            log.info("UDP GRO not available: %s", exc.strerror)
+        try:
+            self.sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+            self.gso = True
+        except OSError as exc:
+            log.info("UDP GSO not available: %s", exc.strerror)
+        return self.gro and self.gso
+
+    def recv_trains(self, limit: int = RECV_BATCH) -> list[tuple[bytes, int, SocketAddr]]:
+        """GRO receive: (data, segment size, mapped source) per read; ``data`` holds one or more
+        datagrams of ``segment size`` bytes (the last may be shorter). Up to ``limit`` reads."""
+        out: list[tuple[bytes, int, SocketAddr]] = []
+        recvmsg = self.sock.recvmsg
+        for _ in range(limit):
+            try:
+                data, anc, _flags, addr = recvmsg(65535, _GRO_CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.debug("Socket receive error: %s", exc.strerror)
+                continue
+            seg = len(data)
+            for level, kind, value in anc:
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                    seg = int.from_bytes(value[:4], "little") or seg
+            host = addr[0] if self.ipv6 else "::ffff:" + addr[0]
+            out.append((data, seg, (host, addr[1])))
+        return out
+
+    def send_many(self, datagrams: list[bytes], addr: SocketAddr) -> None:
+        """Send datagrams to one address, runs of equal size as UDP GSO trains where possible."""
+        if not self.gso or len(datagrams) == 1:
+            for d in datagrams:
+                self.send(d, addr)
+            return
+        target = self._target(addr)
+        if target is None:
+            return
+        i = 0
+        n = len(datagrams)
+        while i < n:
+            size = len(datagrams[i])
+            j = i + 1
+            total = size
+            limit = min(n, i + GSO_MAX_SEGMENTS)
+            while j < limit:
+                length = len(datagrams[j])
+                if length > size or total + length > GSO_MAX_BYTES:
+                    break
+                total += length
+                j += 1
+                if length < size:
+                    break  # a shorter datagram can only end a train
+            if j - i == 1:
+                self._sendto(datagrams[i], target)
+            else:
+                self._send_train(datagrams[i:j], size, target)
+            i = j
+
+    def _send_train(self, train: list[bytes], size: int, target: tuple[str, int]) -> None:
+        try:
+            self.sock.sendmsg(train, [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))], 0, target)
+        except BlockingIOError:
+            log.debug("Socket buffer full, dropping %d datagrams", len(train))
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                # no GSO on this path (or this kernel): from now on one datagram per send
+                log.info("UDP GSO send failed (%s); sending datagrams one by one", exc.strerror)
+                self.gso = False
+                for d in train:
+                    self._sendto(d, target)
+            else:
+                log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
+
+    def _target(self, addr: SocketAddr) -> tuple[str, int] | None:
+        host, port = addr[0], addr[1]
+        if not self.ipv6:
+            ip = ipaddress.ip_address(host)
+            if isinstance(ip, ipaddress.IPv6Address):
+                if ip.ipv4_mapped is None:
+                    log.debug("Cannot send to %s without IPv6", host)
+                    return None
+                host = str(ip.ipv4_mapped)
+        elif "." in host and ":" not in host:
+            host = "::ffff:" + host
+        return host, port
+
+    def _sendto(self, data: bytes, target: tuple[str, int]) -> bool:
+        try:
+            self.sock.sendto(data, target)
+            return True
+        except BlockingIOError:
+            log.debug("Socket buffer full, dropping a datagram to %s", target[0])
+        except OSError as exc:
+            log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
+        return False
 
     @staticmethod
     def _open_v6(addr: SocketAddr) -> socket.socket:

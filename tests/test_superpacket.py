@@ -1,0 +1,235 @@
+"""T2 super-packets and the batch data path in the core (sans-I/O, simulated network).
+
+* The capability is one extra NODE_INFO part that the original's lenient decoder skips; with the
+  capability off our NODE_INFO is byte-identical to before.
+* Between two capable nodes a super-packet arrives as one device write, unchanged; a node without the
+  capability (the original, simulated by ours with it switched off) gets ordinary DATA messages, one
+  packet each, and never sees a slice.
+* Reassembly copes with any split/merge/interleaving of slices, duplicates and losses; forged slices
+  and bad virtio headers are dropped cleanly.
+* The batch methods (receive_packets / receive_datagrams) behave exactly like the per-packet ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpncloud.core import superpacket as sp
+from vpncloud.core.errors import DecodeError
+from vpncloud.core.messages import NodeInfo
+from vpncloud.core.types import Range
+from vpncloud.sim.harness import Harness, SimNode, ipv4_packet
+
+FEATURES = sp.FEATURE_TCP | sp.FEATURE_UDP
+MAX_DGRAM = 1452
+
+
+def tcp_super(src: str, dst: str, nbytes: int, mss: int = 1375) -> bytes:
+    """A TSO read from a TUN: virtio header + IPv4/TCP super-packet (checksum = pseudo sum)."""
+    payload = random.Random(nbytes).randbytes(nbytes)
+    tcp = struct.pack("!HHLLBBHHH", 40000, 5201, 1, 2, 5 << 4, 0x18, 500, 0, 0) + payload
+    ip = bytearray(ipv4_packet(src, dst, tcp, proto=6))
+    hdr = struct.pack("<BBHHHH", 1, 1, 40, mss, 20, 16)
+    return hdr + bytes(ip)
+
+
+def mesh(h: Harness, nodes: list[SimNode]) -> None:
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1 :]:
+            h.connect(a, b)
+    assert h.run_until(h.full_mesh, timeout=10)
+    h.run_for(1)
+
+
+def test_features_part_is_skipped_by_lenient_decoding() -> None:
+    info = NodeInfo(node_id=bytes(range(16)), claims=[Range.parse("10.0.0.0/24")], peer_timeout=300)
+    plain = info.encode()
+    assert sp.add_features(plain, 0) == plain
+    ext = sp.add_features(plain, FEATURES)
+    assert ext != plain and ext[-1] == 0
+    assert NodeInfo.decode(ext) == NodeInfo.decode(plain)
+    assert sp.decode_features(ext) == FEATURES
+    assert sp.decode_features(plain) == 0
+    assert sp.decode_features(b"\x56\x00") == 0  # malformed: no features, no exception
+
+
+def make_mesh(seed: int) -> tuple[Harness, SimNode, SimNode, SimNode]:
+    h = Harness(seed=seed)
+    a = h.add_node("a")
+    b = h.add_node("b")
+    c = h.add_node("c")  # capability off: behaves like the original
+    a.node.enable_super_packets(FEATURES, MAX_DGRAM)
+    b.node.enable_super_packets(FEATURES, MAX_DGRAM)
+    mesh(h, [a, b, c])
+    return h, a, b, c
+
+
+def test_super_packet_between_capable_nodes_and_t1_to_the_original() -> None:
+    h, a, b, c = make_mesh(90)
+    invalid_b, invalid_c = b.invalid_packets(), c.invalid_packets()
+    assert a.node.peers[b.addr].features == FEATURES
+    assert a.node.peers[c.addr].features == 0
+    called = []
+
+    raw = tcp_super(a.vpn_ip, b.vpn_ip, 40000)
+
+    def segments() -> list[bytes]:
+        called.append(1)
+        return [b"never"]
+
+    a.node.receive_super_packet(raw, segments, h.now)
+    h._flush(a)
+    h.run_for(0.1)
+    assert not called
+    got = b.device_payloads()[-1]
+    assert isinstance(got, sp.SuperPacket) and got == raw
+
+    # to the original: the segments, as ordinary DATA messages, one packet each
+    raw_c = tcp_super(a.vpn_ip, c.vpn_ip, 5000)
+    segs = [ipv4_packet(a.vpn_ip, c.vpn_ip, bytes([i]) * 100, proto=6) for i in range(4)]
+    before = len(c.device_payloads())
+    a.node.receive_super_packet(raw_c, lambda: segs, h.now)
+    h._flush(a)
+    h.run_for(0.1)
+    assert c.device_payloads()[before:] == segs
+    assert c.invalid_packets() == invalid_c
+    assert b.invalid_packets() == invalid_b
+
+
+def test_slices_to_a_node_without_the_capability_are_dropped_cleanly() -> None:
+    h, a, _b, c = make_mesh(91)
+    invalid = c.invalid_packets()
+    frame = b"\x00" * 3000
+    for d in sp.split_frame(frame, 7, MAX_DGRAM):
+        h.deliver_raw(c, d, a.addr)
+    assert c.invalid_packets() == invalid + 3
+    assert h.connected(c, a)
+
+
+def test_forged_slices_fail_authentication() -> None:
+    h, a, b, _ = make_mesh(92)
+    for d in sp.split_frame(bytes(5000), 1, MAX_DGRAM):
+        h.deliver_raw(b, d, a.addr)
+    assert b.invalid_packets() >= 1
+    # a genuine super-packet still goes through afterwards
+    raw = tcp_super(a.vpn_ip, b.vpn_ip, 30000)
+    a.node.receive_super_packet(raw, lambda: [], h.now)
+    h._flush(a)
+    h.run_for(0.1)
+    assert b.device_payloads()[-1] == raw
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_reassembly_across_any_train_split(seed: int) -> None:
+    rng = random.Random(seed)
+    frames = [rng.randbytes(rng.randrange(1, 60000)) for _ in range(3)]
+    datagrams = [sp.split_frame(f, 100 + i, MAX_DGRAM) for i, f in enumerate(frames)]
+    # interleave the messages a little (two in flight) and duplicate a few slices
+    stream = []
+    for i in range(max(map(len, datagrams))):
+        for msg in datagrams:
+            if i < len(msg):
+                stream.append(msg[i])
+                if rng.random() < 0.1:
+                    stream.append(msg[i])
+    r = sp.Reassembler()
+    done = [f for d in stream if (f := r.add(d)) is not None]
+    assert sorted(done) == sorted(frames)
+    assert len(r.pending) <= 1  # at most a late duplicate of a finished message
+
+
+def test_reassembly_is_bounded_and_survives_losses() -> None:
+    r = sp.Reassembler()
+    for i in range(20):
+        slices = sp.split_frame(bytes(10000), i, MAX_DGRAM)
+        for d in slices[:-1]:  # the last one is lost
+            assert r.add(d) is None
+    assert len(r.pending) <= sp.MAX_PENDING
+    assert r.dropped == 20 - sp.MAX_PENDING
+    ok = sp.split_frame(b"x" * 9000, 99, MAX_DGRAM)
+    assert [f for d in ok if (f := r.add(d)) is not None] == [b"x" * 9000]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=20))
+def test_reassembly_random_input(datagrams: list[bytes]) -> None:
+    r = sp.Reassembler()
+    for d in datagrams:
+        with contextlib.suppress(DecodeError):
+            r.add(bytes([sp.SLICE_MARK]) + d)
+    assert len(r.pending) <= sp.MAX_PENDING
+
+
+def test_check_super_payload() -> None:
+    good = tcp_super("10.0.0.1", "10.0.0.2", 5000)[:]
+    sp.check_super_payload(good, sp.FEATURE_TCP)
+    bad = [
+        b"\x01" * 12,  # too short
+        bytes([0x80]) + good[1:],  # unknown flag
+        good[:1] + bytes([9]) + good[2:],  # unknown GSO type
+        good[:1] + bytes([5]) + good[2:],  # UDP type on a TCP packet
+        good[:6] + struct.pack("<H", 65000) + good[8:],  # csum_start out of range
+    ]
+    for p in bad:
+        with pytest.raises(DecodeError):
+            sp.check_super_payload(p, FEATURES)
+    with pytest.raises(DecodeError):
+        sp.check_super_payload(good, sp.FEATURE_UDP)  # TCP not announced locally
+
+
+def test_bad_super_message_from_a_peer_is_dropped() -> None:
+    h, a, b, _ = make_mesh(93)
+    invalid = b.invalid_packets()
+    peer = a.node.peers[b.addr]
+    frame = peer.crypto.send_message(sp.MSG_SUPER, b"\x00\x09" + bytes(60))  # bad GSO type
+    for d in sp.split_frame(frame, 5, MAX_DGRAM):
+        h.deliver_raw(b, d, a.addr)
+    assert b.invalid_packets() == invalid + 1
+    assert not [p for p in b.device_payloads() if isinstance(p, sp.SuperPacket)]
+
+
+def test_batch_methods_equal_per_packet_path() -> None:
+    h, a, _b, c = make_mesh(94)
+    packets = [ipv4_packet(a.vpn_ip, c.vpn_ip, bytes([i]) * (100 + i), proto=6) for i in range(10)]
+    a.node.receive_packets(packets, h.now)
+    out = a.node.datagrams_to_send()
+    assert len(out) == 10 and all(addr == c.addr for _, addr in out)
+    before_dev = len(c.device_payloads())
+    before_in = c.node.traffic.peers[a.addr].in_packets
+    invalid = c.invalid_packets()
+    c.node.receive_datagrams([d for d, _ in out] + [b"\x01garbage" * 3], a.addr, h.now)
+    h._flush(c)
+    assert c.device_payloads()[before_dev:] == packets
+    assert c.node.traffic.peers[a.addr].in_packets - before_in == 11
+    pair = c.node.traffic.payload[(packets[0][12:16], packets[0][16:20])]
+    assert pair.in_packets == 10 and pair.in_bytes == sum(map(len, packets))
+    sent = a.node.traffic.payload[(packets[0][16:20], packets[0][12:16])]
+    assert sent.out_packets == 10 and sent.out_bytes == sum(map(len, packets))
+    assert c.invalid_packets() == invalid + 1
+    # unknown destination: dropped like receive_packet does
+    dropped = a.dropped_payload_packets()
+    a.node.receive_packets([ipv4_packet(a.vpn_ip, "10.42.0.1", b"x")] * 3, h.now)
+    assert a.dropped_payload_packets() == dropped + 3
+
+
+def test_batch_stops_the_fast_path_after_close() -> None:
+    h, a, _b, c = make_mesh(95)
+    p1 = ipv4_packet(a.vpn_ip, c.vpn_ip, b"before", proto=6)
+    p2 = ipv4_packet(a.vpn_ip, c.vpn_ip, b"after", proto=6)
+    crypto = a.node.peers[c.addr].crypto
+    frames = [
+        crypto.send_message(0, p1),
+        crypto.send_message(0xFF, b""),  # CLOSE
+        crypto.send_message(0, p2),
+    ]
+    before = len(c.device_payloads())
+    c.node.receive_datagrams(frames, a.addr, h.now)
+    h._flush(c)
+    assert c.device_payloads()[before:] == [p1]
+    assert a.addr not in c.node.peers

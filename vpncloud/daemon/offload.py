@@ -1,0 +1,569 @@
+"""Kernel offloads on the device side: virtio-net headers, TSO/USO segmentation, checksums, GRO.
+
+With ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` the TUN device hands us (and accepts from us) packets of
+up to 64 KB, each preceded by a 10-byte ``virtio_net_hdr``::
+
+    u8 flags (NEEDS_CSUM 1, DATA_VALID 2)   u8 gso_type (NONE 0, TCPV4 1, UDP 3, TCPV6 4, UDP_L4 5; |ECN 0x80)
+    u16 hdr_len   u16 gso_size   u16 csum_start   u16 csum_offset          (little endian on x86)
+
+The wire format stays VpnCloud's (one inner packet per datagram), so
+
+* **TX** (:func:`segment`): a TSO super-packet is cut into real TCP segments exactly as the kernel
+  would (IP length/id/checksum, TCP sequence numbers, FIN/PSH only on the last segment, CWR only on
+  the first, full TCP checksums), a USO super-packet into UDP datagrams; a plain packet with a partial
+  checksum (``NEEDS_CSUM``, very common with ``TUN_F_CSUM``) gets its checksum completed, because a
+  peer that writes without a virtio header (the original) would hand the kernel a broken packet.
+* **RX** (:class:`Coalescer`): consecutive in-order TCP segments of one flow are merged back into one
+  super-packet and written with a GSO header (``NEEDS_CSUM`` + pseudo-header sum), so the receiving
+  kernel handles 64 KB at once. Coalescing follows the kernel's GRO rules (same addresses, ports,
+  ack, window, options, TOS/TTL, only ACK/PSH flags, equal segment sizes with a shorter last one).
+
+Payload checksums of all segments of a super-packet are computed with one numpy call when numpy is
+installed (the ones'-complement sum of 16-bit words); without numpy the pure-Python path uses
+``int.from_bytes(data) % 0xFFFF`` (2^16 = 1 mod 65535), which gives the same checksums, slower.
+
+Bad input never raises out of this module's public functions except :class:`OffloadError`, which the
+caller treats as "drop the packet".
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from vpncloud.core.superpacket import SuperPacket
+
+_np: Any
+try:  # optional speed-up, see the module docstring
+    import numpy as _np
+except ImportError:  # pragma: no cover - depends on the installation
+    _np = None
+
+VNET_HDR = struct.Struct("<BBHHHH")
+VNET_HDR_LEN = 10
+ZERO_HDR = bytes(VNET_HDR_LEN)
+
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+GSO_ECN = 0x80
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+#: Largest packet a coalesced write may have (IPv4 total length is 16 bits).
+MAX_COALESCED = 65535
+#: Largest number of segments merged into one write (the kernel's GRO limit is similar).
+MAX_SEGMENTS = 64
+
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_H = struct.Struct("!H")
+_HH = struct.Struct("!HH")
+_L = struct.Struct("!L")
+
+HAVE_NUMPY = _np is not None
+
+
+class OffloadError(Exception):
+    """A packet that cannot be segmented or checked (malformed): drop it."""
+
+
+# --------------------------------------------------------------------------------------- checksums
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """Ones'-complement sum of ``data`` as 16-bit big-endian words (odd length: zero padded),
+    reduced mod 0xFFFF (0 stands for both zeros)."""
+    n = len(data)
+    if n & 1:
+        return (int.from_bytes(data, "big") << 8) % 0xFFFF
+    return int.from_bytes(data, "big") % 0xFFFF
+
+
+def finish(total: int) -> int:
+    """Checksum field value for a ones'-complement sum (any size, folded here)."""
+    total %= 0xFFFF
+    return 0xFFFF - total if total else 0
+
+
+def fold(total: int) -> int:
+    """Fold a sum into 16 bits without inverting (for partial / pseudo-header checksums)."""
+    total %= 0xFFFF
+    return total if total else 0xFFFF
+
+
+def pseudo_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
+    """Sum of the TCP/UDP pseudo header (IPv4 or IPv6 by the address length)."""
+    return ones_sum(src) + ones_sum(dst) + proto + length
+
+
+def ipv4_header_checksum(header: bytes | bytearray) -> int:
+    """Checksum of an IPv4 header whose checksum field is zero."""
+    return finish(ones_sum(header))
+
+
+def _payload_sums(buf: bytes, start: int, mss: int, count: int) -> list[int]:
+    """Ones'-complement sums of ``count`` consecutive ``mss``-byte chunks of ``buf`` from ``start``."""
+    if count <= 0:
+        return []
+    if _np is not None and count > 1:
+        # Sum little-endian words (native, fast) and convert: a byte swap is a factor of 256 mod 0xFFFF.
+        if mss & 1:
+            # odd chunks: copy each into an even-sized zero-padded row (the padding rule of RFC 1071)
+            octets = _np.frombuffer(buf, dtype=_np.uint8, count=count * mss, offset=start).reshape(count, mss)
+            rows = _np.zeros((count, mss + 1), dtype=_np.uint8)
+            rows[:, :mss] = octets
+            words = rows.view("<u2")
+        else:
+            words = _np.frombuffer(buf, dtype="<u2", count=count * mss // 2, offset=start).reshape(
+                count, mss // 2
+            )
+        sums = words.sum(axis=1, dtype=_np.uint64 if mss > 0x10000 else _np.uint32)
+        return [(s * 256) % 0xFFFF for s in sums.tolist()]
+    return [ones_sum(buf[start + i * mss : start + (i + 1) * mss]) for i in range(count)]
+
+
+# --------------------------------------------------------------------------------------- parsing
+
+
+def header_lengths(packet: bytes) -> tuple[int, int, int]:
+    """(IP version, IP header length, L4 protocol) of a packet without IPv6 extension headers."""
+    if len(packet) < 20:
+        raise OffloadError("packet too short")
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        if ihl < 20 or len(packet) < ihl:
+            raise OffloadError("bad IPv4 header length")
+        return 4, ihl, packet[9]
+    if version == 6:
+        if len(packet) < 40:
+            raise OffloadError("packet too short")
+        return 6, 40, packet[6]
+    raise OffloadError("not an IP packet")
+
+
+def complete_checksum(packet: bytes, csum_start: int, csum_offset: int) -> bytes:
+    """Finish a partial checksum (``NEEDS_CSUM``): sum from ``csum_start`` to the end, store it."""
+    pos = csum_start + csum_offset
+    if csum_start >= len(packet) or pos + 2 > len(packet):
+        raise OffloadError("checksum offsets out of range")
+    value = finish(ones_sum(memoryview(packet)[csum_start:]))
+    if value == 0 and csum_offset == 6:
+        value = 0xFFFF  # UDP: 0 means "no checksum"
+    out = bytearray(packet)
+    _H.pack_into(out, pos, value)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------------------- TX
+
+
+def segment(hdr: bytes | memoryview, packet: bytes) -> list[bytes]:
+    """The packets to send for one read from an offloading TUN: ``hdr`` is the virtio header.
+
+    Returns the packet itself (checksum completed if needed) or its segments. Raises
+    :class:`OffloadError` for malformed input.
+    """
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack(hdr)
+    kind = gso_type & ~GSO_ECN
+    if kind == GSO_NONE:
+        if flags & F_NEEDS_CSUM:
+            return [complete_checksum(packet, csum_start, csum_offset)]
+        return [packet]
+    if gso_size == 0:
+        raise OffloadError("GSO packet without segment size")
+    if kind in (GSO_TCPV4, GSO_TCPV6):
+        return segment_tcp(packet, gso_size, kind == GSO_TCPV6)
+    if kind in (GSO_UDP_L4, GSO_UDP):
+        return segment_udp(packet, gso_size)
+    raise OffloadError(f"unsupported GSO type {gso_type}")
+
+
+def segment_tcp(packet: bytes, mss: int, expect_v6: bool | None = None) -> list[bytes]:
+    """Cut a TCP super-packet into segments of ``mss`` payload bytes with full checksums."""
+    version, iphl, proto = header_lengths(packet)
+    if proto != PROTO_TCP or (expect_v6 is not None and expect_v6 != (version == 6)):
+        raise OffloadError("TSO packet is not TCP of the announced family")
+    if len(packet) < iphl + 20:
+        raise OffloadError("truncated TCP header")
+    doff = (packet[iphl + 12] >> 4) * 4
+    hl = iphl + doff
+    if doff < 20 or hl > len(packet):
+        raise OffloadError("bad TCP header length")
+    if version == 4:
+        if _H.unpack_from(packet, 6)[0] & 0x3FFF:
+            raise OffloadError("fragmented TSO packet")
+        src, dst = packet[12:16], packet[16:20]
+        ip_id = _H.unpack_from(packet, 4)[0]
+    else:
+        src, dst = packet[8:24], packet[24:40]
+        ip_id = 0
+    total = len(packet) - hl
+    if total <= mss:
+        # nothing to cut: just a full checksum
+        out = bytearray(packet)
+        _H.pack_into(out, iphl + 16, 0)
+        if version == 4:
+            _H.pack_into(out, 2, len(packet))
+            _H.pack_into(out, 10, 0)
+            _H.pack_into(out, 10, ipv4_header_checksum(out[:iphl]))
+        else:
+            _H.pack_into(out, 4, len(packet) - 40)
+        tcp_sum = pseudo_sum(src, dst, PROTO_TCP, len(packet) - iphl) + ones_sum(out[iphl:])
+        _H.pack_into(out, iphl + 16, finish(tcp_sum))
+        return [bytes(out)]
+    count = (total + mss - 1) // mss
+    full = total // mss
+    seq0 = _L.unpack_from(packet, iphl + 4)[0]
+    flags0 = packet[iphl + 13]
+    # header template with zeroed variable fields: IP len/id/csum, TCP seq/flags/csum
+    tmpl = bytearray(packet[:hl])
+    _H.pack_into(tmpl, iphl + 16, 0)
+    _L.pack_into(tmpl, iphl + 4, 0)
+    tmpl[iphl + 13] = 0
+    if version == 4:
+        _H.pack_into(tmpl, 2, 0)
+        _H.pack_into(tmpl, 4, 0)
+        _H.pack_into(tmpl, 10, 0)
+        ip_base = ones_sum(tmpl[:iphl])
+    else:
+        _H.pack_into(tmpl, 4, 0)
+        ip_base = 0
+    # TCP header sum without seq/flags/csum, plus the address part of the pseudo header
+    tcp_base = ones_sum(tmpl[iphl:]) + ones_sum(src) + ones_sum(dst) + PROTO_TCP + doff
+    sums = _payload_sums(packet, hl, mss, full)
+    if full < count:
+        sums.append(ones_sum(memoryview(packet)[hl + full * mss :]))
+    first_flags = flags0 & ~0x09  # no FIN/PSH before the last segment
+    mid_flags = first_flags & ~0x80  # CWR only on the first segment
+    last_flags = flags0 & ~0x80
+    segments: list[bytes] = []
+    view = memoryview(packet)
+    pos = hl
+    for i in range(count):
+        seglen = mss if i < full else total - full * mss
+        fl = last_flags if i == count - 1 else (first_flags if i == 0 else mid_flags)
+        if i == 0 and count == 1:
+            fl = flags0
+        seq = (seq0 + i * mss) & 0xFFFFFFFF
+        h = bytearray(tmpl)
+        _L.pack_into(h, iphl + 4, seq)
+        h[iphl + 13] = fl
+        if version == 4:
+            ip_len = hl + seglen
+            ident = (ip_id + i) & 0xFFFF
+            _HH.pack_into(h, 2, ip_len, ident)
+            _H.pack_into(h, 10, finish(ip_base + ip_len + ident))
+        else:
+            _H.pack_into(h, 4, doff + seglen)
+        csum = tcp_base + seglen + (seq >> 16) + (seq & 0xFFFF) + fl + sums[i]
+        _H.pack_into(h, iphl + 16, finish(csum))
+        h += view[pos : pos + seglen]
+        pos += seglen
+        segments.append(h)  # type: ignore[arg-type]  # a bytearray is as good as bytes downstream
+    return segments
+
+
+def segment_udp(packet: bytes, size: int) -> list[bytes]:
+    """Cut a UDP GSO super-packet (USO) into datagrams of ``size`` payload bytes."""
+    version, iphl, proto = header_lengths(packet)
+    if proto != PROTO_UDP:
+        raise OffloadError("USO packet is not UDP")
+    hl = iphl + 8
+    if hl > len(packet):
+        raise OffloadError("truncated UDP header")
+    if version == 4:
+        if _H.unpack_from(packet, 6)[0] & 0x3FFF:
+            raise OffloadError("fragmented USO packet")
+        src, dst = packet[12:16], packet[16:20]
+        ip_id = _H.unpack_from(packet, 4)[0]
+    else:
+        src, dst = packet[8:24], packet[24:40]
+        ip_id = 0
+    total = len(packet) - hl
+    count = max((total + size - 1) // size, 1)
+    full = total // size
+    sums = _payload_sums(packet, hl, size, full)
+    if full < count:
+        sums.append(ones_sum(memoryview(packet)[hl + full * size :]))
+    tmpl = bytearray(packet[:hl])
+    if version == 4:
+        _H.pack_into(tmpl, 2, 0)
+        _H.pack_into(tmpl, 4, 0)
+        _H.pack_into(tmpl, 10, 0)
+        ip_base = ones_sum(tmpl[:iphl])
+    else:
+        ip_base = 0
+    ports = ones_sum(tmpl[iphl : iphl + 4])
+    addr_sum = ones_sum(src) + ones_sum(dst) + PROTO_UDP
+    out: list[bytes] = []
+    pos = hl
+    for i in range(count):
+        seglen = size if i < full else total - full * size
+        h = bytearray(tmpl)
+        udp_len = 8 + seglen
+        if version == 4:
+            ip_len = hl + seglen
+            ident = (ip_id + i) & 0xFFFF
+            _HH.pack_into(h, 2, ip_len, ident)
+            _H.pack_into(h, 10, finish(ip_base + ip_len + ident))
+        else:
+            _H.pack_into(h, 4, udp_len)
+        csum = finish(addr_sum + udp_len + ports + udp_len + sums[i]) or 0xFFFF
+        _HH.pack_into(h, iphl + 4, udp_len, csum)
+        h += packet[pos : pos + seglen]
+        pos += seglen
+        out.append(bytes(h))
+    return out
+
+
+# --------------------------------------------------------------------------------------- RX
+
+
+class _Run:
+    """Segments of one TCP flow waiting to be merged."""
+
+    __slots__ = ("first", "gso", "hl", "iphl", "key", "next_seq", "parts", "size", "v6")
+
+    def __init__(self, packet: bytes, key: bytes, iphl: int, hl: int, seq: int, plen: int, v6: bool) -> None:
+        self.first = packet
+        self.key = key
+        self.iphl = iphl
+        self.hl = hl
+        self.v6 = v6
+        self.gso = plen
+        self.parts: list[bytes] = [packet]
+        self.size = len(packet)
+        self.next_seq = (seq + plen) & 0xFFFFFFFF
+
+
+def _tcp_info(packet: bytes) -> tuple[bytes, int, int, int, int, bool, int] | None:
+    """(flow key, IP header len, full header len, seq, payload len, v6, tcp flags) or None if the
+    packet cannot take part in coalescing."""
+    n = len(packet)
+    if n < 40:
+        return None
+    b0 = packet[0]
+    if b0 == 0x45:
+        if packet[9] != PROTO_TCP or _H.unpack_from(packet, 2)[0] != n:
+            return None
+        if _H.unpack_from(packet, 6)[0] & 0x3FFF:  # MF or offset: a fragment
+            return None
+        iphl = 20
+        v6 = False
+        # tos, frag field (DF), ttl, proto, addresses
+        ipkey = packet[1:2] + packet[6:9] + packet[12:20]
+    elif b0 >> 4 == 6:
+        if n < 60 or packet[6] != PROTO_TCP or _H.unpack_from(packet, 4)[0] != n - 40:
+            return None
+        iphl = 40
+        v6 = True
+        ipkey = packet[0:4] + packet[7:40]
+    else:
+        return None
+    doff = (packet[iphl + 12] >> 4) * 4
+    hl = iphl + doff
+    if doff < 20 or hl > n:
+        return None
+    flags = packet[iphl + 13]
+    if flags & ~0x18:  # anything but ACK/PSH (SYN, FIN, RST, URG, ECE, CWR) is written alone
+        return None
+    if not flags & 0x10:
+        return None
+    plen = n - hl
+    if plen == 0:
+        return None
+    # ports, ack, doff byte, window, urgent pointer, options
+    key = b"".join(
+        (
+            ipkey,
+            packet[iphl : iphl + 4],
+            packet[iphl + 8 : iphl + 13],
+            packet[iphl + 14 : iphl + 16],
+            packet[iphl + 18 : hl],
+        )
+    )
+    seq = _L.unpack_from(packet, iphl + 4)[0]
+    return key, iphl, hl, seq, plen, v6, flags
+
+
+class Coalescer:
+    """Userspace GRO: feed decrypted packets in order, get the device writes (virtio header + data).
+
+    Only *adjacent* packets are merged (like the kernel's GRO within one NAPI poll), so the order of
+    packets, also between flows, never changes. :meth:`flush` ends every run; call it when the
+    socket is drained (EAGAIN), not after each read, because GRO trains are not message boundaries.
+    """
+
+    def __init__(self, out: list[bytes]) -> None:
+        self.out = out
+        self._run: _Run | None = None
+
+    def add(self, packet: bytes) -> None:
+        """One packet (IP, full checksums) in receive order; a :class:`SuperPacket` (already with
+        its virtio header) is passed through."""
+        run = self._run
+        if isinstance(packet, SuperPacket):
+            if run is not None:
+                self._emit(run)
+                self._run = None
+            self.out.append(packet)
+            return
+        info = _tcp_info(packet)
+        if info is None:
+            if run is not None:
+                self._emit(run)
+                self._run = None
+            self.out.append(ZERO_HDR + packet)
+            return
+        key, iphl, hl, seq, plen, v6, flags = info
+        if run is not None:
+            if (
+                key == run.key
+                and seq == run.next_seq
+                and plen <= run.gso
+                and run.size + plen <= MAX_COALESCED
+                and len(run.parts) < MAX_SEGMENTS
+            ):
+                run.parts.append(packet)
+                run.size += plen
+                run.next_seq = (seq + plen) & 0xFFFFFFFF
+                if plen < run.gso or flags & 0x08:
+                    # a short segment or PSH ends the run (the kernel does the same)
+                    self._emit(run)
+                    self._run = None
+                return
+            self._emit(run)
+            self._run = None
+        if flags & 0x08:
+            self.out.append(ZERO_HDR + packet)
+            return
+        self._run = _Run(packet, key, iphl, hl, seq, plen, v6)
+
+    def flush(self) -> None:
+        """Write out the pending run."""
+        if self._run is not None:
+            self._emit(self._run)
+            self._run = None
+
+    def _emit(self, run: _Run) -> None:
+        parts = run.parts
+        if len(parts) == 1:
+            self.out.append(ZERO_HDR + run.first)
+            return
+        hl = run.hl
+        iphl = run.iphl
+        last = parts[-1]
+        head = bytearray(run.first[:hl])
+        head[iphl + 13] = last[iphl + 13]  # PSH of the last segment
+        total = run.size
+        tcp_len = total - iphl
+        if run.v6:
+            _H.pack_into(head, 4, tcp_len)
+            src, dst = head[8:24], head[24:40]
+            gso_type = GSO_TCPV6
+        else:
+            _H.pack_into(head, 2, total)
+            _H.pack_into(head, 10, 0)
+            _H.pack_into(head, 10, ipv4_header_checksum(head[:iphl]))
+            src, dst = head[12:16], head[16:20]
+            gso_type = GSO_TCPV4
+        _H.pack_into(head, iphl + 16, fold(pseudo_sum(bytes(src), bytes(dst), PROTO_TCP, tcp_len)))
+        vhdr = VNET_HDR.pack(F_NEEDS_CSUM, gso_type, hl, run.gso, iphl, 16)
+        self.out.append(b"".join([vhdr, head, *(p[hl:] for p in parts)]))
+
+
+_COLUMNS: dict[tuple[int, int], Any] = {}
+
+
+def _invariant_columns(iphl: int, hl: int) -> Any:
+    """Header byte positions that must be equal in all equal-sized segments of one run."""
+    cols = _COLUMNS.get((iphl, hl))
+    if cols is None:
+        assert _np is not None
+        keep = _np.ones(hl, dtype=bool)
+        if iphl == 20:
+            keep[[4, 5, 10, 11]] = False  # IPv4 id and header checksum
+        keep[iphl + 4 : iphl + 8] = False  # sequence number (flags stay: ACK only, like the first)
+        keep[iphl + 16 : iphl + 18] = False  # checksum
+        cols = _COLUMNS[(iphl, hl)] = _np.nonzero(keep)[0]
+    return cols
+
+
+def _fast_run(c: Coalescer, packets: list[bytes], i: int, j: int) -> int:
+    """Vectorised check of equal-sized packets ``packets[i:j]``: start a run with the longest
+    mergeable prefix and return its length (0: not mergeable, use the per-packet path)."""
+    assert _np is not None
+    first = packets[i]
+    info = _tcp_info(first)
+    if info is None:
+        return 0
+    key, iphl, hl, seq, plen, v6, flags = info
+    if flags & 0x08:
+        return 0
+    k = min(j - i, MAX_SEGMENTS, (MAX_COALESCED - hl) // plen)
+    if k < 2:
+        return 0
+    size = len(first)
+    rows = _np.frombuffer(b"".join(packets[i : i + k]), dtype=_np.uint8).reshape(k, size)
+    head = rows[:, _invariant_columns(iphl, hl)]
+    good = (head == head[0]).all(axis=1)
+    seqs = _np.ascontiguousarray(rows[:, iphl + 4 : iphl + 8]).view(">u4")[:, 0].astype(_np.int64)
+    good[1:] &= ((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == plen
+    bad = _np.flatnonzero(~good)
+    m = int(bad[0]) if len(bad) else k
+    if m < 2:
+        return 0
+    c.flush()
+    run = _Run(first, key, iphl, hl, seq, plen, v6)
+    run.parts = packets[i : i + m]
+    run.size = hl + m * plen
+    run.next_seq = (seq + m * plen) & 0xFFFFFFFF
+    if m == MAX_SEGMENTS:
+        c._emit(run)
+    else:
+        c._run = run
+    return m
+
+
+#: Equal-sized packets needed before the vectorised check pays off.
+FAST_MIN = 4
+
+
+def coalesce(packets: list[bytes]) -> list[bytes]:
+    """All device writes (virtio header + packet) for ``packets`` in order (one batch)."""
+    out: list[bytes] = []
+    c = Coalescer(out)
+    n = len(packets)
+    i = 0
+    while i < n:
+        p = packets[i]
+        if _np is not None and i + FAST_MIN <= n and not isinstance(p, SuperPacket):
+            size = len(p)
+            j = i + 1
+            while j < n and len(packets[j]) == size:
+                j += 1
+            if j - i >= FAST_MIN:
+                took = _fast_run(c, packets, i, j)
+                if took:
+                    i += took
+                    continue
+        c.add(p)
+        i += 1
+    c.flush()
+    return out
+
+
+def coalesce_slow(packets: list[bytes]) -> list[bytes]:
+    """The per-packet coalescer only (reference for tests)."""
+    out: list[bytes] = []
+    c = Coalescer(out)
+    for p in packets:
+        c.add(p)
+    c.flush()
+    return out
