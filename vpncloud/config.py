@@ -540,6 +540,7 @@ class Config:
     quiet: bool = False
     # ours
     control_socket: str | None = None
+    security_file: str | None = None
     routes: bool = True
     stats_interval: int = 60
     config_path: str | None = None
@@ -804,6 +805,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-routes", action="store_true", help="Do not program kernel routes for remote claims")
     p.add_argument(
+        "--security-file",
+        metavar="FILE",
+        help="ACL and key expiry written by `vpncloud apply` (default: NAME.security.yaml beside "
+        "--config, if it exists)",
+    )
+    p.add_argument(
         "--stats-interval",
         type=_u32,
         metavar="SECS",
@@ -905,6 +912,7 @@ def config_from_args(ns: argparse.Namespace, warn: Callable[[str], None] | None 
     config.verbose = bool(getattr(ns, "verbose", False))
     config.quiet = bool(getattr(ns, "quiet", False))
     config.control_socket = ns.control_socket
+    config.security_file = ns.security_file
     config.routes = not ns.no_routes
     if ns.stats_interval is not None:
         config.stats_interval = ns.stats_interval

@@ -41,6 +41,8 @@ from .control import ControlServer, default_socket_path
 from .hooks import Hooks, run_sync
 from .logs import get_logger
 from .privileges import PrivilegeError, daemonize, drop_privileges, lookup, sd_notify
+from .security_file import Security, apply_security, load_security_file
+from .security_file import default_path as security_default_path
 from .stats_io import (
     StatsFile,
     beacon_addresses,
@@ -116,6 +118,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.routes: devmod.RouteManager | None = None
         self.stats_file: StatsFile | None = None
+        self.security = Security()
         self.portmap: Any = None  # vpncloud.daemon.portmap.PortMapper while port forwarding runs
         self.portmap_addrs: list[SocketAddr] = []
         self.hooks = Hooks(config.hook, config.hooks)
@@ -199,6 +202,10 @@ class Daemon:
             )
         node_config = build_node_config(cfg, port=self.sock.port, auto_claim_ip=self.auto_claim_ip)
         self.node = Node(node_config, crypto, self.now(), _Rng())
+        try:
+            self._apply_security(self._read_security())
+        except ConfigError as exc:
+            raise Fatal(str(exc)) from None
         self._enable_super_packets()
         self._set_own_addresses()
         self._start_port_forwarding()
@@ -394,6 +401,8 @@ class Daemon:
                     key.data(key)
                 now = self.now()
                 if now >= self.node.get_timer():
+                    # key expiry compares wall time; the core's own clock is monotonic
+                    self.node.set_wall_time(time.time())
                     self.node.handle_timer(now)
                     if self.portmap is not None:
                         self.portmap.renew_if_due(now)
@@ -765,6 +774,14 @@ class Daemon:
             return
         now = self.now()
         self.node.reconfigure(node_config, crypto, now)
+        new.security_file = self.config.security_file
+        try:
+            security = self._read_security(new)
+        except ConfigError as exc:
+            log.error("Reload of the security file failed, keeping the old one: %s", exc)
+            security = self.security
+        # reconfigure installed a fresh identity: expiry and ACL go on again either way
+        self._apply_security(security)
         old_peers = set(self.node.configured_peers())
         new_peers = [normalize_peer(p) for p in new.peers]
         for name in old_peers - set(new_peers):
@@ -779,6 +796,27 @@ class Daemon:
         self.hooks = Hooks(new.hook, new.hooks)
         self._flush()
         log.info("Configuration reloaded")
+
+    # --- security file (ACL, key expiry; ours) -----------------------------------------------------
+
+    def _read_security(self, cfg: Config | None = None) -> Security:
+        """The security file: --security-file (must exist) or NAME.security.yaml beside --config."""
+        cfg = cfg or self.config
+        path = cfg.security_file or security_default_path(cfg.config_path)
+        if path is None:
+            return Security()
+        return load_security_file(path, required=cfg.security_file is not None)
+
+    def _apply_security(self, security: Security) -> None:
+        assert self.node is not None
+        apply_security(self.node, security)
+        self.security = security
+        if security.acl is not None or security.key_expiry:
+            log.info(
+                "Security file: %s, %d trusted keys with expiry",
+                "ACL enforced" if security.acl is not None else "no ACL",
+                len(security.key_expiry),
+            )
 
     # --- shutdown ----------------------------------------------------------------------------------
 
