@@ -115,6 +115,11 @@ class LabNode(BaseModel):
     address: ipaddress.IPv4Address | None = None
     address6: ipaddress.IPv6Address | None = None
     config: dict[str, Any] = Field(default_factory=dict)
+    security: dict[str, Any] | None = Field(
+        default=None,
+        description="Content of the node's security file (ACL, key expiry), written beside its config "
+        "as NAME.security.yaml where the daemon finds it.",
+    )
 
     @field_validator("config")
     @classmethod
@@ -363,6 +368,17 @@ def _write_state(d: Path, state: dict[str, Any]) -> None:
     tmp = d / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=2))
     tmp.replace(d / "state.json")
+
+
+def _write_node_files(d: Path, spec: LabSpec, node: LabNode) -> None:
+    """The node's config (0600: it holds the key) and, if any, its security file (no secrets)."""
+    _write_private(d / f"{node.name}.net", yaml.safe_dump(spec.node_config(node), sort_keys=False))
+    security = d / f"{node.name}.security.yaml"
+    if node.security is None:
+        with contextlib.suppress(FileNotFoundError):
+            security.unlink()
+    else:
+        security.write_text(yaml.safe_dump(node.security, sort_keys=False))
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -740,9 +756,7 @@ def lab_up(spec: LabSpec, state_dir: Path | None = None, *, timeout: float = 60.
                 state["nodes"][node.name] = {"namespace": ns.name, "pid": None}
             _write_state(d, state)
             for node in spec.nodes:
-                _write_private(
-                    d / f"{node.name}.net", yaml.safe_dump(spec.node_config(node), sort_keys=False)
-                )
+                _write_node_files(d, spec, node)
                 ns = topo[node.name]
                 state["nodes"][node.name]["pid"] = _start_node(ns, d, node.name)
                 _write_state(d, state)
@@ -830,9 +844,7 @@ def _replace_node(state: dict[str, Any], d: Path, node: LabNode | str) -> str:
     except ValidationError as e:
         raise LabError(f"node {node.name}: invalid node: {e.errors()[0]['msg']}") from None
     state["spec"] = spec.model_dump(mode="json")
-    _write_private(
-        d / f"{node.name}.net", yaml.safe_dump(spec.node_config(spec.node(node.name)), sort_keys=False)
-    )
+    _write_node_files(d, spec, spec.node(node.name))
     _write_state(d, state)
     return node.name
 

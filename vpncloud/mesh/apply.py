@@ -223,10 +223,17 @@ class LabTarget:
         ):
             prefix -= 1
         subnet = ipaddress.ip_network(f"{addresses[0]}/{prefix}", strict=False)
+        configs = {node.name: _revealed(mesh, rendered[node.name]) for node in mesh.nodes}
+        security = None
+        if mesh.acl is not None or mesh.key_expiry:
+            public = {name: str(c.get("crypto", {}).get("public-key") or "") for name, c in configs.items()}
+            security = security_file(mesh, mesh.acl, mesh.key_expiry, {k: v for k, v in public.items() if v})
         nodes = []
         for node, address in zip(mesh.nodes, addresses, strict=True):
-            config = _revealed(mesh, rendered[node.name])
-            nodes.append({"name": node.name, "address": str(address), "config": config})
+            entry = {"name": node.name, "address": str(address), "config": configs[node.name]}
+            if security is not None:
+                entry["security"] = security
+            nodes.append(entry)
         try:
             return lab.LabSpec.model_validate(
                 {"name": mesh.mesh.name, "underlay": {"subnet": str(subnet)}, "nodes": nodes}
@@ -269,6 +276,14 @@ class LabTarget:
                 return
         except lab.LabError as exc:
             raise ApplyError(f"mesh {mesh.mesh.name}: step lab up: {exc}") from None
+        if any(c.address.startswith("security.") for c in changes):
+            # ACL or key expiry changed: every node re-reads its security file on SIGHUP.
+            changed = {c.address.split(".", 1)[1] for c in node_changes}
+            node_changes = node_changes + [
+                ResourceChange(address=f"node.{n.name}", action="update", attributes=[])
+                for n in mesh.nodes
+                if n.name not in changed
+            ]
         for change in node_changes:
             node = change.address.split(".", 1)[1]
             step = "reload" if change.action == "update" else "restart"
