@@ -334,11 +334,11 @@ def test_cli_errors_are_one_line_without_traceback(
     assert "Traceback" not in err
 
 
-def test_ansible_target_is_not_yet_available(env: tuple[Keystore, Path], tmp_path: Path) -> None:
+def test_ansible_target_without_collection_fails(env: tuple[Keystore, Path], tmp_path: Path) -> None:
     from vpncloud.mesh.apply import AnsibleTarget
 
     store, state_dir = env
-    with pytest.raises(ApplyError, match="not yet available"):
+    with pytest.raises(ApplyError, match="step deploy: no Ansible collection under"):
         apply_mesh(load_mesh_text(MESH), store, state_dir, AnsibleTarget(tmp_path))
 
 

@@ -180,9 +180,13 @@ def _exchange(path: str, payload: bytes, shutdown: bool = True) -> bytes:
     s.settimeout(10)
     s.connect(path)
     try:
-        s.sendall(payload)
-        if shutdown:
-            s.shutdown(socket.SHUT_WR)
+        try:
+            s.sendall(payload)
+            if shutdown:
+                s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server may answer an oversized request and close before reading all of it.
+            pass
         chunks = []
         while True:
             try:
