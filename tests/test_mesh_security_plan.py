@@ -52,3 +52,32 @@ def test_failing_policy_test_is_a_located_plan_error(tmp_path: Path, capsys: obj
     assert rc == 1
     assert "mesh.yaml:13: acl.tests[1]: policy test failed" in err + out
     assert "Traceback" not in err + out
+
+
+def test_plan_warns_when_the_vpn_mtu_is_above_the_path(tmp_path: Path, capsys: object) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    base = (
+        "mesh:\n  name: mtu\n  vpn_network: 10.77.0.0/24\nEXTRA"
+        + "nodes:\n"
+        + "".join(
+            f"  - {{name: n{i}, host: h{i}, underlay: 10.76.0.{i}, vpn_address: 10.77.0.{i}}}\n"
+            for i in (1, 2)
+        )
+    )
+    args = [
+        "plan",
+        str(mesh),
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--keystore",
+        str(tmp_path / "k"),
+        "--json",
+    ]
+    mesh.write_text(base.replace("EXTRA", "  path_mtu: 1420\n"))
+    assert main(args) == 0
+    warnings = json.loads(capsys.readouterr()[0])["warnings"]  # type: ignore[attr-defined]
+    assert [w for w in warnings if w["kind"] == "mtu" and "1427" in w["message"] and "1347" in w["message"]]
+    mesh.write_text(base.replace("EXTRA", "  path_mtu: 1500\n"))
+    assert main(args) == 0
+    warnings = json.loads(capsys.readouterr()[0])["warnings"]  # type: ignore[attr-defined]
+    assert not [w for w in warnings if w["kind"] == "mtu"]

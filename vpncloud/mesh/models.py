@@ -151,6 +151,20 @@ class MeshSettings(_Model):
     )
     password: SecretStr | None = Field(default=None, description="Shared password, only with auth: password.")
     timers: Timers = Field(default_factory=Timers, description="Protocol timers.")
+    interface_mtu: int = Field(
+        default=1500,
+        ge=576,
+        le=65535,
+        description="MTU of the nodes' uplink interfaces; the daemon sets the VPN device MTU to this minus "
+        "73 (TUN) or 87 (TAP), as the original does.",
+    )
+    path_mtu: int | None = Field(
+        default=None,
+        ge=576,
+        le=65535,
+        description="Smallest MTU on the underlay paths between nodes (e.g. 1492 over PPPoE, 1420 inside "
+        "another tunnel); plan warns when the VPN MTU is above what the path carries.",
+    )
     defaults: NodeSettings = Field(default_factory=NodeSettings, description="Settings of every node.")
 
     @model_validator(mode="after")

@@ -334,6 +334,18 @@ def plan_warnings(mesh: Mesh) -> list[PlanWarning]:
                     "public node: they cannot reach each other",
                 )
             )
+    settings = mesh.mesh
+    if settings.path_mtu is not None and settings.interface_mtu > settings.path_mtu:
+        overhead = 73 if settings.device_type == "tun" else 87  # spec 12: IPv6+UDP+crypto(+Ethernet)
+        warnings.append(
+            PlanWarning(
+                kind="mtu",
+                message=f"the VPN device MTU will be {settings.interface_mtu - overhead} (uplink "
+                f"{settings.interface_mtu} - {overhead}) but the path carries only "
+                f"{settings.path_mtu - overhead}: full-size packets will be fragmented or dropped; lower "
+                "the uplink MTU or the device MTU in an ifup hook",
+            )
+        )
     for kind, message in expiry_warnings(mesh.key_expiry, dt.datetime.now(dt.UTC)):
         warnings.append(PlanWarning(kind=kind, message=message))
     for na, ca, nb, cb in overlapping_claims(mesh):
