@@ -524,11 +524,7 @@ class Node:
                 self.traffic.count_invalid_protocol(len(payload))
                 log.error("Invalid payload from %s: %s", _fmt(addr), err)
                 return
-            acl = self.acl
-            if acl is not None and not acl.check(
-                payload, now, outbound=False, frame=self.config.device_type is DeviceType.TAP
-            ):
-                self.traffic.count_dropped_payload(len(payload))
+            if self.acl is not None and self._acl_denies(payload, now, outbound=False):
                 return
             self.traffic.count_in_payload(src, dst, len(payload))
             self._device_out.append(payload)
@@ -761,6 +757,14 @@ class Node:
 
     # ------------------------------------------------------------------ device side
 
+    def _acl_denies(self, data: bytes, now: float, *, outbound: bool) -> bool:
+        """Whether the ACL refuses this packet/frame; a refused one counts as dropped payload."""
+        assert self.acl is not None
+        if self.acl.check(data, now, outbound=outbound, frame=self.config.device_type is DeviceType.TAP):
+            return False
+        self.traffic.count_dropped_payload(len(data))
+        return True
+
     def receive_packet(self, packet: bytes, now: float) -> None:
         """Forward one packet/frame read from the device (spec 11.2)."""
         try:
@@ -768,11 +772,7 @@ class Node:
         except DecodeError as err:
             log.error("Invalid packet from device: %s", err)
             return
-        acl = self.acl
-        if acl is not None and not acl.check(
-            packet, now, outbound=True, frame=self.config.device_type is DeviceType.TAP
-        ):
-            self.traffic.count_dropped_payload(len(packet))
+        if self.acl is not None and self._acl_denies(packet, now, outbound=True):
             return
         self.traffic.count_out_payload(dst, src, len(packet))
         target = self.table.lookup(dst, now)
