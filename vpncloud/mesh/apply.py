@@ -115,13 +115,13 @@ class AnsibleTarget:
         *,
         state_dir: Path | None = None,
         keystore: Path | None = None,
-        inventory: Path | None = None,
+        inventory: Path | list[Path] | None = None,
         extra_args: list[str] | None = None,
     ) -> None:
         self.root = repo_root or Path(__file__).resolve().parents[2]
         self.state_dir = state_dir or Path(".vpncloud/state")
         self.keystore = keystore
-        self.inventory = inventory
+        self.inventories = [inventory] if isinstance(inventory, Path) else list(inventory or [])
         self.extra_args = list(extra_args or [])
         self.mesh_file: str | None = None
         self.dry_run = any(a in ("--check", "-C") for a in self.extra_args)
@@ -157,10 +157,10 @@ class AnsibleTarget:
         if not link.exists():
             link.symlink_to(collection.resolve(), target_is_directory=True)
         playbook_bin = Path(sys.executable).with_name("ansible-playbook")
-        inventory = self.inventory or self.write_inventory(mesh)
+        inventories = self.inventories or [self.write_inventory(mesh)]
         cmd = [
             str(playbook_bin) if playbook_bin.exists() else "ansible-playbook",
-            "-i", str(inventory),
+            *(arg for inv in inventories for arg in ("-i", str(inv))),
             str(collection / "playbooks" / "site.yml"),
             "-e", f"vpncloud_mesh_file={Path(self.mesh_file).resolve()}",
         ]  # fmt: skip

@@ -63,7 +63,11 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lab-dir", type=Path, default=None, help="Lab state root (default: the lab's own)")
     p.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for a healthy mesh")
     p.add_argument(
-        "--inventory", type=Path, default=None, help="Ansible inventory (target ansible; default: generated)"
+        "--inventory",
+        type=Path,
+        action="append",
+        default=None,
+        help="Ansible inventory, repeatable (target ansible; default: generated from the mesh)",
     )
     p.add_argument(
         "--ansible-arg",
