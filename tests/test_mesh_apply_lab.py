@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def test_apply_lab_then_change_then_no_changes(
     status = lab.lab_status(name, lab_dir)
     assert status.whole and status.ping_ok
     assert sorted(n.name for n in status.nodes) == ["a", "b", "c"]
+    # the managed hosts block names every node inside the lab's namespaces
+    ns_a = next(n.namespace for n in status.nodes if n.name == "a")
+    resolved = subprocess.run(
+        ["ip", "netns", "exec", ns_a, "getent", "hosts", f"b.{name}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resolved.stdout.split()[:1] == ["10.99.0.2"], resolved
     keys = Keystore(tmp_path / "keys").public_keys(name)
     assert sorted(keys) == ["a", "b", "c"]
 

@@ -138,6 +138,10 @@ class LabSpec(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9]{1,16}$")
     underlay: Underlay
     common: dict[str, Any] = Field(default_factory=dict)
+    hosts: str | None = Field(
+        default=None,
+        description="Lines for /etc/hosts inside every node's namespace (names of the mesh's nodes).",
+    )
     nodes: list[LabNode] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -753,6 +757,10 @@ def lab_up(spec: LabSpec, state_dir: Path | None = None, *, timeout: float = 60.
                 if node.address6 is not None and spec.underlay.subnet6 is not None:
                     addrs.append(f"{node.address6}/{spec.underlay.subnet6.prefixlen}")
                 ns = topo.node(node.name, *addrs, switch=SWITCH, ifname=UNDERLAY_IF)
+                if spec.hosts:
+                    netns.write_netns_etc(
+                        ns.name, "hosts", "127.0.0.1 localhost\n::1 localhost\n" + spec.hosts
+                    )
                 state["nodes"][node.name] = {"namespace": ns.name, "pid": None}
             _write_state(d, state)
             for node in spec.nodes:

@@ -27,6 +27,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -60,6 +61,8 @@ IFNAMSIZ = 16
 #: Every prefix made by :func:`new_prefix` starts with this, so ``cleanup_stale(DEFAULT_PREFIX_BASE)``
 #: finds leftovers of all test runs.
 DEFAULT_PREFIX_BASE = "vc"
+#: Where iproute2 looks for per-namespace /etc files (bind-mounted by "ip netns exec").
+NETNS_ETC = Path("/etc/netns")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -207,6 +210,16 @@ def delete_netns(name: str, grace: float = 3.0) -> None:
         time.sleep(0.1)
     if name in list_netns():
         raise NetnsError(f"could not delete network namespace {name!r}")
+    # Per-namespace files that "ip netns exec" bind-mounts over /etc (e.g. a hosts file of ours).
+    shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+
+
+def write_netns_etc(name: str, filename: str, text: str) -> Path:
+    """A file that ``ip netns exec NAME`` shows as ``/etc/FILENAME`` inside the namespace."""
+    path = NETNS_ETC / name / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def cleanup_stale(prefix: str) -> list[str]:

@@ -236,7 +236,12 @@ class LabTarget:
             nodes.append(entry)
         try:
             return lab.LabSpec.model_validate(
-                {"name": mesh.mesh.name, "underlay": {"subnet": str(subnet)}, "nodes": nodes}
+                {
+                    "name": mesh.mesh.name,
+                    "underlay": {"subnet": str(subnet)},
+                    "nodes": nodes,
+                    "hosts": hosts_block(mesh),
+                }
             )
         except ValueError as exc:
             # pydantic's message may quote input (configs hold keys): keep only the error kinds.
