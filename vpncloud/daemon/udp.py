@@ -224,18 +224,12 @@ class UdpSocket:
 
     def send(self, data: bytes, addr: SocketAddr) -> bool:
         """Send one datagram; failures are logged and reported as False, never raised."""
-        host, port = addr[0], addr[1]
-        if not self.ipv6:
-            ip = ipaddress.ip_address(host)
-            if isinstance(ip, ipaddress.IPv6Address):
-                if ip.ipv4_mapped is None:
-                    log.debug("Cannot send to %s without IPv6", host)
-                    return False
-                host = str(ip.ipv4_mapped)
-        elif "." in host and ":" not in host:
-            host = "::ffff:" + host
+        target = self._target(addr)
+        if target is None:
+            return False
+        host, port = target
         try:
-            self.sock.sendto(data, (host, port))
+            self.sock.sendto(data, target)
             return True
         except BlockingIOError:
             log.debug("Socket buffer full, dropping a datagram to %s", host)
