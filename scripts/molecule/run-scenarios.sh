@@ -14,10 +14,10 @@ set -uo pipefail
 . "$(dirname "$0")/common.sh"
 
 # Cheap and fundamental first; the slow multi-phase rotation last.
-ALL_SCENARIOS=(default beacons absent nat wsproxy rotate)
+ALL_SCENARIOS=(default switch beacons absent nat wsproxy rotate)
 # Written but not passing yet: run them by name; the default run lists them as SKIP (never as passed).
-#   switch: converge + idempotence + sessions pass; the ping over the bridged TAP devices does not.
-PENDING_SCENARIOS=(switch)
+# Empty is fine: bash >= 4.4 expands "${PENDING_SCENARIOS[@]}" of an empty array to nothing under set -u.
+PENDING_SCENARIOS=()
 SCENARIO_TIMEOUT=${SCENARIO_TIMEOUT:-1800}
 MOLECULE_CMD=${MOLECULE_CMD:-test}
 
