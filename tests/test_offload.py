@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vpncloud.core.rows import PacketRows
 from vpncloud.daemon import offload as o
 
 # --------------------------------------------------------------------------------------- references
@@ -174,6 +175,36 @@ def test_tso_segments_equal_reference(v6: bool, mss: int, options: bytes) -> Non
     want = ref_segment_tcp(full, mss)
     assert got == want
     assert all(l4_ok(s) for s in got)
+
+
+@pytest.mark.skipif(not o.HAVE_NUMPY, reason="the row layout is built with numpy")
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("mss", [1387, 1388, 536, 1])
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("flags", [0x10, 0x18 | 0x80, 0x19])
+def test_tso_rows_equal_reference(v6: bool, mss: int, options: bytes, flags: int) -> None:
+    """The numpy row layout (the T1 fast path) holds exactly the reference segments, each behind
+    one free byte, for odd and even segment sizes, a short or a full last segment, seq wrap."""
+    rng = random.Random(mss * 11 + len(options) + v6 + flags)
+    for size in (mss * 44, mss * 43 + rng.randrange(1, max(mss, 2))) if mss > 1 else (37,):
+        payload = rng.randbytes(min(size, 60000))
+        full = tcp_packet(v6, payload, seq=0xFFFFF000 + rng.randrange(4096), flags=flags, options=options)
+        iphl = 40 if v6 else 20
+        hdr = vnet(o.GSO_TCPV6 if v6 else o.GSO_TCPV4, mss, iphl + 20 + len(options), iphl, 16)
+        rows = o.segment_any(hdr, as_tso(full))
+        assert not isinstance(rows, list)
+        want = ref_segment_tcp(full, mss)
+        assert rows.packets() == want
+        assert rows.stride == 1 + iphl + 20 + len(options) + mss
+        assert all(l4_ok(s) for s in rows.packets())
+
+
+def test_tso_rows_fall_back_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(o, "_np", None)
+    full = tcp_packet(False, bytes(range(256)) * 20)
+    hdr = vnet(o.GSO_TCPV4, 1000, 40, 20, 16)
+    got = o.segment_any(hdr, as_tso(full))
+    assert got == ref_segment_tcp(full, 1000)
 
 
 @pytest.mark.parametrize("v6", [False, True])
@@ -388,6 +419,48 @@ def test_coalesce_property(items: list[tuple[int, int, int]], v6: bool) -> None:
     fast = o.coalesce(stream)
     assert fast == o.coalesce_slow(stream)
     assert expand(fast) == stream
+
+
+def as_rows(packets: list[bytes], extra: int = 0) -> PacketRows:
+    """Packets as the core hands over one decrypted GRO train: rows in one buffer."""
+    stride = 1 + max(map(len, packets)) + extra
+    buf = bytearray(os.urandom(stride * len(packets)))
+    for i, p in enumerate(packets):
+        buf[i * stride + 1 : i * stride + 1 + len(p)] = p
+    return PacketRows(memoryview(buf), stride, [len(p) for p in packets])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(2, 70),
+    st.sampled_from([1300, 1375, 1, 99]),
+    st.booleans(),
+    st.sampled_from(["psh", "short", "both", "none", "gap", "ack", "syn", "gaptail"]),
+    st.integers(0, 69),
+)
+def test_coalesce_rows_equal_per_packet_path(n: int, mss: int, v6: bool, twist: str, where: int) -> None:
+    """One decrypted GRO train as rows (the T1 receive path): the same writes as the per-packet
+    coalescer, and the receiver gets exactly the input, whatever ends or breaks the run."""
+    tail = 7 if twist in ("short", "both", "gaptail") else 0
+    segs = flow_segments(
+        v6, (n - (1 if tail else 0)) * mss + tail, mss, seq=0xFFFFF000, psh_last=twist in ("psh", "both")
+    )
+    at = where % len(segs)
+    if twist == "gap":
+        segs[at] = tcp_packet(v6, os.urandom(mss), 5, 0x10, OPTIONS[1])
+    elif twist == "ack":
+        segs[at] = tcp_packet(v6, os.urandom(mss), 0xFFFFF000 + at * mss, 0x10, OPTIONS[1], ack=1)
+    elif twist == "syn":
+        segs[at] = tcp_packet(v6, os.urandom(mss), 0xFFFFF000 + at * mss, 0x12, OPTIONS[1])
+    elif twist == "gaptail":  # the short PSH segment that would end the run does not follow on
+        segs[-1] = tcp_packet(v6, os.urandom(tail), 0xFFFFF000 + len(segs) * mss, 0x18, OPTIONS[1])
+    lengths = [len(p) for p in segs]
+    if lengths.count(lengths[0]) < len(lengths) - 1:
+        return  # not the shape of a GRO train
+    rows = as_rows(segs, extra=3)
+    writes = o.coalesce([rows])
+    assert writes == o.coalesce_slow(segs)
+    assert expand(writes) == segs
 
 
 @settings(max_examples=200, deadline=None)

@@ -14,12 +14,15 @@ non-DATA messages (rotation, NODE_INFO, keepalive, close), unencrypted sessions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from .crypto_core import EXTRA_LEN
 from .errors import CryptoError, DecodeError, InitError
 from .messages import MSG_DATA
 from .peer_crypto import Message
+from .primitives import TAG_LEN
+from .rows import PacketRows
 from .superpacket import (
     FEATURE_TCP,
     FEATURE_UDP,
@@ -31,13 +34,16 @@ from .superpacket import (
     check_super_payload,
     split_frame,
 )
-from .traffic import TrafficEntry
+from .traffic import TrafficEntry, TrafficStats
 from .types import DeviceType, SocketAddr, mapped
 
 if TYPE_CHECKING:
     from .node import Node, Peer
 
 _DATA_PREFIX = bytes((MSG_DATA,))
+_FRAME_OVERHEAD = EXTRA_LEN + TAG_LEN
+#: Trains of smaller datagrams are not worth the row layout (and cannot hold a DATA message).
+_TRAIN_MIN_SEG = _FRAME_OVERHEAD + 1
 _SUPER_PREFIX = bytes((MSG_SUPER,))
 log = logging.getLogger("vpncloud.node")
 
@@ -49,39 +55,61 @@ def _entry(table: dict[object, TrafficEntry], key: object) -> TrafficEntry:
     return entry
 
 
-def send_packets(node: Node, packets: list[bytes], now: float) -> None:
+def send_packets(node: Node, packets: list[bytes] | PacketRows, now: float) -> None:
     """Packets read from the device that share source and destination address (the segments of
-    one super-packet), in order. Same result as ``receive_packet`` for each of them."""
-    if not packets:
+    one super-packet), in order. Same result as ``receive_packet`` for each of them.
+
+    :class:`PacketRows` (segments laid out in one buffer) are encrypted straight into one
+    :class:`Train` of datagrams when the common case applies; otherwise they take the general path."""
+    if not len(packets):
         return
+    rows = packets if isinstance(packets, PacketRows) else None
     if len(packets) == 1 or node.acl is not None or node.config.device_type is not DeviceType.TUN:
-        for packet in packets:
-            node.receive_packet(packet, now)
+        _one_by_one(node, packets, now)
         return
     try:
-        src, dst = node._parse(packets[0])
+        src, dst = node._parse(rows.packet(0) if rows is not None else packets[0])  # type: ignore[index]
     except DecodeError:
-        for packet in packets:
-            node.receive_packet(packet, now)
+        _one_by_one(node, packets, now)
         return
     target = node.table.lookup(dst, now)
     peer = node._peers.get(target) if target is not None else None
     core = peer.crypto.core if peer is not None and peer.crypto.is_ready else None
     if target is None or core is None:
-        for packet in packets:
-            node.receive_packet(packet, now)
+        _one_by_one(node, packets, now)
         return
-    frames = core.encrypt_many(_DATA_PREFIX, packets)
     traffic = node.traffic
+    out = node._out
+    if rows is not None and _uniform(rows.lengths):
+        train = core.encrypt_rows(MSG_DATA, rows)
+        payload_bytes = rows.total()
+        out.append((train, target))
+        frame_bytes = len(train)
+    else:
+        plain: list[bytes] = rows.packets() if rows is not None else packets  # type: ignore[assignment]
+        frames = core.encrypt_many(_DATA_PREFIX, plain)
+        payload_bytes = sum(map(len, plain))
+        frame_bytes = sum(map(len, frames))
+        for frame in frames:
+            out.append((frame, target))
     entry = _entry(traffic.payload, (dst, src))  # type: ignore[arg-type]
-    entry.out_bytes += sum(map(len, packets))
+    entry.out_bytes += payload_bytes
     entry.out_packets += len(packets)
     entry = _entry(traffic.peers, target)  # type: ignore[arg-type]
-    entry.out_bytes += sum(map(len, frames))
-    entry.out_packets += len(frames)
-    out = node._out
-    for frame in frames:
-        out.append((frame, target))
+    entry.out_bytes += frame_bytes
+    entry.out_packets += len(packets)
+
+
+def _one_by_one(node: Node, packets: list[bytes] | PacketRows, now: float) -> None:
+    for packet in packets.packets() if isinstance(packets, PacketRows) else packets:
+        node.receive_packet(packet, now)
+
+
+def _uniform(lengths: Sequence[int]) -> bool:
+    """Equal lengths except a shorter (or equal) last one: the layout of one GSO train."""
+    first = lengths[0]
+    same = list(lengths).count(first)
+    return same == len(lengths) or (same == len(lengths) - 1 and lengths[-1] < first)
 
 
 def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now: float) -> None:
@@ -110,7 +138,6 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
     pairs: dict[bytes, list[int]] = {}
     device_out = node._device_out
     decrypt_many = core.decrypt_many
-    payload_table = traffic.payload
     nbytes = 0
     count = 0
     plains = decrypt_many(datagrams)
@@ -150,6 +177,15 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
             sums[0] += size
             sums[1] += 1
         device_out.append(payload)
+    _count_in(traffic, pairs, addr, nbytes, count)
+
+
+def _count_in(
+    traffic: TrafficStats, pairs: dict[bytes, list[int]], addr: SocketAddr, nbytes: int, count: int
+) -> None:
+    """Received-traffic counters of a batch: per address pair (``pairs``: the two addresses as
+    one key -> [bytes, packets]) and per peer."""
+    payload_table = traffic.payload
     for key, (size, packets) in pairs.items():
         half = len(key) // 2
         pair = (key[:half], key[half:])
@@ -164,6 +200,85 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
         entry.in_packets += count
 
 
+def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: float) -> None:
+    """A GRO train from ``addr``: datagrams of ``seg`` bytes back to back (the last may be
+    shorter). Same result as ``receive_datagram`` for each; in the common case (DATA messages of
+    a ready peer) every frame is decrypted straight into one buffer and the packets reach the
+    device side as :class:`PacketRows`, without a ``bytes`` object per packet."""
+    if ":" not in addr[0]:
+        addr = mapped(addr)
+    elif len(addr) != 2:
+        addr = (addr[0], addr[1])
+    peer = node._peers.get(addr)
+    core = peer.crypto.core if peer is not None and peer.crypto.is_ready else None
+    if (
+        peer is None
+        or core is None
+        or seg <= _TRAIN_MIN_SEG
+        or data[:1] == SLICE_MARK_BYTE
+        or addr in node._pending
+        or node.acl is not None
+        or node.config.device_type is not DeviceType.TUN
+        or node._learning
+    ):
+        receive_datagrams(node, [data[pos : pos + seg] for pos in range(0, len(data), seg)], addr, now)
+        return
+    rows, lengths = core.decrypt_train(data, seg)
+    stride = seg - _FRAME_OVERHEAD
+    traffic = node.traffic
+    device_out = node._device_out
+    peers = node._peers
+    pairs: dict[bytes, list[int]] = {}
+    nbytes = 0
+    count = 0
+    run_start = 0  # first row of the current run of DATA rows
+    run: list[int] = []
+    view = memoryview(rows)
+    total = len(data)
+    for i, size in enumerate(lengths):
+        start = i * stride
+        if size > 1 and rows[start] == MSG_DATA:
+            packet_len = size - 1
+            version = rows[start + 1] >> 4
+            if version == 4 and packet_len >= 20:
+                key = bytes(view[start + 13 : start + 21])
+            elif version == 6 and packet_len >= 40:
+                key = bytes(view[start + 9 : start + 41])
+            else:
+                key = b""
+            if key:
+                if not run:
+                    run_start = i
+                run.append(packet_len)
+                sums = pairs.get(key)
+                if sums is None:
+                    pairs[key] = [packet_len, 1]
+                else:
+                    sums[0] += packet_len
+                    sums[1] += 1
+                nbytes += min(seg, total - i * seg)
+                count += 1
+                continue
+            traffic.count_invalid_protocol(packet_len)
+            nbytes += min(seg, total - i * seg)
+            count += 1
+            continue
+        # anything else (failed frames, rotation, NODE_INFO, keepalive, close, empty DATA): the
+        # normal path, in order (decrypting again is harmless: the window moves on ticks only)
+        if run:
+            device_out.append(PacketRows(view[run_start * stride :], stride, run))
+            run = []
+        node.receive_datagram(data[i * seg : (i + 1) * seg], addr, now)
+        if peers.get(addr) is not peer:
+            # a CLOSE or a new handshake: the rest takes the normal path too
+            for pos in range((i + 1) * seg, total, seg):
+                node.receive_datagram(data[pos : pos + seg], addr, now)
+            break
+    if run:
+        device_out.append(PacketRows(view[run_start * stride :], stride, run))
+    _count_in(traffic, pairs, addr, nbytes, count)
+
+
 # --- super-packets (superpacket.py) ------------------------------------------------------------
 
 
@@ -173,7 +288,7 @@ def _gso_feature(data: bytes) -> int:
     return FEATURE_UDP if kind == 5 else FEATURE_TCP
 
 
-def send_super(node: Node, data: bytes, segments: Callable[[], list[bytes]], now: float) -> None:
+def send_super(node: Node, data: bytes, segments: Callable[[], list[bytes] | PacketRows], now: float) -> None:
     """A super-packet from the device: as one message to a peer that takes it, else as segments."""
     peer = None
     target = None

@@ -46,6 +46,7 @@ from .handshake import STAGE_PING, decode_init
 from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
+from .rows import PacketRows, Train
 from .superpacket import SLICE_MARK_BYTE, add_features, decode_features
 from .table import ClaimTable
 from .traffic import TrafficStats
@@ -286,8 +287,9 @@ class Node:
         self.table = ClaimTable(config.switch_timeout, config.peer_timeout)
         self.traffic = TrafficStats()
 
-        self._out: list[tuple[bytes, SocketAddr]] = []
-        self._device_out: list[bytes] = []
+        # Trains / PacketRows only come from the batch paths (bulk.py); see take_output.
+        self._out: list[tuple[bytes | Train, SocketAddr]] = []
+        self._device_out: list[bytes | PacketRows] = []
         self._events: deque[Event] = deque()
 
         self._next_housekeep = now
@@ -312,9 +314,21 @@ class Node:
 
     def datagrams_to_send(self) -> list[tuple[bytes, SocketAddr]]:
         out, self._out = self._out, []
+        return [(d, addr) for data, addr in out for d in _as_datagrams(data)]
+
+    def take_output(self) -> list[tuple[bytes | Train, SocketAddr]]:
+        """Like ``datagrams_to_send`` but a run of datagrams to one address may come as one
+        :class:`~vpncloud.core.rows.Train` (for senders with UDP GSO), in order with the rest."""
+        out, self._out = self._out, []
         return out
 
     def packets_to_device(self) -> list[bytes]:
+        out, self._device_out = self._device_out, []
+        return [q for p in out for q in (p.packets() if isinstance(p, PacketRows) else [p])]
+
+    def take_device_output(self) -> list[bytes | PacketRows]:
+        """Like ``packets_to_device`` but packets decrypted from one GRO train may come as one
+        :class:`~vpncloud.core.rows.PacketRows` (for the offloading device writer), in order."""
         out, self._device_out = self._device_out, []
         return out
 
@@ -810,12 +824,21 @@ class Node:
         self.super_features = features
         self.super_datagram = max_datagram
 
-    def receive_super_packet(self, data: bytes, segments: Callable[[], list[bytes]], now: float) -> None:
+    def receive_super_packet(
+        self, data: bytes, segments: Callable[[], list[bytes] | PacketRows], now: float
+    ) -> None:
         """A super-packet from an offloading device (virtio header + packet). It goes to a peer that
         takes super-packets as one; otherwise ``segments()`` gives the ordinary packets to send."""
         from .bulk import send_super
 
         send_super(self, data, segments, now)
+
+    def receive_train(self, data: bytes, seg: int, addr: SocketAddr, now: float) -> None:
+        """A GRO train: datagrams of ``seg`` bytes back to back in ``data`` (the last may be
+        shorter), all from ``addr``; the same as ``receive_datagram`` for each."""
+        from .bulk import receive_train
+
+        receive_train(self, data, seg, addr, now)
 
     def receive_datagrams(self, datagrams: list[bytes], addr: SocketAddr, now: float) -> None:
         """Datagrams from one source (a GRO train); the same as ``receive_datagram`` for each."""
@@ -1139,3 +1162,7 @@ def _rotation_info(crypto: PeerCrypto) -> dict[str, Any] | None:
         result = info()
         return result if isinstance(result, dict) else None
     return None
+
+
+def _as_datagrams(data: bytes | Train) -> list[bytes]:
+    return data.datagrams() if isinstance(data, Train) else [data]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -107,10 +108,14 @@ def parse_algorithm(name: str) -> Algorithm:
     return alg
 
 
+#: What ``Aead.open_into`` raises for a frame that does not authenticate.
+TagError = InvalidTag
+
+
 class Aead:
     """One AEAD key: ``seal``/``open`` with a 12-byte nonce and empty associated data."""
 
-    __slots__ = ("_decrypt", "_encrypt", "algorithm")
+    __slots__ = ("_decrypt", "_encrypt", "algorithm", "open_into", "seal_into")
 
     def __init__(self, alg: Algorithm, key: bytes) -> None:
         if alg is Algorithm.PLAIN:
@@ -122,10 +127,30 @@ class Aead:
         # Bound methods are kept so the hot path is a single attribute lookup and call.
         self._encrypt = impl.encrypt
         self._decrypt = impl.decrypt
+        # cryptography >= 47 encrypts into a caller's buffer; older ones get seal + copy
+        into = getattr(impl, "encrypt_into", None)
+        self.seal_into = self._seal_copy if into is None else into
+        into = getattr(impl, "decrypt_into", None)
+        self.open_into = self._open_copy if into is None else into
 
     def seal(self, nonce: bytes, plaintext: bytes) -> bytes:
         """Encrypt; returns ciphertext followed by the 16-byte tag."""
         return self._encrypt(nonce, plaintext, None)
+
+    #: ``seal_into(nonce, plaintext, None, out)``: encrypt into ``out``, which must be exactly
+    #: ``len(plaintext) + 16`` bytes long. The library's own method when it has one (a hot loop
+    #: calls it per segment, so no wrapper), else seal + copy. The third argument must be None.
+    seal_into: Callable[[bytes, bytes | memoryview, None, memoryview], object]
+
+    #: ``open_into(nonce, ct_tag, None, out)``: decrypt into ``out`` (exactly ``len(ct_tag) - 16``
+    #: bytes); raises :data:`TagError` when the frame does not authenticate.
+    open_into: Callable[[bytes, bytes | memoryview, None, memoryview], object]
+
+    def _open_copy(self, nonce: bytes, ct_tag: bytes | memoryview, _aad: None, out: memoryview) -> None:
+        out[:] = self._decrypt(nonce, bytes(ct_tag), None)
+
+    def _seal_copy(self, nonce: bytes, plaintext: bytes | memoryview, _aad: None, out: memoryview) -> None:
+        out[:] = self._encrypt(nonce, bytes(plaintext), None)
 
     def open(self, nonce: bytes, ct_tag: bytes) -> bytes:
         """Decrypt and authenticate; raises ``CryptoError`` on any failure."""

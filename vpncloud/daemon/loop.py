@@ -33,6 +33,7 @@ from vpncloud.config import (
     parse_ip,
     parse_listen_addr,
 )
+from vpncloud.core.rows import PacketRows, Train
 from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
 
 from . import device as devmod
@@ -466,15 +467,14 @@ class Daemon:
     def _on_socket_gro(self) -> None:
         """Offload mode: each read is a GRO train of datagrams from one source (any split)."""
         receive = self.node.receive_datagram
-        receive_many = self.node.receive_datagrams
+        receive_train = self.node.receive_train
         now = self.now()
         for data, seg, addr in self.sock.recv_trains(SOCKET_TRAIN_BATCH):
-            n = len(data)
             try:
-                if seg >= n:
+                if seg >= len(data):
                     receive(data, addr, now)
                 else:
-                    receive_many([data[pos : pos + seg] for pos in range(0, n, seg)], addr, now)
+                    receive_train(data, seg, addr, now)
             except Exception as exc:
                 log.error("Unexpected error while processing input: %s: %s", type(exc).__name__, exc)
                 log.debug("Details", exc_info=True)
@@ -563,17 +563,33 @@ class Daemon:
                 pending = 0
         self._flush()
 
-    def _send_all(self, out: list[tuple[bytes, SocketAddr]]) -> None:
+    def _send_all(self, out: list[tuple[bytes | Train, SocketAddr]]) -> None:
         """Send the node's datagrams; runs to one address go out as UDP GSO trains when possible."""
         sock = self.sock
         assert sock is not None
         if not getattr(sock, "gso", False) or len(out) == 1:
             for data, addr in out:
-                sock.send(data, addr)
+                if type(data) is Train:
+                    send_train = getattr(sock, "send_train", None)
+                    if send_train is not None:
+                        send_train(data, addr)
+                    else:
+                        for d in data.datagrams():
+                            sock.send(d, addr)
+                else:
+                    sock.send(data, addr)
             return
         run: list[bytes] = []
         run_addr: SocketAddr | None = None
         for data, addr in out:
+            if type(data) is Train:
+                # keeps the order: what came before goes first
+                if run:
+                    sock.send_many(run, run_addr)
+                    run = []
+                    run_addr = None
+                sock.send_train(data, addr)
+                continue
             if addr != run_addr:
                 if run:
                     sock.send_many(run, run_addr)
@@ -625,16 +641,17 @@ class Daemon:
         if node is None:
             return
         assert self.sock is not None
-        out = node.datagrams_to_send()
+        out = node.take_output()
         if out:
             self._send_all(out)
         if self.device is not None:
-            packets = node.packets_to_device()
             if self.vnet:
-                if packets:
-                    for write in offload.coalesce(packets):
+                items = node.take_device_output()
+                if items:
+                    for write in offload.coalesce(items):
                         self.device.write_raw(write)
             else:
+                packets = node.packets_to_device()
                 for packet in packets:
                     self.device.write(packet)
         while True:
@@ -860,9 +877,9 @@ class Daemon:
             self.sel.close()
 
 
-def _segmenter(raw: bytes) -> Callable[[], list[bytes]]:
+def _segmenter(raw: bytes) -> Callable[[], list[bytes] | PacketRows]:
     """Deferred TSO/USO segmentation of one device read (only done for peers without T2)."""
-    return lambda: offload.segment(raw[: offload.VNET_HDR_LEN], raw[offload.VNET_HDR_LEN :])
+    return lambda: offload.segment_any(raw[: offload.VNET_HDR_LEN], raw[offload.VNET_HDR_LEN :])
 
 
 class _Rng:

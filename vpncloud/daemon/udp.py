@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import socket
 
+from vpncloud.core.rows import Train
 from vpncloud.core.types import SocketAddr, mapped
 
 from .logs import get_logger
@@ -145,7 +146,27 @@ class UdpSocket:
                 self._send_train(datagrams[i:j], size, target)
             i = j
 
-    def _send_train(self, train: list[bytes], size: int, target: tuple[str, int]) -> None:
+    def send_train(self, train: Train, addr: SocketAddr) -> None:
+        """Send a :class:`Train` (datagrams back to back in one buffer) with as few GSO sends as
+        the kernel's limits allow; one datagram per send without GSO."""
+        target = self._target(addr)
+        if target is None:
+            return
+        view = memoryview(train.buf)
+        seg = train.seg
+        if not self.gso or train.count == 1:
+            for pos in range(0, len(view), seg):
+                self._sendto(view[pos : pos + seg], target)
+            return
+        per_send = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg)) * seg
+        for pos in range(0, len(view), per_send):
+            chunk = view[pos : pos + per_send]
+            if len(chunk) <= seg:
+                self._sendto(chunk, target)
+            else:
+                self._send_train([chunk], seg, target)
+
+    def _send_train(self, train: list[bytes] | list[memoryview], size: int, target: tuple[str, int]) -> None:
         try:
             self.sock.sendmsg(train, [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))], 0, target)
         except BlockingIOError:
@@ -156,7 +177,9 @@ class UdpSocket:
                 log.info("UDP GSO send failed (%s); sending datagrams one by one", exc.strerror)
                 self.gso = False
                 for d in train:
-                    self._sendto(d, target)
+                    # a chunk of a Train holds several datagrams
+                    for pos in range(0, len(d), size):
+                        self._sendto(d[pos : pos + size], target)
             else:
                 log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
 
@@ -173,7 +196,7 @@ class UdpSocket:
             host = "::ffff:" + host
         return host, port
 
-    def _sendto(self, data: bytes, target: tuple[str, int]) -> bool:
+    def _sendto(self, data: bytes | memoryview, target: tuple[str, int]) -> bool:
         try:
             self.sock.sendto(data, target)
             return True
