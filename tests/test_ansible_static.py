@@ -261,6 +261,10 @@ def test_restart_fingerprint_separates_reload_from_restart(tmp_path: Path) -> No
         changed = _mesh()
         changed["mesh"] = {**changed["mesh"], **change}  # type: ignore[dict-item]
         assert fingerprint(changed) != base, change
+    # hooks that only run at start (the switch scenario's ifup moving the TAP into a bridge)
+    hooked = _mesh()
+    hooked["mesh"] = {**hooked["mesh"], "defaults": {"ifup": "ip link set dev $IFNAME master br0"}}  # type: ignore[dict-item]
+    assert fingerprint(hooked) != base
     store.ensure("testnet", "alpha", next_key=True)
     rotated = mesh_filters.restart_fingerprint(mesh_filters.node_config(_mesh(), "alpha", keys, "alpha", 2))
     assert rotated["identity"] != base["identity"]

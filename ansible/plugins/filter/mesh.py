@@ -139,7 +139,9 @@ def node_config(
 
 
 def restart_fingerprint(text: str) -> dict[str, Any]:
-    """What a reload cannot change: device, listen port/address, mode and the node's identity.
+    """What a reload cannot change: device, listen port/address, mode, the node's identity and
+    what only runs at start (the interface address, ifup/ifdown hooks, privilege drop, port
+    forwarding). A change there needs a restart: a reload would keep the old setup silently.
 
     Secrets appear only as salted digests, so the result may be compared and logged.
     """
@@ -156,7 +158,12 @@ def restart_fingerprint(text: str) -> dict[str, Any]:
         "listen": str(config.get("listen")),
         "mode": config.get("mode"),
         "identity": hashlib.sha256(b"vpncloud-ansible\0" + secret).hexdigest()[:16],
+        **{key: config.get(key) for key in _START_ONLY},
     }
+
+
+#: Config keys the daemon only reads at start (see ``Daemon._reload``).
+_START_ONLY = ("ip", "ifup", "ifdown", "user", "group", "pid-file", "port-forwarding")
 
 
 def expected_peers(data: Any, node: str) -> list[str]:
