@@ -247,7 +247,7 @@ def _stats(node: SimNode, peer_addr: object, pair: tuple[bytes, bytes]) -> tuple
     )
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(12))
 def test_train_rows_equal_per_datagram_path(seed: int) -> None:
     """A GRO train decrypted straight into rows (receive_train) gives the device exactly the packets,
     in order, and the same counters as receive_datagram one by one: also with a forged frame inside
@@ -256,7 +256,7 @@ def test_train_rows_equal_per_datagram_path(seed: int) -> None:
     size = rng.choice([60, 300, 1400])
     n = rng.randrange(2, 50)
     bad_at = rng.randrange(n + 1) if seed % 2 else None
-    ending = ["data", "keepalive", "truncated", "short", "nodeinfo"][seed % 5]
+    ending = ["data", "keepalive", "truncated", "short", "nodeinfo", "close"][seed % 6]
     if ending == "nodeinfo":
         size = 1400  # a GRO train's last datagram is never longer than the others
     results = []
@@ -270,6 +270,8 @@ def test_train_rows_equal_per_datagram_path(seed: int) -> None:
             frames.insert(bad_at, b"\x00" + bytes(seg - 1))  # fails authentication
         if ending == "keepalive":
             frames.append(crypto.send_message(2, b""))
+        elif ending == "close":
+            frames.append(crypto.send_message(0xFF, b""))
         elif ending == "nodeinfo":
             frames.append(crypto.send_message(1, a.node._node_info_bytes()))
         elif ending == "short":

@@ -229,39 +229,42 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
     device_out = node._device_out
     peers = node._peers
     pairs: dict[bytes, list[int]] = {}
-    nbytes = 0
     count = 0
     run_start = 0  # first row of the current run of DATA rows
     run: list[int] = []
     view = memoryview(rows)
     total = len(data)
+    # the rows of one train nearly always share their address pair: compare in place
+    same_key = b""
+    same_at = 0
+    same_sums = [0, 0]
+    stopped = False
     for i, size in enumerate(lengths):
         start = i * stride
         if size > 1 and rows[start] == MSG_DATA:
             packet_len = size - 1
+            count += 1
             version = rows[start + 1] >> 4
             if version == 4 and packet_len >= 20:
-                key = bytes(view[start + 13 : start + 21])
+                at = start + 13
+                if same_at != 13 or not rows.startswith(same_key, at):
+                    same_key = bytes(view[at : at + 8])
+                    same_at = 13
+                    same_sums = pairs.setdefault(same_key, [0, 0])
             elif version == 6 and packet_len >= 40:
-                key = bytes(view[start + 9 : start + 41])
+                at = start + 9
+                if same_at != 9 or not rows.startswith(same_key, at):
+                    same_key = bytes(view[at : at + 32])
+                    same_at = 9
+                    same_sums = pairs.setdefault(same_key, [0, 0])
             else:
-                key = b""
-            if key:
-                if not run:
-                    run_start = i
-                run.append(packet_len)
-                sums = pairs.get(key)
-                if sums is None:
-                    pairs[key] = [packet_len, 1]
-                else:
-                    sums[0] += packet_len
-                    sums[1] += 1
-                nbytes += min(seg, total - i * seg)
-                count += 1
+                traffic.count_invalid_protocol(packet_len)
                 continue
-            traffic.count_invalid_protocol(packet_len)
-            nbytes += min(seg, total - i * seg)
-            count += 1
+            if not run:
+                run_start = i
+            run.append(packet_len)
+            same_sums[0] += packet_len
+            same_sums[1] += 1
             continue
         # anything else (failed frames, rotation, NODE_INFO, keepalive, close, empty DATA): the
         # normal path, in order (decrypting again is harmless: the window moves on ticks only)
@@ -273,9 +276,15 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
             # a CLOSE or a new handshake: the rest takes the normal path too
             for pos in range((i + 1) * seg, total, seg):
                 node.receive_datagram(data[pos : pos + seg], addr, now)
+            stopped = True
             break
     if run:
         device_out.append(PacketRows(view[run_start * stride :], stride, run))
+    # every counted datagram is a whole segment, except a counted last one
+    nbytes = count * seg
+    last = len(lengths) - 1
+    if not stopped and lengths[last] > 1 and rows[last * stride] == MSG_DATA:
+        nbytes -= len(lengths) * seg - total
     _count_in(traffic, pairs, addr, nbytes, count)
 
 

@@ -12,6 +12,8 @@ receiver rebuilds the peer's nonce with the opposite half byte and zero bytes 1.
 
 from __future__ import annotations
 
+import struct
+
 from .errors import CryptoError
 from .primitives import TAG_LEN, Aead, Algorithm, Rng, TagError
 from .rows import PacketRows, Train
@@ -23,6 +25,8 @@ NUM_SLOTS = 4
 _HALF = 0x80 << 88
 _MIN_FRAME = EXTRA_LEN + TAG_LEN
 _FRAME_OVERHEAD = EXTRA_LEN + TAG_LEN
+_HEADER = struct.Struct(">Q")
+_LOW56 = (1 << 56) - 1
 
 
 def increment_nonce(nonce: bytes) -> bytes:
@@ -106,19 +110,18 @@ class CryptoCore:
         stride = rows.stride
         slot = self._send
         seal_into = slot.aead.seal_into
-        sid = self._send_id
+        sid = self._send_id << 56
+        put_header = _HEADER.pack_into
         nonce = slot.nonce
         pos = 0
         start = 0
         for length in lengths:
             nonce += 1
-            nb = nonce.to_bytes(12, "big")
             # frame header: slot id + the nonce's low 7 bytes (spec 7.2)
-            ov[pos : pos + 8] = nb[4:]
-            ov[pos] = sid
+            put_header(out, pos, sid | (nonce & _LOW56))
             buf[start] = prefix
             end = pos + 9 + length + TAG_LEN
-            seal_into(nb, src[start : start + length + 1], None, ov[pos + 8 : end])
+            seal_into(nonce.to_bytes(12, "big"), src[start : start + length + 1], None, ov[pos + 8 : end])
             pos = end
             start += stride
         slot.nonce = nonce
@@ -168,7 +171,8 @@ class CryptoCore:
         into rows of ``seg - 24`` bytes of one buffer. Returns the buffer and each plaintext's
         length, -1 for a frame that fails (too short, old nonce, bad tag, slice or handshake)."""
         stride = seg - _FRAME_OVERHEAD
-        n = (len(data) + seg - 1) // seg
+        total = len(data)
+        n = (total + seg - 1) // seg
         rows = bytearray(stride * n)
         out = memoryview(rows)
         view = memoryview(data)
@@ -176,26 +180,32 @@ class CryptoCore:
         append = lengths.append
         peer_half = self._peer_half
         slots = self._slots
-        from_bytes = int.from_bytes
+        header = _HEADER.unpack_from
+        last_pos = (n - 1) * seg
+        size = stride
         start = 0
-        for pos in range(0, len(data), seg):
-            end = min(pos + seg, len(data))
-            size = end - pos - _FRAME_OVERHEAD
-            first = data[pos]
-            if size < 0 or first & 0xFC:
-                # too short, or not a session frame (handshake 0xff, slice 0x56): the normal path
+        for pos in range(0, total, seg):
+            if pos == last_pos:
+                size = total - pos - _FRAME_OVERHEAD
+                if size < 0:
+                    append(-1)
+                    break
+            # slot id byte + the nonce's low 7 bytes, as one big-endian integer
+            head = header(data, pos)[0]
+            if head >> 58:
+                # not a session frame (handshake 0xff, slice 0x56): the normal path
                 append(-1)
                 start += stride
                 continue
-            slot = slots[first & 3]
-            nonce = peer_half | from_bytes(view[pos + 1 : pos + 8], "big")
+            slot = slots[head >> 56]
+            nonce = peer_half | (head & _LOW56)
             if nonce < slot.min_nonce:
                 append(-1)
                 start += stride
                 continue
             try:
                 slot.aead.open_into(
-                    nonce.to_bytes(12, "big"), view[pos + 8 : end], None, out[start : start + size]
+                    nonce.to_bytes(12, "big"), view[pos + 8 : pos + seg], None, out[start : start + size]
                 )
             except TagError:
                 append(-1)
