@@ -322,3 +322,65 @@ def test_train_rows_reach_the_coalescer_as_one_write() -> None:
     assert packet[40:] == raw[10 + 40 :]  # all the payload, in order
     # the same items through the per-packet coalescer give the same write
     assert offload.coalesce_slow(items[0].packets()) == writes
+
+
+def test_split_frame_train_equals_split_frame() -> None:
+    for size in (1, 1445, 1446, 60000):
+        frame = random.Random(size).randbytes(size)
+        train = sp.split_frame_train(frame, 77, MAX_DGRAM)
+        assert train.datagrams() == sp.split_frame(frame, 77, MAX_DGRAM)
+
+
+def test_whole_message_only_for_one_complete_message_in_order() -> None:
+    frame = random.Random(3).randbytes(20000)
+    slices = sp.split_frame(frame, 9, MAX_DGRAM)
+    assert sp.whole_message(b"".join(slices), MAX_DGRAM) == frame
+    other = sp.split_frame(frame, 10, MAX_DGRAM)
+    for broken in (
+        slices[:-1],  # incomplete
+        slices[1:] + other[:1],  # tail of one message, head of the next
+        [slices[0], slices[2], slices[1], *slices[3:]],  # out of order
+        [*slices[:5], other[5], *slices[6:]],  # a slice of another message inside
+        [bytes([0x57]) + s[1:] for s in slices],  # not slices
+    ):
+        assert sp.whole_message(b"".join(broken), MAX_DGRAM) is None
+
+
+@pytest.mark.parametrize("split", ["whole", "two-messages", "halves"])
+def test_super_packet_trains_reach_the_device_however_they_are_cut(split: str) -> None:
+    """T2 receive path: a GRO train with exactly one super-packet skips reassembly; any other cut
+    (the tail of one and the head of the next, a message over two reads) goes through it; the
+    device gets every super-packet unchanged and the counters match the datagrams."""
+    h, a, b, _c = make_mesh(98)
+    raws = [tcp_super(a.vpn_ip, b.vpn_ip, n) for n in (30000, 41000)]
+    trains = []
+    for raw in raws:
+        a.node.receive_super_packet(raw, lambda: pytest.fail("segmented"), h.now)
+        out = a.node.take_output()
+        assert len(out) == 1
+        trains.append(out[0][0])
+    seg = trains[0].seg
+    dgrams = [d for t in trains for d in t.datagrams()]
+    if split == "whole":
+        reads = [t.datagrams() for t in trains]
+    elif split == "two-messages":
+        cut = trains[0].count - 3
+        reads = [dgrams[:cut], dgrams[cut:]]
+    else:
+        half = len(dgrams) // 2
+        reads = [dgrams[:half], dgrams[half:]]
+    before = len(b.device_payloads())
+    in_before = b.node.traffic.peers[a.addr].in_packets
+    for read in reads:
+        # a GRO read: equal datagrams with a shorter last one, else one read per datagram
+        while read:
+            k = 1
+            while k < len(read) and len(read[k - 1]) == seg:
+                k += 1
+            b.node.receive_train(b"".join(read[:k]), seg, a.addr, h.now)
+            read = read[k:]
+    h._flush(b)
+    assert b.device_payloads()[before:] == raws
+    assert b.node.traffic.peers[a.addr].in_packets - in_before == len(dgrams)
+    # whole messages never touch the reassembly state
+    assert (b.node.peers[a.addr].reassembly is None) == (split == "whole")

@@ -31,6 +31,7 @@ import struct
 from collections import OrderedDict
 
 from .errors import DecodeError
+from .rows import Train
 
 PART_FEATURES = 0x56
 FEATURE_TCP = 0x01
@@ -105,6 +106,44 @@ def split_frame(frame: bytes, msg_id: int, max_datagram: int) -> list[bytes]:
     msg_id &= 0xFFFFFFFF
     pack = SLICE_HEADER.pack
     return [pack(SLICE_MARK, msg_id, i, count) + frame[i * size : (i + 1) * size] for i in range(count)]
+
+
+def split_frame_train(frame: bytes, msg_id: int, max_datagram: int) -> Train:
+    """``split_frame`` laid out as one :class:`Train` (the same datagrams, back to back)."""
+    size = max_datagram - SLICE_HEADER_LEN
+    if size <= 0:
+        raise ValueError("datagram size too small for super-packet slices")
+    count = max(1, -(-len(frame) // size))
+    if count > MAX_SLICES:
+        raise ValueError("super-packet too large for its slice size")
+    msg_id &= 0xFFFFFFFF
+    pack = SLICE_HEADER.pack
+    src = memoryview(frame)
+    parts: list[bytes | memoryview] = []
+    for i in range(count):
+        parts.append(pack(SLICE_MARK, msg_id, i, count))
+        parts.append(src[i * size : (i + 1) * size])
+    out = b"".join(parts)
+    return Train(out, max_datagram, count)
+
+
+def whole_message(data: bytes, seg: int) -> bytes | None:
+    """The frame of a GRO train that holds exactly all slices of one message, in order (the
+    common case: one super-packet, one GSO send, one GRO read); None for anything else."""
+    n = (len(data) + seg - 1) // seg
+    if n < 2 or len(data) <= (n - 1) * seg + SLICE_HEADER_LEN or seg <= SLICE_HEADER_LEN:
+        return None
+    mark, _msg_id, index, count = _unpack(data)
+    if mark != SLICE_MARK or index != 0 or count != n:
+        return None
+    head = data[:5]  # mark + message id
+    view = memoryview(data)
+    parts = []
+    for i, pos in enumerate(range(0, len(data), seg)):
+        if not data.startswith(head, pos) or data[pos + 5] != i or data[pos + 6] != count:
+            return None
+        parts.append(view[pos + SLICE_HEADER_LEN : pos + seg])
+    return b"".join(parts)
 
 
 class _Message:
