@@ -97,19 +97,11 @@ def decode_features(node_info: bytes) -> int:
 def split_frame(frame: bytes, msg_id: int, max_datagram: int) -> list[bytes]:
     """Datagrams of at most ``max_datagram`` bytes carrying ``frame``; raises ValueError if the
     frame needs more than 255 slices."""
-    size = max_datagram - SLICE_HEADER_LEN
-    if size <= 0:
-        raise ValueError("datagram size too small for super-packet slices")
-    count = max(1, -(-len(frame) // size))
-    if count > MAX_SLICES:
-        raise ValueError("super-packet too large for its slice size")
-    msg_id &= 0xFFFFFFFF
-    pack = SLICE_HEADER.pack
-    return [pack(SLICE_MARK, msg_id, i, count) + frame[i * size : (i + 1) * size] for i in range(count)]
+    return split_frame_train(frame, msg_id, max_datagram).datagrams()
 
 
 def split_frame_train(frame: bytes, msg_id: int, max_datagram: int) -> Train:
-    """``split_frame`` laid out as one :class:`Train` (the same datagrams, back to back)."""
+    """The slices of ``frame`` back to back as one :class:`Train` (see :func:`split_frame`)."""
     size = max_datagram - SLICE_HEADER_LEN
     if size <= 0:
         raise ValueError("datagram size too small for super-packet slices")
