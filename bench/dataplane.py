@@ -11,7 +11,9 @@ Setup per pass and subject: two fresh network namespaces joined by a veth pair (
 1500, a default route each that points only at the other side), the tunnel between them
 (10.211.0.1/.2), then
 
-* ping RTT (``ping -c 50 -i 0.02``, median of the per-packet times) through the tunnel,
+* ping RTT through the tunnel, median of the per-packet times, at two rates: 50/s (``-i 0.02``,
+  the processes go idle between pings, so this includes waking them up on this machine) and
+  1000/s (``-i 0.001``, the same path kept busy),
 * iperf3 TCP, 1 stream and 4 streams (``-P 4``), ``--duration`` seconds each, client in A, server in B,
 * CPU seconds of the VPN processes of both sides during each iperf3 run (``/proc/PID/stat``),
 * resident size (``VmRSS``) of one VPN process when idle and after moving traffic (``VmHWM``).
@@ -96,7 +98,8 @@ def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
 class Sample:
     mbit1: float | None = None
     mbit4: float | None = None
-    rtt_ms: float | None = None
+    rtt_ms: float | None = None  # 50 pings/s
+    rtt_busy_ms: float | None = None  # 1000 pings/s
     cpu1: float | None = None  # CPU seconds of the VPN processes (both sides) per second of run
     cpu4: float | None = None
     rss_idle_kb: int | None = None
@@ -377,8 +380,8 @@ def build(topo: Topology) -> tuple[Netns, Netns]:
     return a, b
 
 
-def ping_rtt(a: Netns, target: str) -> float | None:
-    r = a.run(["ping", "-n", "-c", "50", "-i", "0.02", "-W", "1", target], check=False, timeout=30)
+def ping_rtt(a: Netns, target: str, interval: str = "0.02", count: int = 50) -> float | None:
+    r = a.run(["ping", "-n", "-c", str(count), "-i", interval, "-W", "1", target], check=False, timeout=30)
     times = [float(x) for x in re.findall(r"time=([0-9.]+) ms", r.stdout)]
     return statistics.median(times) if times else None
 
@@ -408,6 +411,7 @@ def measure(subject: Subject, duration: int, tmpdir: Path) -> Sample:
         server = topo_popen(topo, b, ["iperf3", "-s"], subprocess.DEVNULL, None)
         time.sleep(0.5)
         sample.rtt_ms = ping_rtt(a, target)
+        sample.rtt_busy_ms = ping_rtt(a, target, "0.001", 1000)
         if pids:
             time.sleep(1.0)
             sample.rss_idle_kb = proc_kb(pids[0], "VmRSS")
@@ -450,7 +454,8 @@ def report(
 ) -> str:
     lines = []
     header = (
-        "| subject | TCP 1 stream Mbit/s | TCP 4 streams Mbit/s | ping RTT ms | VPN CPU (A+B) 1 stream "
+        "| subject | TCP 1 stream Mbit/s | TCP 4 streams Mbit/s | ping RTT ms 50/s / 1000/s "
+        "| VPN CPU (A+B) 1 stream "
         "| Gbit/s per VPN core | RSS idle / busy MiB |"
     )
     for base in baselines:
@@ -465,8 +470,9 @@ def report(
         rss_i = med([s.rss_idle_kb / 1024 if s.rss_idle_kb else None for s in samples])
         rss_b = med([s.rss_busy_kb / 1024 if s.rss_busy_kb else None for s in samples])
         rtt = med([s.rtt_ms for s in samples])
+        rtt_busy = med([s.rtt_busy_ms for s in samples])
         row = (
-            f"| {SUBJECTS[name].label} | {fmt(m1)} | {fmt(m4)} | {fmt(rtt, '.3f')} "
+            f"| {SUBJECTS[name].label} | {fmt(m1)} | {fmt(m4)} | {fmt(rtt, '.3f')} / {fmt(rtt_busy, '.3f')} "
             f"| {fmt(cpu * 100 if cpu is not None else None)} % | {fmt(per_core, '.2f')} "
             f"| {fmt(rss_i, '.1f')} / {fmt(rss_b, '.1f')} |"
         )
@@ -593,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[subject.name].append(sample)
                 print(
                     f"pass {i + 1} {subject.name}: 1 stream {fmt(sample.mbit1)} Mbit/s, 4 streams "
-                    f"{fmt(sample.mbit4)} Mbit/s, rtt {fmt(sample.rtt_ms, '.3f')} ms, cpu "
+                    f"{fmt(sample.mbit4)} Mbit/s, rtt {fmt(sample.rtt_ms, '.3f')} / "
+                    f"{fmt(sample.rtt_busy_ms, '.3f')} ms, cpu "
                     f"{fmt(sample.cpu1, '.2f')} {sample.note}",
                     flush=True,
                 )
