@@ -610,11 +610,17 @@ def main(argv: list[str] | None = None) -> int:
     table = report(results, baselines, ns.passes, ns.duration, skipped)
     print(table)
     if ns.write:
+        original = os.environ.get("VPNCLOUD_ORIGINAL")
+        original_env = f"VPNCLOUD_ORIGINAL={original} " if original else ""
         text = (
             f"### Data-plane benchmark, {started:%Y-%m-%d %H:%M} UTC\n\n"
             f"Machine: {machine()}.\n"
-            f"Command: `bench/dataplane.py --passes {ns.passes} --duration {ns.duration} "
-            f"--subjects {ns.subjects}`.\n" + (f"{ns.title}\n" if ns.title else "") + "\n" + table + "\n"
+            f"Command: `{original_env}bench/dataplane.py --passes {ns.passes} --duration {ns.duration} "
+            f"--subjects {ns.subjects} --baselines {ns.baselines}`.\n"
+            + (f"{ns.title}\n" if ns.title else "")
+            + "\n"
+            + table
+            + "\n"
         )
         write_report(Path(ns.write), text)
     return 0
