@@ -17,11 +17,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .crypto_core import EXTRA_LEN
+from .crypto_core import FRAME_OVERHEAD
 from .errors import CryptoError, DecodeError, InitError
 from .messages import MSG_DATA
 from .peer_crypto import Message
-from .primitives import TAG_LEN
 from .rows import PacketRows
 from .superpacket import (
     FEATURE_TCP,
@@ -42,9 +41,8 @@ if TYPE_CHECKING:
     from .node import Node, Peer
 
 _DATA_PREFIX = bytes((MSG_DATA,))
-_FRAME_OVERHEAD = EXTRA_LEN + TAG_LEN
 #: Trains of smaller datagrams are not worth the row layout (and cannot hold a DATA message).
-_TRAIN_MIN_SEG = _FRAME_OVERHEAD + 1
+_TRAIN_MIN_SEG = FRAME_OVERHEAD + 1
 _SUPER_PREFIX = bytes((MSG_SUPER,))
 log = logging.getLogger("vpncloud.node")
 
@@ -234,7 +232,7 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
         receive_datagrams(node, [data[pos : pos + seg] for pos in range(0, len(data), seg)], addr, now)
         return
     rows, lengths = core.decrypt_train(data, seg)
-    stride = seg - _FRAME_OVERHEAD
+    stride = seg - FRAME_OVERHEAD
     traffic = node.traffic
     device_out = node._device_out
     peers = node._peers
@@ -255,21 +253,19 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
             packet_len = size - 1
             count += 1
             version = rows[start + 1] >> 4
+            # the address pair: offset in the row and length (both addresses)
             if version == 4 and packet_len >= 20:
-                at = start + 13
-                if same_at != 13 or not rows.startswith(same_key, at):
-                    same_key = bytes(view[at : at + 8])
-                    same_at = 13
-                    same_sums = pairs.setdefault(same_key, [0, 0])
+                off, key_len = 13, 8
             elif version == 6 and packet_len >= 40:
-                at = start + 9
-                if same_at != 9 or not rows.startswith(same_key, at):
-                    same_key = bytes(view[at : at + 32])
-                    same_at = 9
-                    same_sums = pairs.setdefault(same_key, [0, 0])
+                off, key_len = 9, 32
             else:
                 traffic.count_invalid_protocol(packet_len)
                 continue
+            at = start + off
+            if same_at != off or not rows.startswith(same_key, at):
+                same_key = bytes(view[at : at + key_len])
+                same_at = off
+                same_sums = pairs.setdefault(same_key, [0, 0])
             if not run:
                 run_start = i
             run.append(packet_len)

@@ -18,13 +18,14 @@ from .errors import CryptoError
 from .primitives import TAG_LEN, Aead, Algorithm, Rng, TagError
 from .rows import PacketRows, Train
 
-__all__ = ["EXTRA_LEN", "NUM_SLOTS", "CryptoCore", "increment_nonce"]
+__all__ = ["EXTRA_LEN", "FRAME_OVERHEAD", "NUM_SLOTS", "CryptoCore", "increment_nonce"]
 
 EXTRA_LEN = 8
 NUM_SLOTS = 4
 _HALF = 0x80 << 88
 _MIN_FRAME = EXTRA_LEN + TAG_LEN
-_FRAME_OVERHEAD = EXTRA_LEN + TAG_LEN
+#: Bytes a session frame adds to its plaintext (header + tag).
+FRAME_OVERHEAD = EXTRA_LEN + TAG_LEN
 _HEADER = struct.Struct(">Q")
 _LOW56 = (1 << 56) - 1
 
@@ -102,8 +103,8 @@ class CryptoCore:
         length except a shorter last one (the segments of one super-packet)."""
         lengths = rows.lengths
         n = len(lengths)
-        seg = lengths[0] + 1 + _FRAME_OVERHEAD
-        out = bytearray(seg * (n - 1) + lengths[-1] + 1 + _FRAME_OVERHEAD)
+        seg = lengths[0] + 1 + FRAME_OVERHEAD
+        out = bytearray(seg * (n - 1) + lengths[-1] + 1 + FRAME_OVERHEAD)
         ov = memoryview(out)
         buf = rows.buf
         src = memoryview(buf)
@@ -170,7 +171,7 @@ class CryptoCore:
         """``decrypt`` for each ``seg``-byte frame of ``data`` (the last may be shorter), straight
         into rows of ``seg - 24`` bytes of one buffer. Returns the buffer and each plaintext's
         length, -1 for a frame that fails (too short, old nonce, bad tag, slice or handshake)."""
-        stride = seg - _FRAME_OVERHEAD
+        stride = seg - FRAME_OVERHEAD
         total = len(data)
         n = (total + seg - 1) // seg
         rows = bytearray(stride * n)
@@ -183,10 +184,9 @@ class CryptoCore:
         header = _HEADER.unpack_from
         last_pos = (n - 1) * seg
         size = stride
-        start = 0
-        for pos in range(0, total, seg):
+        for start, pos in zip(range(0, stride * n, stride), range(0, total, seg), strict=True):
             if pos == last_pos:
-                size = total - pos - _FRAME_OVERHEAD
+                size = total - pos - FRAME_OVERHEAD
                 if size < 0:
                     append(-1)
                     break
@@ -195,13 +195,11 @@ class CryptoCore:
             if head >> 58:
                 # not a session frame (handshake 0xff, slice 0x56): the normal path
                 append(-1)
-                start += stride
                 continue
             slot = slots[head >> 56]
             nonce = peer_half | (head & _LOW56)
             if nonce < slot.min_nonce:
                 append(-1)
-                start += stride
                 continue
             try:
                 slot.aead.open_into(
@@ -209,12 +207,10 @@ class CryptoCore:
                 )
             except TagError:
                 append(-1)
-                start += stride
                 continue
             if nonce > slot.seen_nonce:
                 slot.seen_nonce = nonce
             append(size)
-            start += stride
         return rows, lengths
 
     def rotate(self, key: bytes, slot_id: int, use_for_sending: bool) -> None:

@@ -123,19 +123,12 @@ class Device:
 
     def read(self) -> bytes | None:
         """One packet/frame, or None when nothing is waiting (non-blocking)."""
-        try:
-            return os.read(self.fd, 65535)
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return None
-            raise
+        return self.read_raw(65535)
 
-    def read_raw(self) -> bytes | None:
+    def read_raw(self, size: int = READ_SIZE) -> bytes | None:
         """Offload mode: virtio header + packet (up to 64 KB), or None when nothing is waiting."""
         try:
-            return os.read(self.fd, READ_SIZE)
+            return os.read(self.fd, size)
         except BlockingIOError:
             return None
         except OSError as exc:

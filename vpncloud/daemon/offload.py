@@ -217,6 +217,32 @@ def segment_any(hdr: bytes | memoryview, packet: bytes) -> list[bytes] | PacketR
     return segment(hdr, packet)
 
 
+def _tcp_template(
+    packet: bytes, version: int, iphl: int, hl: int, doff: int, src: bytes, dst: bytes
+) -> tuple[bytearray, int, int]:
+    """``_ip_template`` with the per-segment TCP fields zeroed too (seq, flags, checksum), and
+    the TCP header sum plus the address part of the pseudo header."""
+    tmpl, ip_base = _ip_template(packet, version, iphl, hl)
+    _H.pack_into(tmpl, iphl + 16, 0)
+    _L.pack_into(tmpl, iphl + 4, 0)
+    tmpl[iphl + 13] = 0
+    tcp_base = ones_sum(tmpl[iphl:]) + ones_sum(src) + ones_sum(dst) + PROTO_TCP + doff
+    return tmpl, ip_base, tcp_base
+
+
+def _ip_template(packet: bytes, version: int, iphl: int, hl: int) -> tuple[bytearray, int]:
+    """The first ``hl`` bytes with the per-segment IP fields zeroed (IPv4 length, id, checksum;
+    IPv6 payload length) and the IPv4 header sum of that template (0 for IPv6)."""
+    tmpl = bytearray(packet[:hl])
+    if version == 4:
+        _H.pack_into(tmpl, 2, 0)
+        _H.pack_into(tmpl, 4, 0)
+        _H.pack_into(tmpl, 10, 0)
+        return tmpl, ones_sum(tmpl[:iphl])
+    _H.pack_into(tmpl, 4, 0)
+    return tmpl, 0
+
+
 def segment_tcp(packet: bytes, mss: int, expect_v6: bool | None = None) -> list[bytes]:
     """Cut a TCP super-packet into segments of ``mss`` payload bytes with full checksums."""
     version, iphl, doff, hl, src, dst, ip_id = _tcp_layout(packet, expect_v6)
@@ -238,21 +264,7 @@ def segment_tcp(packet: bytes, mss: int, expect_v6: bool | None = None) -> list[
     full = total // mss
     seq0 = _L.unpack_from(packet, iphl + 4)[0]
     flags0 = packet[iphl + 13]
-    # header template with zeroed variable fields: IP len/id/csum, TCP seq/flags/csum
-    tmpl = bytearray(packet[:hl])
-    _H.pack_into(tmpl, iphl + 16, 0)
-    _L.pack_into(tmpl, iphl + 4, 0)
-    tmpl[iphl + 13] = 0
-    if version == 4:
-        _H.pack_into(tmpl, 2, 0)
-        _H.pack_into(tmpl, 4, 0)
-        _H.pack_into(tmpl, 10, 0)
-        ip_base = ones_sum(tmpl[:iphl])
-    else:
-        _H.pack_into(tmpl, 4, 0)
-        ip_base = 0
-    # TCP header sum without seq/flags/csum, plus the address part of the pseudo header
-    tcp_base = ones_sum(tmpl[iphl:]) + ones_sum(src) + ones_sum(dst) + PROTO_TCP + doff
+    tmpl, ip_base, tcp_base = _tcp_template(packet, version, iphl, hl, doff, src, dst)
     sums = _payload_sums(packet, hl, mss, full)
     if full < count:
         sums.append(ones_sum(memoryview(packet)[hl + full * mss :]))
@@ -323,25 +335,17 @@ def segment_tcp_rows(packet: bytes, mss: int, expect_v6: bool | None = None) -> 
     flags = _np.full(count, first_flags & ~0x80, dtype=_np.int64)  # CWR only on the first
     flags[0] = first_flags
     flags[-1] = flags0 & ~0x80
-    # template sums with the per-segment fields zeroed
-    tmpl = bytearray(packet[:hl])
-    _H.pack_into(tmpl, iphl + 16, 0)
-    _L.pack_into(tmpl, iphl + 4, 0)
-    tmpl[iphl + 13] = 0
+    _tmpl, ip_base, tcp_base = _tcp_template(packet, version, iphl, hl, doff, src, dst)
     base = 1 + iphl  # TCP header offset within a row
     if version == 4:
-        _H.pack_into(tmpl, 2, 0)
-        _H.pack_into(tmpl, 4, 0)
-        _H.pack_into(tmpl, 10, 0)
         ip_len = hl + seglen
         ident = (ip_id + idx) & 0xFFFF
         fields = rows[:, 3:7].view(">u2")
         fields[:, 0] = ip_len
         fields[:, 1] = ident
-        rows[:, 11:13].view(">u2")[:, 0] = _finish_vec(ones_sum(tmpl[:iphl]) + ip_len + ident)
+        rows[:, 11:13].view(">u2")[:, 0] = _finish_vec(ip_base + ip_len + ident)
     else:
         rows[:, 5:7].view(">u2")[:, 0] = doff + seglen
-    tcp_base = ones_sum(tmpl[iphl:]) + ones_sum(src) + ones_sum(dst) + PROTO_TCP + doff
     # Payload sums straight from the rows (cache-hot), as little-endian words (native, fast).
     # Rows start at even offsets and the header length is a multiple of 4, so for an even mss the
     # payload is word-aligned: a byte swap is a factor 256 mod 0xFFFF. For an odd mss the words
@@ -387,14 +391,7 @@ def segment_udp(packet: bytes, size: int) -> list[bytes]:
     sums = _payload_sums(packet, hl, size, full)
     if full < count:
         sums.append(ones_sum(memoryview(packet)[hl + full * size :]))
-    tmpl = bytearray(packet[:hl])
-    if version == 4:
-        _H.pack_into(tmpl, 2, 0)
-        _H.pack_into(tmpl, 4, 0)
-        _H.pack_into(tmpl, 10, 0)
-        ip_base = ones_sum(tmpl[:iphl])
-    else:
-        ip_base = 0
+    tmpl, ip_base = _ip_template(packet, version, iphl, hl)
     ports = ones_sum(tmpl[iphl : iphl + 4])
     addr_sum = ones_sum(src) + ones_sum(dst) + PROTO_UDP
     out: list[bytes] = []
@@ -696,11 +693,8 @@ def _coalesce_rows(c: Coalescer, rows: PacketRows) -> None:
             last_flags = ninfo[6]
             taken = m + 1
     c.out.append(_gso_write(first, iphl, hl, v6, plen, last_flags, total, payloads))
-    if taken < n:
-        stride_view = memoryview(rows.buf)
-        for i in range(taken, n):
-            start = i * stride + 1
-            c.add(bytes(stride_view[start : start + lengths[i]]))
+    for i in range(taken, n):
+        c.add(rows.packet(i))
 
 
 #: Equal-sized packets needed before the vectorised check pays off.
