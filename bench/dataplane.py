@@ -19,7 +19,8 @@ Setup per pass and subject: two fresh network namespaces joined by a veth pair (
 * resident size (``VmRSS``) of one VPN process when idle and after moving traffic (``VmHWM``).
 
 Subjects: ``raw`` (the veth itself), ``t2`` (our daemon, offloads + negotiated super-packets),
-``t1`` (offloads, wire-compatible only), ``off`` (no kernel offloads: one packet per syscall),
+``t1`` (offloads, wire-compatible only), ``sock`` (no device offloads, as a TAP device: one packet
+per device read/write, UDP GSO/GRO on the socket), ``off`` (no kernel offloads: one packet per syscall),
 ``original`` (``$VPNCLOUD_ORIGINAL``), ``wireguard`` (kernel module, else wireguard-go), ``openvpn``
 (static key, AES-256-CBC), ``fastd`` (aes128-gcm), ``tinc`` (1.0, router mode). Subjects whose
 programs are missing are skipped with a note. Each pass runs every subject once, in the same order,
@@ -346,6 +347,7 @@ SUBJECTS = {
     "raw": Subject("raw", "raw veth (no tunnel)", lambda *_: [], lambda: None),
     "t2": Subject("t2", "ours T2 (offloads + super-packets)", _our_daemon("super"), lambda: None),
     "t1": Subject("t1", "ours T1 (offloads, wire-compatible)", _our_daemon("wire"), lambda: None),
+    "sock": Subject("sock", "ours, socket offloads only (as TAP)", _our_daemon("socket"), lambda: None),
     "off": Subject("off", "ours, no offloads", _our_daemon("off"), lambda: None),
     "original": Subject("original", "original VpnCloud 2.4", _original, _original_available),
     "wireguard": Subject("wireguard", "WireGuard", _wireguard, _wg_available),

@@ -101,7 +101,15 @@ def udp_transfer(src: Netns, dst: Netns, addr: str, tmp: Path, seed: int) -> Non
     assert set(got) == want  # every datagram arrived at least once in three rounds
 
 
-PAIRS = [("super", "super"), ("super", "wire"), ("wire", "wire"), ("super", "off"), ("off", "off")]
+PAIRS = [
+    ("super", "super"),
+    ("super", "wire"),
+    ("wire", "wire"),
+    ("super", "off"),
+    ("off", "off"),
+    ("socket", "socket"),
+    ("super", "socket"),
+]
 
 
 @pytest.mark.parametrize(("mode_a", "mode_b"), PAIRS)
@@ -116,7 +124,11 @@ def test_transfers_through_the_tunnel(lan3: Any, tmp_path: Path, mode_a: str, mo
     both_super = mode_a == mode_b == "super"
     assert bool(st_a["dataplane"]["super_peers"]) == both_super
     assert bool(st_b["dataplane"]["super_peers"]) == both_super
-    assert (st_a["dataplane"]["device_offloads"] != 0) == (mode_a != "off")
+    for mode, st in ((mode_a, st_a), (mode_b, st_b)):
+        plane = st["dataplane"]
+        assert (plane["device_offloads"] != 0) == (mode in ("wire", "super"))
+        # batched socket I/O in every mode but off, with or without device offloads
+        assert plane["udp_gso"] == plane["udp_gro"] == (mode != "off")
     invalid_b = st_b.get("invalid_protocol_total", {}).get("packets", 0)
 
     tcp_transfer(a_ns, b_ns, TUN4["b"], tmp_path, 12_000_000, 1)

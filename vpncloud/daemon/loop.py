@@ -67,16 +67,20 @@ DEVICE_FLUSH_BYTES = 256 * 1024
 SOCKET_TRAIN_BATCH = 32
 
 #: Data-plane modes (environment ``VPNCLOUD_DATAPLANE``): ``off`` = one packet per syscall as the
-#: original; ``wire`` = kernel offloads, only ordinary VpnCloud messages on the wire (T1);
-#: ``super`` (default) = ``wire`` plus super-packets to peers that announce them (T2).
-DATAPLANE_MODES = ("off", "wire", "super")
+#: original; ``socket`` = one packet per device read/write, but UDP GSO sends and GRO receives on the
+#: socket (what a TAP device or a kernel without TUN offloads gets in the modes below); ``wire`` =
+#: device and socket offloads, only ordinary VpnCloud messages on the wire (T1); ``super``
+#: (default) = ``wire`` plus super-packets to peers that announce them (T2).
+DATAPLANE_MODES = ("off", "socket", "wire", "super")
 
 
 def dataplane_mode() -> str:
     """The configured data-plane mode (unknown values fall back to the default with a warning)."""
     mode = os.environ.get("VPNCLOUD_DATAPLANE", "super").strip().lower() or "super"
     if mode not in DATAPLANE_MODES:
-        log.warning("Unknown VPNCLOUD_DATAPLANE=%r (choose from off, wire, super); using 'super'", mode)
+        log.warning(
+            "Unknown VPNCLOUD_DATAPLANE=%r (choose from off, socket, wire, super); using 'super'", mode
+        )
         mode = "super"
     return mode
 
@@ -249,7 +253,7 @@ class Daemon:
         cfg = self.config
         try:
             dev = devmod.Device.open(
-                cfg.device_type, cfg.device_name, cfg.device_path, offload=self.mode != "off"
+                cfg.device_type, cfg.device_name, cfg.device_path, offload=self.mode in ("wire", "super")
             )
         except devmod.DeviceError as exc:
             raise Fatal(str(exc)) from None
@@ -287,14 +291,19 @@ class Daemon:
         if hasattr(sock, "set_buffers"):
             sock.set_buffers()
         dev = self.device
-        if dev is None or not dev.vnet:
-            if self.mode != "off":
-                log.info("Data plane: one packet per syscall (no device offloads)")
-            return
-        self.vnet = True
-        if hasattr(sock, "enable_offloads"):
+        if self.mode != "off" and hasattr(sock, "enable_offloads"):
+            # independent of the device: a TAP device (switch mode) still gets batched socket I/O
             sock.enable_offloads()
             self.sock_gro = bool(sock.gro)
+        if dev is None or not dev.vnet:
+            if self.mode != "off":
+                log.info(
+                    "Data plane: one packet per device read/write (no device offloads), UDP GSO %s, GRO %s",
+                    "on" if getattr(sock, "gso", False) else "off",
+                    "on" if self.sock_gro else "off",
+                )
+            return
+        self.vnet = True
         try:
             size = gso_max_size_for(dev.get_mtu())
             dev.set_gso_max_size(size)
@@ -651,9 +660,17 @@ class Daemon:
                     for write in offload.coalesce(items):
                         self.device.write_raw(write)
             else:
-                packets = node.packets_to_device()
-                for packet in packets:
-                    self.device.write(packet)
+                write = self.device.write_raw
+                for item in node.take_device_output():
+                    if type(item) is PacketRows:
+                        # rows decrypted from one GRO train: written from the buffer, no copies
+                        view = memoryview(item.buf)
+                        stride = item.stride
+                        for i, n in enumerate(item.lengths):
+                            start = i * stride + 1
+                            write(view[start : start + n])
+                    else:
+                        write(item)
         while True:
             event = node.next_event()
             if event is None:
