@@ -37,13 +37,24 @@ def in_netns(ns: Netns) -> Iterator[None]:
         os.close(own)
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.2) -> Any:
-    """Poll ``pred`` until it returns something truthy (returned) or ``timeout`` passes (last value)."""
+def wait_for(
+    pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.2, *, what: str | None = None
+) -> Any:
+    """Poll ``pred`` until it returns something truthy (returned) or ``timeout`` passes.
+
+    On timeout, without ``what`` the last (falsy) value comes back, for callers that assert on it with
+    their own message or only wait for a side effect; with ``what`` it raises AssertionError naming
+    what was awaited, so a test fails at the wait that stalled rather than somewhere later.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
-        if value or time.monotonic() >= deadline:
+        if value:
             return value
+        if time.monotonic() >= deadline:
+            if what is None:
+                return value
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
 
 

@@ -32,16 +32,6 @@ def py_in_ns(ns: Netns, code: str, timeout: float = 30.0) -> str:
     return r.stdout
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
 # --- device ---------------------------------------------------------------------------------------
 
 

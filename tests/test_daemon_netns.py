@@ -15,11 +15,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from reach_support import wait_for
 
 from vpncloud.core.identity import genkey_text
 from vpncloud.daemon.control import ControlError, request
@@ -29,19 +29,6 @@ pytestmark = pytest.mark.netns
 
 PY = sys.executable
 PASSWORD = "netns-test"
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = ""
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class VNode:
@@ -88,7 +75,7 @@ class VNode:
         return {p["node_id"] for p in st["peers"]} if st else set()
 
     def node_id(self) -> str:
-        st = wait_for(self.status, what=f"{self.name} status")
+        st = wait_for(self.status, interval=0.1, what=f"{self.name} status")
         return str(st["node_id"])
 
     def alive(self) -> bool:
@@ -112,7 +99,10 @@ def full_mesh(nodes: list[VNode], timeout: float = 30.0) -> None:
     for n in nodes:
         others = {ids[m.name] for m in nodes if m is not n}
         wait_for(
-            lambda n=n, others=others: others <= n.peer_nodes(), timeout, what=f"{n.name} to see all peers"
+            lambda n=n, others=others: others <= n.peer_nodes(),
+            timeout,
+            interval=0.1,
+            what=f"{n.name} to see all peers",
         )
 
 
@@ -163,7 +153,12 @@ def test_three_nodes_tun_router_ipv4_and_ipv6_inside(lan3: Any, tmp_path: Path) 
     route = lan3.nodes["c"].ip("-6", "route", "show", "fd99::1").stdout
     assert "vpncloud0" in route
     # hooks got the original's environment
-    hook_lines = wait_for(lambda: (tmp_path / "a.hook").exists() and (tmp_path / "a.hook").read_text(), 10)
+    hook_lines = wait_for(
+        lambda: (tmp_path / "a.hook").exists() and (tmp_path / "a.hook").read_text(),
+        10,
+        interval=0.1,
+        what="a.hook",
+    )
     peer, claims, node_id, ifname = hook_lines.splitlines()[0].split("|")
     assert re.fullmatch(r"10\.201\.0\.\d:3210", peer) and ifname == "vpncloud0"
     assert re.fullmatch(r"[0-9a-f]{32}", node_id) and "/32" in claims
@@ -208,7 +203,7 @@ def test_two_nodes_status_stats_statsd_notify_and_sigterm(lan3: Any, tmp_path: P
         ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{v4['a']}:3210", "--no-routes"],
     )  # fmt: skip
     full_mesh([a, b])
-    wait_for(lambda: ping(a_ns, "10.100.0.2"), what="ping over the tunnel")
+    wait_for(lambda: ping(a_ns, "10.100.0.2"), interval=0.1, what="ping over the tunnel")
     st_b = b.status()
     assert st_b is not None and st_b["routes"] == []  # --no-routes
     assert "10.100.0.1 dev vpncloud0" not in b_ns.ip("route").stdout
@@ -244,11 +239,13 @@ def test_two_nodes_status_stats_statsd_notify_and_sigterm(lan3: Any, tmp_path: P
 
     # stats file: 0644, the original's layout; statsd datagram from the VPN socket
     assert oct(os.stat(stats_file).st_mode & 0o777) == "0o644"
-    text = wait_for(lambda: stats_file.read_text(), 15, what="stats file")
+    text = wait_for(lambda: stats_file.read_text(), 15, interval=0.1, what="stats file")
     assert text.startswith("peers:\n") and f'"{v4["b"]}:3210"' in text
     for block in ("forwarding_table:", "peer_traffic:", "payload_traffic:", "invalid_protocol_traffic:"):
         assert block in text
-    statsd = wait_for(lambda: statsd_out.exists() and statsd_out.read_text(), 15, what="statsd datagram")
+    statsd = wait_for(
+        lambda: statsd_out.exists() and statsd_out.read_text(), 15, interval=0.1, what="statsd datagram"
+    )
     lines = statsd.split("\n")
     assert lines[0] == "vctest.peer_count:1|g"
     assert all(re.fullmatch(r"vctest\.[a-z_.]+:\d+\|[gc]", line) for line in lines)
@@ -260,7 +257,7 @@ def test_two_nodes_status_stats_statsd_notify_and_sigterm(lan3: Any, tmp_path: P
 
     # SIGTERM: exit 0, CLOSE reaches b at once, ifdown ran, device gone
     assert a.stop(signal.SIGTERM) == 0
-    wait_for(lambda: not b.peer_nodes(), 5, what="b to process CLOSE")
+    wait_for(lambda: not b.peer_nodes(), 5, interval=0.1, what="b to process CLOSE")
     assert (tmp_path / "ifdown").read_text().strip() == "down-vpncloud0"
     assert "vpncloud0" not in a_ns.links()
     assert "Traceback" not in a.log_text()
@@ -311,7 +308,7 @@ def test_tap_three_sites_with_bridges(lan3: Any, tmp_path: Path, mode: str) -> N
                 e["local"] == mac_b and e.get("in_packets_total", 0) >= 5 for e in st["traffic"]["payload"]
             )
 
-        wait_for(flooded, 10, what="c to receive frames for b")
+        wait_for(flooded, 10, interval=0.1, what="c to receive frames for b")
 
 
 # --- robustness -----------------------------------------------------------------------------------
@@ -353,7 +350,7 @@ def test_garbage_truncated_and_replayed_datagrams(lan3: Any, tmp_path: Path) -> 
         lan3.topo, b_ns, "b", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{v4['a']}:3210"]
     )
     full_mesh([a, b])
-    wait_for(lambda: ping(a_ns, "10.100.0.2"), what="tunnel")
+    wait_for(lambda: ping(a_ns, "10.100.0.2"), interval=0.1, what="tunnel")
 
     def invalid() -> int:
         st = a.status()
@@ -362,7 +359,12 @@ def test_garbage_truncated_and_replayed_datagrams(lan3: Any, tmp_path: Path) -> 
 
     # capture one real session frame b -> a while a pings b through the tunnel
     sniffer = a_ns.popen([PY, "-c", SNIFF, v4["b"]], stdout=subprocess.PIPE)
-    wait_for(lambda: ping(a_ns, "10.100.0.2") and sniffer.poll() is not None, 20, what="captured frame")
+    wait_for(
+        lambda: ping(a_ns, "10.100.0.2") and sniffer.poll() is not None,
+        20,
+        interval=0.1,
+        what="captured frame",
+    )
     frame = sniffer.stdout.read().decode().strip() if sniffer.stdout else ""
     assert len(frame) > 100
 
@@ -370,13 +372,13 @@ def test_garbage_truncated_and_replayed_datagrams(lan3: Any, tmp_path: Path) -> 
     before = invalid()
     garbage = [os.urandom(n).hex() for n in (1, 7, 40, 200, 1400)] + ["00" * 10, "ff" * 3, "ff"]
     c_ns.run([PY, "-c", SPOOF, v4["c"], v4["a"], "4000", "3210", *garbage])
-    wait_for(lambda: invalid() >= before + len(garbage), 10, what="garbage counted")
+    wait_for(lambda: invalid() >= before + len(garbage), 10, interval=0.1, what="garbage counted")
 
     # truncated frames and garbage from the peer's own address hit the session path
     before = invalid()
     bad = [frame[:20], frame[:48], "00" * 10, frame[:-2], frame[:16] + "00" * 40]
     b_ns.run([PY, "-c", SPOOF, v4["b"], v4["a"], "3210", "3210", *bad])
-    wait_for(lambda: invalid() >= before + len(bad), 10, what="truncated frames counted")
+    wait_for(lambda: invalid() >= before + len(bad), 10, interval=0.1, what="truncated frames counted")
 
     # a replay is rejected once the replay window has moved on (duplicates inside it are accepted,
     # quirk 16); keep replaying until one is counted
@@ -389,7 +391,7 @@ def test_garbage_truncated_and_replayed_datagrams(lan3: Any, tmp_path: Path) -> 
     wait_for(replay_counted, 20, interval=0.5, what="replay counted")
     # still alive and the session still works
     assert a.alive() and b.alive()
-    assert wait_for(lambda: ping(a_ns, "10.100.0.2"), what="tunnel after abuse")
+    assert wait_for(lambda: ping(a_ns, "10.100.0.2"), interval=0.1, what="tunnel after abuse")
     assert "Traceback" not in a.log_text()
 
 
@@ -402,17 +404,22 @@ def test_kill_9_and_restart(lan3: Any, tmp_path: Path) -> None:
     )
     full_mesh([a, b])
     traffic = b_ns.popen(["ping", "-i", "0.2", "10.100.0.1"])
-    wait_for(lambda: ping(b_ns, "10.100.0.1"), what="tunnel")
+    wait_for(lambda: ping(b_ns, "10.100.0.1"), interval=0.1, what="tunnel")
     old_id = b.node_id()
     assert b.stop(signal.SIGKILL) == -signal.SIGKILL
     traffic.kill()
     traffic.wait()
-    wait_for(lambda: "vpncloud0" not in b_ns.links(), 5, what="device removed with the process")
+    wait_for(lambda: "vpncloud0" not in b_ns.links(), 5, interval=0.1, what="device removed with the process")
     b.start()
-    wait_for(lambda: b.status() is not None and b.node_id() != old_id, what="restarted b")
+    wait_for(lambda: b.status() is not None and b.node_id() != old_id, interval=0.1, what="restarted b")
     new_id = b.node_id()
-    wait_for(lambda: new_id in a.peer_nodes(), 30, what="a to accept the restarted b")
-    wait_for(lambda: ping(b_ns, "10.100.0.1") and ping(a_ns, "10.100.0.2"), 30, what="traffic resumed")
+    wait_for(lambda: new_id in a.peer_nodes(), 30, interval=0.1, what="a to accept the restarted b")
+    wait_for(
+        lambda: ping(b_ns, "10.100.0.1") and ping(a_ns, "10.100.0.2"),
+        30,
+        interval=0.1,
+        what="traffic resumed",
+    )
     assert a.alive() and "Traceback" not in a.log_text()
 
 
@@ -454,8 +461,8 @@ def test_sighup_adds_trusted_key_and_peer_without_dropping_sessions(lan3: Any, t
     write_a(["a", "b", "c"], [f"{v4['c']}:3210"])
     assert a.proc is not None
     a.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: id_c in a.peer_nodes(), 30, what="a to connect to c after SIGHUP")
-    wait_for(lambda: ping(lan3.nodes["a"], "10.100.0.3"), what="tunnel a-c")
+    wait_for(lambda: id_c in a.peer_nodes(), 30, interval=0.1, what="a to connect to c after SIGHUP")
+    wait_for(lambda: ping(lan3.nodes["a"], "10.100.0.3"), interval=0.1, what="tunnel a-c")
     st = a.status()
     assert st is not None
     still_b = next(p for p in st["peers"] if p["node_id"] == id_b)
@@ -465,7 +472,7 @@ def test_sighup_adds_trusted_key_and_peer_without_dropping_sessions(lan3: Any, t
     # a broken config on SIGHUP keeps the old one
     (tmp_path / "a.net").write_text("mode: bridge\n")
     a.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "Reload failed" in a.log_text(), 10, what="reload error logged")
+    wait_for(lambda: "Reload failed" in a.log_text(), 10, interval=0.1, what="reload error logged")
     assert a.alive() and {id_b, id_c} <= a.peer_nodes()
 
 
@@ -476,13 +483,18 @@ def test_ipv6_only_underlay(topology: Topology, tmp_path: Path) -> None:
     a_ns = topology.node("a", "fd30::1/64")
     b_ns = topology.node("b", "fd30::2/64")
     for ns in (a_ns, b_ns):  # wait for DAD, or the address cannot be used yet
-        wait_for(lambda ns=ns: "tentative" not in ns.ip("-6", "addr", "show", "dev", "eth0").stdout, 10)
+        wait_for(
+            lambda ns=ns: "tentative" not in ns.ip("-6", "addr", "show", "dev", "eth0").stdout,
+            10,
+            interval=0.1,
+            what="DAD",
+        )
     a = VNode(topology, a_ns, "a", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24"])
     b = VNode(
         topology, b_ns, "b", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", "[fd30::1]:3210"]
     )
     full_mesh([a, b])
-    wait_for(lambda: ping(a_ns, "10.100.0.2"), what="tunnel over IPv6")
+    wait_for(lambda: ping(a_ns, "10.100.0.2"), interval=0.1, what="tunnel over IPv6")
     st = a.status()
     assert st is not None and st["peers"][0]["addr"] == "[fd30::2]:3210"
 
@@ -500,7 +512,7 @@ def test_ipv6_disabled_in_namespace(lan3: Any, tmp_path: Path) -> None:
         ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{v4['a']}:3210", "-c", "[fd20:1::1]:3210"],
     )  # fmt: skip
     full_mesh([a, b])
-    wait_for(lambda: ping(a_ns, "10.100.0.2"), what="tunnel over IPv4")
+    wait_for(lambda: ping(a_ns, "10.100.0.2"), interval=0.1, what="tunnel over IPv4")
     assert "IPv6 is disabled on this host" in a.log_text()
     assert a.alive() and b.alive()
     assert "Traceback" not in a.log_text() + b.log_text()
@@ -523,14 +535,18 @@ def test_daemonize_pid_file_and_privilege_drop(lan3: Any, tmp_path: Path) -> Non
         check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr  # the parent returns once the child runs
-    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, what="pid file"))
+    pid = int(
+        wait_for(
+            lambda: pid_file.exists() and pid_file.read_text().strip(), 10, interval=0.1, what="pid file"
+        )
+    )
 
     def uid() -> str:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
         return next(line for line in lines if line.startswith("Uid:")).split()[1]
 
     # the pid file is written just before the drop, so poll for the new uid
-    wait_for(lambda: uid() == "65534", 10, what="uid of nobody")
+    wait_for(lambda: uid() == "65534", 10, interval=0.1, what="uid of nobody")
     assert "vpncloud0" in a_ns.links()
 
     def status() -> Any:
@@ -539,13 +555,13 @@ def test_daemonize_pid_file_and_privilege_drop(lan3: Any, tmp_path: Path) -> Non
         except ControlError:
             return None
 
-    st = wait_for(status, 10, what="status of the daemon")
+    st = wait_for(status, 10, interval=0.1, what="status of the daemon")
     assert st["pid"] == pid
     # the stats file still gets written after the drop (it was handed to the new user)
-    wait_for(lambda: stats_file.read_text().startswith("peers:"), 10, what="stats file")
-    wait_for(lambda: "Dropped privileges" in log_file.read_text(), 10, what="log line")
+    wait_for(lambda: stats_file.read_text().startswith("peers:"), 10, interval=0.1, what="stats file")
+    wait_for(lambda: "Dropped privileges" in log_file.read_text(), 10, interval=0.1, what="log line")
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, what="daemon exit")
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, interval=0.1, what="daemon exit")
     assert "vpncloud0" not in a_ns.links()
 
 
@@ -574,14 +590,18 @@ def test_beacon_file_lets_a_node_find_its_peer(lan3: Any, tmp_path: Path) -> Non
         lan3.topo, lan3.nodes["a"], "a", tmp_path,
         ["-p", PASSWORD, "--ip", "10.100.0.1/24", "--beacon-store", str(beacon), "--beacon-password", "bpw"],
     )  # fmt: skip
-    wait_for(lambda: beacon.exists() and beacon.read_text().endswith("\n"), 15, what="beacon file")
+    wait_for(
+        lambda: beacon.exists() and beacon.read_text().endswith("\n"), 15, interval=0.1, what="beacon file"
+    )
     assert oct(os.stat(beacon).st_mode & 0o777) == "0o444"
     b = VNode(
         lan3.topo, lan3.nodes["b"], "b", tmp_path,
         ["-p", PASSWORD, "--ip", "10.100.0.2/24", "--beacon-load", str(beacon), "--beacon-password", "bpw"],
     )  # fmt: skip
     full_mesh([a, b])
-    wait_for(lambda: ping(lan3.nodes["b"], "10.100.0.1"), what="tunnel found through the beacon")
+    wait_for(
+        lambda: ping(lan3.nodes["b"], "10.100.0.1"), interval=0.1, what="tunnel found through the beacon"
+    )
     assert a.stop() == 0
     assert not beacon.exists()  # the store file is removed at shutdown
 
@@ -592,8 +612,8 @@ def test_fix_rp_filter_and_cve_warning(lan3: Any, tmp_path: Path) -> None:
         ns.sysctl("net.ipv4.conf.all.rp_filter", 2)
     a = VNode(lan3.topo, a_ns, "a", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24", "--fix-rp-filter"])
     b = VNode(lan3.topo, b_ns, "b", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.2/24"])
-    wait_for(a.status, what="a running")
-    wait_for(b.status, what="b running")
+    wait_for(a.status, interval=0.1, what="a running")
+    wait_for(b.status, interval=0.1, what="b running")
     assert a_ns.read_sysctl("net.ipv4.conf.all.rp_filter") == "1"
     assert a_ns.read_sysctl("net.ipv4.conf.vpncloud0.rp_filter") == "1"
     assert "CVE-2019-14899" not in a.log_text().upper()
@@ -611,14 +631,14 @@ def test_node_behind_websocket_proxy(lan3: Any, tmp_path: Path) -> None:
         c_ns, [PY, "-m", "vpncloud", "ws-proxy", "-l", "8080"], stdout=proxy_log, stderr=subprocess.STDOUT
     )
     proxy_log.close()
-    wait_for(lambda: ":8080" in c_ns.run(["ss", "-ltn"]).stdout, 15, what="proxy listening")
+    wait_for(lambda: ":8080" in c_ns.run(["ss", "-ltn"]).stdout, 15, interval=0.1, what="proxy listening")
     a = VNode(lan3.topo, a_ns, "a", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24"])
     b = VNode(
         lan3.topo, b_ns, "b", tmp_path,
         ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-l", f"ws://{v4['c']}:8080", "-c", f"{v4['a']}:3210"],
     )  # fmt: skip
     full_mesh([a, b])
-    wait_for(lambda: ping(b_ns, "10.100.0.1"), what="tunnel through the proxy")
+    wait_for(lambda: ping(b_ns, "10.100.0.1"), interval=0.1, what="tunnel through the proxy")
     st = a.status()
     assert st is not None
     # a sees b at the proxy's address, not at b's own underlay address

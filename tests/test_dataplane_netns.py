@@ -26,6 +26,7 @@ from vpncloud.lab.netns import Netns, Topology
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dataplane_support as sup
+from reach_support import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -34,17 +35,6 @@ SUPPORT = str(Path(__file__).parent / "dataplane_support.py")
 PASSWORD = "dataplane-test"
 TUN4 = {"a": "10.110.0.1", "b": "10.110.0.2"}
 TUN6 = {"a": "fd98::1", "b": "fd98::2"}
-
-
-def wait_for(pred: Any, timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        time.sleep(0.2)
 
 
 class Daemon:
@@ -117,8 +107,8 @@ def test_transfers_through_the_tunnel(lan3: Any, tmp_path: Path, mode_a: str, mo
     a_ns, b_ns = lan3.nodes["a"], lan3.nodes["b"]
     a = Daemon(lan3.topo, a_ns, "a", tmp_path, mode_a, None)
     b = Daemon(lan3.topo, b_ns, "b", tmp_path, mode_b, lan3.v4["a"])
-    wait_for(lambda: a_ns.ping(TUN4["b"], count=1, timeout=1.0), what="ping over the tunnel")
-    wait_for(lambda: a_ns.ping(TUN6["b"], count=1, timeout=1.0), what="ping6 over the tunnel")
+    wait_for(lambda: a_ns.ping(TUN4["b"], count=1, timeout=1.0), 30, what="ping over the tunnel")
+    wait_for(lambda: a_ns.ping(TUN6["b"], count=1, timeout=1.0), 30, what="ping6 over the tunnel")
     st_a, st_b = a.status(), b.status()
     assert st_a is not None and st_b is not None
     both_super = mode_a == mode_b == "super"

@@ -7,23 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from reach_support import wait_for
 
 from vpncloud.lab import netns
 from vpncloud.lab.netns import NetnsError, Topology
 
 pytestmark = pytest.mark.netns
-
-
-def _wait_for(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_namespaces_exist_inside_and_are_gone_after() -> None:
@@ -111,7 +102,7 @@ def test_teardown_on_sigint_and_sigterm(tmp_path) -> None:  # type: ignore[no-un
         )
         child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
         try:
-            assert _wait_for(ready.exists, 20), "child never built its topology"
+            assert wait_for(ready.exists, 20, interval=0.05), "child never built its topology"
             assert any(n.startswith(prefix) for n in netns.list_netns())
             os.kill(child.pid, sig)
             child.wait(timeout=20)

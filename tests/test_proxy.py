@@ -14,13 +14,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reach_support import in_netns
-from reach_support import wait_for as _wait_for
+from reach_support import in_netns, wait_for
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request, TextMessage
 
@@ -79,11 +78,6 @@ def test_proxy_url_selection_and_parsing() -> None:
 
 
 # --- namespace helpers ----------------------------------------------------------------------------
-
-
-def wait_for(pred: Callable[[], object], timeout: float = 10.0) -> bool:
-    """Poll ``pred`` quickly until it is true or ``timeout`` passes."""
-    return bool(_wait_for(pred, timeout, 0.02))
 
 
 PROXY_IP = "10.210.0.1"
@@ -165,7 +159,7 @@ def roundtrip(client: ProxyClientSocket, payload: bytes, timeout: float = 5.0) -
     """Send ``payload`` to the echo server through the proxy and collect the answer."""
     assert client.send(payload, (ECHO_IP, 4000))
     got: list[tuple[bytes, tuple]] = []
-    wait_for(lambda: got.extend(client.recv_batch()) or got, timeout)
+    wait_for(lambda: got.extend(client.recv_batch()) or got, timeout, interval=0.02)
     return got
 
 
@@ -278,9 +272,11 @@ def test_server_survives_misbehaving_clients(lan, proxy, echo, monkeypatch) -> N
     assert closed_by_server(odd)
     # the well-behaved client is still served, and dead sessions were released
     assert roundtrip(good, b"still-alive")[0][0] == b"echo:still-alive"
-    assert wait_for(lambda: len(proxy.clients) == 1), f"sessions left: {len(proxy.clients)}"
+    assert wait_for(lambda: len(proxy.clients) == 1, 10, interval=0.02), (
+        f"sessions left: {len(proxy.clients)}"
+    )
     good.close()
-    assert wait_for(lambda: len(proxy.clients) == 0)
+    assert wait_for(lambda: len(proxy.clients) == 0, 10, interval=0.02)
     for s in (garbage, half, huge):
         s.close()
 
@@ -306,7 +302,7 @@ def test_client_reports_lost_proxy(lan, proxy) -> None:  # type: ignore[no-untyp
     proxy.stop()
     # the loop sees the fd readable (EOF) and recv_batch says clearly what happened
     with pytest.raises(ProxyError, match="lost"):
-        wait_for(lambda: client.recv_batch() and False, 5)
+        wait_for(lambda: client.recv_batch() and False, 5, interval=0.02)
     assert client.send(b"x", (ECHO_IP, 4000)) is False
     client.close()
 

@@ -13,11 +13,10 @@ import random
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from reach_support import wait_for
 
 from vpncloud.lab.netns import Topology
 
@@ -201,16 +200,6 @@ def _exchange(path: str, payload: bytes, shutdown: bool = True) -> bytes:
         s.close()
 
 
-def wait_for(pred: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {pred}")
-
-
 @pytest.mark.netns
 def test_control_socket_garbage(topology: Topology, tmp_path: Path) -> None:
     ns = topology.node("n", "10.203.0.1/24")
@@ -225,7 +214,7 @@ def test_control_socket_garbage(topology: Topology, tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             env=clean_env(),
         )  # fmt: skip
-    wait_for(lambda: os.path.exists(sock))
+    wait_for(lambda: os.path.exists(sock), interval=0.1, what="control socket")
     rnd = random.Random(5)
     cases: list[tuple[bytes, bool]] = [
         (b"", True),

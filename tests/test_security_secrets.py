@@ -16,11 +16,11 @@ import random
 import socket as so
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from reach_support import wait_for
 
 from vpncloud.core import base62
 from vpncloud.core.identity import genkey_text
@@ -33,17 +33,6 @@ PY = sys.executable
 PASSWORD = "Sekret-Pass-7f3a91"
 BEACON_PASSWORD = "Beacon-Sekret-55c2"
 MESH_PASSWORD = "Mesh-Sekret-d00d42"
-
-
-def wait_for(pred: Any, timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        time.sleep(0.1)
 
 
 def keypair(seed: int) -> tuple[str, str]:
@@ -111,11 +100,18 @@ def test_no_secret_in_logs_status_stats_hooks_or_plans(lan3: Any, tmp_path: Path
     cfg_c.write_text(f"crypto:\n  password: {PASSWORD}\nip: 10.120.0.3/24\npeers: ['{v4['a']}:3210']\n")
     start("c", lan3.nodes["c"], ["--config", str(cfg_c)])
 
-    wait_for(lambda: (st := status(str(tmp_path / "b.sock"))) and st["peers"], what="a and b connected")
-    wait_for(lambda: lan3.nodes["b"].ping("10.120.0.1"), what="ping over the tunnel")
+    wait_for(
+        lambda: (st := status(str(tmp_path / "b.sock"))) and st["peers"],
+        30,
+        interval=0.1,
+        what="a and b connected",
+    )
+    wait_for(lambda: lan3.nodes["b"].ping("10.120.0.1"), 30, interval=0.1, what="ping over the tunnel")
     for name in "abc":
         stats = tmp_path / f"{name}.stats"
-        wait_for(lambda stats=stats: stats.exists() and stats.read_text(), what=f"{name} stats")
+        wait_for(
+            lambda stats=stats: stats.exists() and stats.read_text(), 30, interval=0.1, what=f"{name} stats"
+        )
         sock = str(tmp_path / f"{name}.sock")
         for args in (["status", "--json", "--socket", sock], ["status", "--socket", sock]):
             r = subprocess.run(
@@ -132,13 +128,13 @@ def test_no_secret_in_logs_status_stats_hooks_or_plans(lan3: Any, tmp_path: Path
             s.settimeout(5)
             outputs[f"{name} control {payload[:20]!r}"] = s.recv(65536).decode(errors="replace")
             s.close()
-    wait_for(lambda: (tmp_path / "beacon.txt").exists(), what="beacon file")
+    wait_for(lambda: (tmp_path / "beacon.txt").exists(), 30, interval=0.1, what="beacon file")
     # SIGHUP (reload logs the config) and a clean stop (shutdown logging, hooks)
     for name in "abc":
         procs[name].send_signal(1)
     for name in "abc":
         wait_for(lambda name=name: "reload" in (tmp_path / f"{name}.log").read_text().lower(),
-                 what=f"{name} reloaded")  # fmt: skip
+                 30, interval=0.1, what=f"{name} reloaded")  # fmt: skip
         procs[name].terminate()
         assert procs[name].wait(timeout=20) == 0
 
