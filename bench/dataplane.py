@@ -121,57 +121,37 @@ class Subject:
 # --------------------------------------------------------------------------------------- subjects
 
 
+def _vpncloud_pair(
+    topo: Topology,
+    a: Netns,
+    b: Netns,
+    tmp: Path,
+    command: list[str],
+    extra: list[str],
+    env: dict[str, str] | None,
+) -> list[subprocess.Popen[bytes]]:
+    """Both ends with the same original VpnCloud command line (ours takes the original's flags)."""
+    procs = []
+    for ns, ip, peer, name in ((a, A_TUN, B_UL, "a"), (b, B_TUN, A_UL, "b")):
+        args = [*command, "--no-port-forwarding", "-p", PASSWORD, "--ip", f"{ip}/24", "-c", f"{peer}:3210"]
+        args += ["--algorithm", "aes256", "-d", "vbtun%d"]
+        args += [arg.replace("{name}", name) for arg in extra]
+        log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        procs.append(topo_popen(topo, ns, args, log, env))
+    return procs
+
+
 def _our_daemon(mode: str) -> Callable[[Topology, Netns, Netns, Path], list[subprocess.Popen[bytes]]]:
     def start(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
-        procs = []
         env = dict(os.environ, VPNCLOUD_DATAPLANE=mode, PYTHONPATH=str(REPO))
-        for ns, ip, peer, name in ((a, A_TUN, B_UL, "a"), (b, B_TUN, A_UL, "b")):
-            args = [
-                PY,
-                "-m",
-                "vpncloud",
-                "--no-port-forwarding",
-                "-p",
-                PASSWORD,
-                "--ip",
-                f"{ip}/24",
-                "-c",
-                f"{peer}:3210",
-                "--algorithm",
-                "aes256",
-                "-d",
-                "vbtun%d",
-                "--control-socket",
-                str(tmp / f"{name}.sock"),
-            ]
-            log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            procs.append(topo_popen(topo, ns, args, log, env))
-        return procs
+        extra = ["--control-socket", str(tmp / "{name}.sock")]
+        return _vpncloud_pair(topo, a, b, tmp, [PY, "-m", "vpncloud"], extra, env)
 
     return start
 
 
 def _original(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
-    binary = os.environ["VPNCLOUD_ORIGINAL"]
-    procs = []
-    for ns, ip, peer, name in ((a, A_TUN, B_UL, "a"), (b, B_TUN, A_UL, "b")):
-        args = [
-            binary,
-            "-p",
-            PASSWORD,
-            "--ip",
-            f"{ip}/24",
-            "-c",
-            f"{peer}:3210",
-            "--algorithm",
-            "aes256",
-            "-d",
-            "vbtun%d",
-            "--no-port-forwarding",
-        ]
-        log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
-        procs.append(topo_popen(topo, ns, args, log, None))
-    return procs
+    return _vpncloud_pair(topo, a, b, tmp, [os.environ["VPNCLOUD_ORIGINAL"]], [], None)
 
 
 def _wireguard(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
