@@ -7,6 +7,7 @@ sockets, real wsproto on both ends, and hand-made raw bytes for the misbehaving 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -245,7 +246,10 @@ def test_server_survives_misbehaving_clients(lan, proxy, echo, monkeypatch) -> N
     ws, first = ws_handshake(huge)
     assert len(first) == ADDR_LEN
     header = bytes([0x82, 0xFF]) + struct.pack(">Q", 1 << 40) + os.urandom(4)  # masked, 64-bit length
-    huge.sendall(header + os.urandom(200_000))
+    # the server may close (1009) and reset the connection before all of it is written: that is the
+    # behaviour under test, not a failure of the test
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        huge.sendall(header + os.urandom(200_000))
     assert closed_by_server(huge)
     # 4. too-short binary messages and text messages are ignored; the session stays usable
     odd = raw_socket(lan, proxy)
