@@ -38,11 +38,15 @@ class PacketRows:
         start = i * self.stride + 1
         return bytes(memoryview(self.buf)[start : start + self.lengths[i]])
 
-    def packets(self) -> list[bytes]:
-        """The packets as separate ``bytes`` (the general path)."""
+    def views(self) -> list[memoryview]:
+        """The packets as views into the buffer (for a writer that needs no copies)."""
         view = memoryview(self.buf)
         stride = self.stride
-        return [bytes(view[i * stride + 1 : i * stride + 1 + n]) for i, n in enumerate(self.lengths)]
+        return [view[i * stride + 1 : i * stride + 1 + n] for i, n in enumerate(self.lengths)]
+
+    def packets(self) -> list[bytes]:
+        """The packets as separate ``bytes`` (the general path)."""
+        return [bytes(v) for v in self.views()]
 
     def total(self) -> int:
         return sum(self.lengths)

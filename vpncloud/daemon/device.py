@@ -45,7 +45,6 @@ READ_SIZE = 65535 + 10
 #: plus 14 for the Ethernet header of a TAP frame (spec 12 step 3).
 OVERHEAD_TUN = 73
 OVERHEAD_TAP = 87
-ZERO_VNET_HDR = bytes(10)
 CVE_URL = "https://vpncloud.ddswd.de/docs/security/cve-2019-14899/"
 
 log = get_logger()
@@ -56,12 +55,12 @@ class DeviceError(Exception):
 
 
 class Device:
-    """An open TUN or TAP interface. ``read``/``write`` move one packet/frame each.
+    """An open TUN or TAP interface. ``read``/``write_raw`` move one packet/frame each.
 
     With ``offload=True`` (TUN only) the device is opened with ``IFF_VNET_HDR`` and asked for
     checksum/TSO/USO offloads (``TUNSETOFFLOAD``). Then ``vnet`` is True and every ``read_raw`` returns
     a 10-byte virtio-net header plus a packet of up to 64 KB, and ``write_raw`` takes the same; the
-    plain ``read``/``write`` are not used in that mode (``write`` adds a zero header). When the kernel
+    plain ``read`` is not used in that mode. When the kernel
     refuses any of it the device silently falls back to the plain per-packet mode.
     """
 
@@ -136,13 +135,7 @@ class Device:
                 return None
             raise
 
-    def write(self, data: bytes) -> None:
-        """Write one packet/frame; the kernel rejects malformed ones, which is a drop, not a crash."""
-        if self.vnet:
-            data = ZERO_VNET_HDR + data
-        self.write_raw(data)
-
-    def write_raw(self, data: bytes) -> None:
+    def write_raw(self, data: bytes | memoryview) -> None:
         """Write as given (in offload mode: virtio header + packet); errors are drops."""
         try:
             os.write(self.fd, data)

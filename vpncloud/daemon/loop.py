@@ -664,11 +664,8 @@ class Daemon:
                 for item in node.take_device_output():
                     if type(item) is PacketRows:
                         # rows decrypted from one GRO train: written from the buffer, no copies
-                        view = memoryview(item.buf)
-                        stride = item.stride
-                        for i, n in enumerate(item.lengths):
-                            start = i * stride + 1
-                            write(view[start : start + n])
+                        for packet in item.views():
+                            write(packet)
                     else:
                         write(item)
         while True:
