@@ -468,3 +468,138 @@ def test_coalesce_rows_equal_per_packet_path(n: int, mss: int, v6: bool, twist: 
 def test_coalesce_random_bytes_never_crash(packets: list[bytes]) -> None:
     writes = o.coalesce(packets)
     assert len(writes) <= len(packets)
+
+
+# --------------------------------------------------------------------------------------- TAP
+
+MAC_A = bytes.fromhex("020000000001")
+MAC_B = bytes.fromhex("020000000002")
+VLANS = {0: b"", 1: b"\x81\x00\x00\x07", 2: b"\x88\xa8\x00\x05\x81\x00\x00\x07"}
+
+
+def eth(v6: bool, vlans: int = 0, dst: bytes = MAC_B, src: bytes = MAC_A) -> bytes:
+    """An Ethernet header (with 0, 1 or 2 VLAN tags) for an IP packet."""
+    return dst + src + VLANS[vlans] + (b"\x86\xdd" if v6 else b"\x08\x00")
+
+
+def expand_frames(writes: list[bytes]) -> list[bytes]:
+    """``expand`` for TAP writes: the Ethernet header sits between the virtio header and the IP
+    packet, and the virtio offsets count it."""
+    out = []
+    for w in writes:
+        hdr, frame = w[:10], w[10:]
+        if hdr == o.ZERO_HDR:
+            out.append(frame)
+            continue
+        vlans = 0
+        while frame[12 + 4 * vlans : 14 + 4 * vlans] in (b"\x81\x00", b"\x88\xa8"):
+            vlans += 1
+        l2 = 14 + 4 * vlans
+        flags, gso_type, hdr_len, gso_size, cstart, coff = o.VNET_HDR.unpack(hdr)
+        ip_write = o.VNET_HDR.pack(flags, gso_type, hdr_len - l2, gso_size, cstart - l2, coff) + frame[l2:]
+        out.extend(frame[:l2] + p for p in expand([ip_write]))
+    return out
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("vlans", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["tcp", "tcp-odd", "tcp-no-numpy", "udp"])
+def test_tso_frame_segments_equal_reference(
+    v6: bool, vlans: int, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TSO/USO frame from a TAP device: every segment is the reference segment of the IP packet
+    behind the same Ethernet header (VLAN tags included), from the numpy rows (even and odd
+    segment sizes) and from the per-segment path."""
+    rng = random.Random(vlans * 2 + v6)
+    head = eth(v6, vlans)
+    iphl = 40 if v6 else 20
+    if kind == "tcp-no-numpy":
+        monkeypatch.setattr(o, "_np", None)
+    if kind.startswith("tcp"):
+        mss = 1375 if kind == "tcp-odd" else 1376
+        full = tcp_packet(v6, rng.randbytes(mss * 30 + 99), flags=0x18, options=OPTIONS[1])
+        hdr = vnet(o.GSO_TCPV6 if v6 else o.GSO_TCPV4, mss, len(head) + iphl + 32, len(head) + iphl, 16)
+        want = ref_segment_tcp(full, mss)
+        frame = head + as_tso(full)
+    else:
+        payload = rng.randbytes(1400 * 9 + 77)
+        full = udp_packet(v6, payload)
+        hdr = vnet(o.GSO_UDP_L4, 1400, len(head) + iphl + 8, len(head) + iphl, 6)
+        want = o.segment(vnet(o.GSO_UDP_L4, 1400, iphl + 8, iphl, 6), full)
+        frame = head + full
+    got = o.segment_frame(hdr, frame)
+    assert isinstance(got, PacketRows) == (kind in ("tcp", "tcp-odd") and o.HAVE_NUMPY)
+    if isinstance(got, PacketRows):
+        got = got.packets()
+    assert got == [head + p for p in want]
+    assert all(l4_ok(p[len(head) :]) for p in got)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("vlans", [0, 1])
+def test_partial_checksum_of_a_frame_is_completed(v6: bool, vlans: int) -> None:
+    """NEEDS_CSUM offsets from a TAP device count the Ethernet header."""
+    head = eth(v6, vlans)
+    full = tcp_packet(v6, os.urandom(333), flags=0x18)
+    iphl = 40 if v6 else 20
+    partial = bytearray(full)
+    src, dst = (full[8:24], full[24:40]) if v6 else (full[12:16], full[16:20])
+    struct.pack_into(
+        "!H", partial, iphl + 16, ref_sum(src + dst + struct.pack("!BBH", 0, 6, len(full) - iphl))
+    )
+    hdr = o.VNET_HDR.pack(o.F_NEEDS_CSUM, o.GSO_NONE, 0, 0, len(head) + iphl, 16)
+    assert o.segment_frame(hdr, head + bytes(partial)) == [head + full]
+
+
+def test_frames_without_ip() -> None:
+    arp = MAC_B + MAC_A + b"\x08\x06" + bytes(28)
+    assert o.segment_frame(o.ZERO_HDR, arp) == [arp]
+    with pytest.raises(o.OffloadError):
+        o.segment_frame(vnet(o.GSO_TCPV4, 1000, 54, 34, 16), arp)
+    assert o.l2_header_len(arp) == 0
+    assert o.l2_header_len(MAC_B + MAC_A + b"\x08\x00") == 0  # nothing behind the header
+    assert o.l2_header_len(MAC_B + MAC_A + VLANS[2] + b"\x81\x00\x00\x01\x08\x00" + bytes(20)) == 0
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_frames(v6: bool) -> None:
+    """Frames of two flows to two MAC addresses, a VLAN, an ARP frame and a frame without IP in
+    between: runs behind one Ethernet header are coalesced, the receiver gets exactly the input,
+    and the writes are the IP writes with the Ethernet header put in."""
+    flow1 = flow_segments(v6, 20 * 1300 + 5, 1300, seq=1)
+    flow2 = flow_segments(v6, 10 * 1300, 1300, seq=77, sport=40001)
+    head1 = eth(v6)
+    head2 = eth(v6, 1, dst=bytes.fromhex("02000000000c"))
+    arp = MAC_B + MAC_A + b"\x08\x06" + bytes(28)
+    stream = [head1 + p for p in flow1[:7]] + [arp] + [head1 + p for p in flow1[7:]]
+    stream += [head2 + p for p in flow2] + [b"\xff" * 12]
+    writes = o.coalesce_frames(stream)
+    assert expand_frames(writes) == stream
+    assert sum(1 for w in writes if w[1]) == 3
+    assert writes[0] == o._with_l2(o.coalesce(flow1[:7])[0], head1)
+    assert writes[1] == o.ZERO_HDR + arp
+    # a decrypted GRO train as rows: coalesced in place behind its one header, or frame by frame
+    # when the headers differ; frames before and after keep their places
+    same = [head1 + p for p in flow1]
+    writes = o.coalesce_frames([arp, as_rows(same, extra=3), arp])
+    assert writes[1:-1] == [o._with_l2(w, head1) for w in o.coalesce(flow1)]
+    assert expand_frames(writes) == [arp, *same, arp]
+    mixed = [head1 + p for p in flow1[:4]] + [head2 + p for p in flow1[4:]]
+    assert expand_frames(o.coalesce_frames([as_rows(mixed)])) == mixed
+    vlan2 = [eth(v6, 2) + p for p in flow1]
+    assert expand_frames(o.coalesce_frames([as_rows(vlan2)])) == vlan2
+    assert sum(1 for w in o.coalesce_frames([as_rows(vlan2)]) if w[1]) >= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=120), max_size=8))
+def test_coalesce_frames_random_bytes_never_crash(frames: list[bytes]) -> None:
+    writes = o.coalesce_frames(frames)
+    assert len(writes) <= len(frames)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=10, max_size=10), st.binary(max_size=300))
+def test_segment_frame_bad_input_is_a_clean_drop(hdr: bytes, frame: bytes) -> None:
+    with contextlib.suppress(o.OffloadError):
+        o.segment_frame(hdr, frame)

@@ -18,6 +18,9 @@ The wire format stays VpnCloud's (one inner packet per datagram), so
   kernel handles 64 KB at once. Coalescing follows the kernel's GRO rules (same addresses, ports,
   ack, window, options, TOS/TTL, only ACK/PSH flags, equal segment sizes with a shorter last one).
 
+A TAP device (switch mode) gets the same offloads: its reads and writes are Ethernet frames, and
+:func:`segment_frame` / :func:`coalesce_frames` apply the IP functions behind the Ethernet header.
+
 Payload checksums of all segments of a super-packet are computed with one numpy call when numpy is
 installed (the ones'-complement sum of 16-bit words); without numpy the pure-Python path uses
 ``int.from_bytes(data) % 0xFFFF`` (2^16 = 1 mod 65535), which gives the same checksums, slower.
@@ -303,9 +306,12 @@ def _finish_vec(total: Any) -> Any:
     return (0xFFFF - total % 0xFFFF) % 0xFFFF
 
 
-def segment_tcp_rows(packet: bytes, mss: int, expect_v6: bool | None = None) -> PacketRows | None:
+def segment_tcp_rows(
+    packet: bytes, mss: int, expect_v6: bool | None = None, prefix: bytes = b""
+) -> PacketRows | None:
     """:func:`segment_tcp` with the segments laid out as :class:`PacketRows` (one free byte in
     front of each), built with a handful of numpy operations instead of a loop per segment.
+    ``prefix`` (the Ethernet header of a TAP frame) goes in front of every segment.
 
     The bytes of every segment are identical to ``segment_tcp``'s. None without numpy or when the
     packet needs no cutting (the caller then uses ``segment_tcp``)."""
@@ -318,14 +324,17 @@ def segment_tcp_rows(packet: bytes, mss: int, expect_v6: bool | None = None) -> 
     count = (total + mss - 1) // mss
     full = total // mss
     last = total - full * mss
-    stride = 1 + hl + mss
+    ip0 = 1 + len(prefix)  # where the IP packet starts in a row
+    stride = ip0 + hl + mss
     pkt = _np.frombuffer(packet, dtype=_np.uint8)
     rows = _np.empty((count, stride), dtype=_np.uint8)
-    rows[:, 1 : 1 + hl] = pkt[:hl]
-    rows[:full, 1 + hl :] = pkt[hl : hl + full * mss].reshape(full, mss)
+    if prefix:
+        rows[:, 1:ip0] = _np.frombuffer(prefix, dtype=_np.uint8)
+    rows[:, ip0 : ip0 + hl] = pkt[:hl]
+    rows[:full, ip0 + hl :] = pkt[hl : hl + full * mss].reshape(full, mss)
     seglen = _np.full(count, mss, dtype=_np.int64)
     if last:
-        rows[full, 1 + hl : 1 + hl + last] = pkt[hl + full * mss :]
+        rows[full, ip0 + hl : ip0 + hl + last] = pkt[hl + full * mss :]
         seglen[-1] = last
     idx = _np.arange(count, dtype=_np.int64)
     seq0 = _L.unpack_from(packet, iphl + 4)[0]
@@ -336,26 +345,26 @@ def segment_tcp_rows(packet: bytes, mss: int, expect_v6: bool | None = None) -> 
     flags[0] = first_flags
     flags[-1] = flags0 & ~0x80
     _tmpl, ip_base, tcp_base = _tcp_template(packet, version, iphl, hl, doff, src, dst)
-    base = 1 + iphl  # TCP header offset within a row
+    base = ip0 + iphl  # TCP header offset within a row
     if version == 4:
         ip_len = hl + seglen
         ident = (ip_id + idx) & 0xFFFF
-        fields = rows[:, 3:7].view(">u2")
+        fields = rows[:, ip0 + 2 : ip0 + 6].view(">u2")
         fields[:, 0] = ip_len
         fields[:, 1] = ident
-        rows[:, 11:13].view(">u2")[:, 0] = _finish_vec(ip_base + ip_len + ident)
+        rows[:, ip0 + 10 : ip0 + 12].view(">u2")[:, 0] = _finish_vec(ip_base + ip_len + ident)
     else:
-        rows[:, 5:7].view(">u2")[:, 0] = doff + seglen
+        rows[:, ip0 + 4 : ip0 + 6].view(">u2")[:, 0] = doff + seglen
     # Payload sums straight from the rows (cache-hot), as little-endian words (native, fast).
     # Rows start at even offsets and the header length is a multiple of 4, so for an even mss the
     # payload is word-aligned: a byte swap is a factor 256 mod 0xFFFF. For an odd mss the words
     # from column hl pair the last header byte (the same in every row) with the first payload
     # byte, which gives exactly the padded big-endian sum plus that byte.
     if mss & 1:
-        words = rows[:full, hl:stride].view("<u2")
+        words = rows[:full, ip0 + hl - 1 : stride].view("<u2")
         sums = _np.add.reduce(words, axis=1, dtype=_np.uint32).astype(_np.int64) - packet[hl - 1]
     else:
-        words = rows[:full, 1 + hl : stride].view("<u2")
+        words = rows[:full, ip0 + hl : stride].view("<u2")
         sums = _np.add.reduce(words, axis=1, dtype=_np.uint32).astype(_np.int64) * 256
     if last:
         sums = _np.append(sums, ones_sum(memoryview(packet)[hl + full * mss :]))
@@ -363,9 +372,9 @@ def segment_tcp_rows(packet: bytes, mss: int, expect_v6: bool | None = None) -> 
     rows[:, base + 4 : base + 8].view(">u4")[:, 0] = seq
     rows[:, base + 13] = flags
     rows[:, base + 16 : base + 18].view(">u2")[:, 0] = _finish_vec(csum)
-    lengths = [hl + mss] * count
+    lengths = [ip0 - 1 + hl + mss] * count
     if last:
-        lengths[-1] = hl + last
+        lengths[-1] = ip0 - 1 + hl + last
     return PacketRows(memoryview(rows).cast("B"), stride, lengths)
 
 
@@ -727,6 +736,130 @@ def coalesce(packets: list[bytes] | list[bytes | PacketRows]) -> list[bytes]:
         c.add(p)
         i += 1
     c.flush()
+    return out
+
+
+# --------------------------------------------------------------------------------------- TAP
+
+#: Ethertypes of IPv4 and IPv6, and of the VLAN tags (802.1Q, 802.1ad) that may come before them.
+_ETH_IP = (b"\x08\x00", b"\x86\xdd")
+_ETH_VLAN = (b"\x81\x00", b"\x88\xa8")
+
+
+def l2_header_len(frame: bytes | bytearray) -> int:
+    """Length of the Ethernet header (with at most two VLAN tags) in front of an IP packet in
+    ``frame``; 0 when the frame carries no IP packet (ARP, other protocols, truncated)."""
+    pos = 12
+    for _ in range(3):
+        kind = frame[pos : pos + 2]
+        if kind in _ETH_IP:
+            return pos + 2 if len(frame) > pos + 2 else 0
+        if kind not in _ETH_VLAN:
+            return 0
+        pos += 4
+    return 0
+
+
+def segment_frame(hdr: bytes | memoryview, frame: bytes) -> list[bytes] | PacketRows:
+    """:func:`segment_any` for one read from an offloading TAP device: an Ethernet frame. Checksum
+    offsets of the virtio header count from the start of the frame, so a plain frame is handled
+    as is; a GSO frame is cut as an IP packet and every segment gets the frame's Ethernet header
+    (TCP segments as :class:`PacketRows` when numpy is there)."""
+    kind = hdr[1] & ~GSO_ECN
+    if kind == GSO_NONE:
+        return segment(hdr, frame)
+    l2 = l2_header_len(frame)
+    if not l2:
+        raise OffloadError("GSO frame without an IP packet")
+    head = frame[:l2]
+    if kind in (GSO_TCPV4, GSO_TCPV6) and _np is not None:
+        gso_size = hdr[4] | hdr[5] << 8
+        if gso_size:
+            rows = segment_tcp_rows(frame[l2:], gso_size, kind == GSO_TCPV6, head)
+            if rows is not None:
+                return rows
+    return [head + seg for seg in segment(hdr, frame[l2:])]
+
+
+def _with_l2(write: bytes, head: bytes) -> bytes:
+    """A device write for an IP packet (virtio header + packet) as one for an Ethernet frame: the
+    header ``head`` goes in front of the packet, checksum start and header length move with it."""
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(write)
+    if not flags and not gso_type:
+        return b"".join((ZERO_HDR, head, memoryview(write)[VNET_HDR_LEN:]))
+    l2 = len(head)
+    if flags & F_NEEDS_CSUM:
+        csum_start += l2
+    if gso_type:
+        hdr_len += l2
+    vhdr = VNET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+    return b"".join((vhdr, head, memoryview(write)[VNET_HDR_LEN:]))
+
+
+def _rows_behind_l2(rows: PacketRows) -> tuple[bytes, PacketRows] | None:
+    """Frames in rows that all start with the same Ethernet header: that header and the IP
+    packets as rows of the same buffer (each row's free byte is then the header's last byte,
+    which the coalescer only reads). None when the headers differ or carry no IP."""
+    buf = memoryview(rows.buf)
+    stride = rows.stride
+    lengths = rows.lengths
+    head = bytes(buf[1 : 1 + min(lengths[0], 24)])
+    l2 = l2_header_len(head)
+    if not l2:
+        return None
+    head = head[:l2]
+    for i in range(1, len(lengths)):
+        if lengths[i] <= l2 or buf[i * stride + 1 : i * stride + 1 + l2] != head:
+            return None
+    if lengths[0] <= l2:
+        return None
+    return head, PacketRows(buf[l2:], stride, [n - l2 for n in lengths])
+
+
+def coalesce_frames(frames: list[bytes] | list[bytes | PacketRows]) -> list[bytes]:
+    """:func:`coalesce` for a TAP device: Ethernet frames in, device writes out, in order. Adjacent
+    frames with the same Ethernet header (addresses, VLAN tags, IP ethertype) are coalesced as IP
+    packets; anything else is written alone, unchanged."""
+    flat: list[bytes] = []
+    out: list[bytes] = []
+    for item in frames:
+        if type(item) is not PacketRows:
+            flat.append(item)  # type: ignore[arg-type]
+            continue
+        shifted = _rows_behind_l2(item)
+        if shifted is None:
+            flat.extend(item.packets())
+            continue
+        # one decrypted GRO train behind one Ethernet header: coalesced in place, as on TUN
+        out.extend(coalesce_frames(flat))
+        flat = []
+        head, rows = shifted
+        out.extend(_with_l2(w, head) for w in coalesce([rows]))
+    if not flat:
+        return out
+    n = len(flat)
+    i = 0
+    while i < n:
+        frame = flat[i]
+        if isinstance(frame, SuperPacket):  # already a device write (T2 is TUN-only today)
+            out.append(frame)
+            i += 1
+            continue
+        l2 = l2_header_len(frame)
+        if not l2:
+            out.append(ZERO_HDR + frame)
+            i += 1
+            continue
+        head = frame[:l2]
+        j = i + 1
+        # the same header bytes (ethertype included) mean the same header length
+        while j < n and flat[j][:l2] == head and not isinstance(flat[j], SuperPacket):
+            j += 1
+        if j - i == 1:
+            out.append(ZERO_HDR + frame)
+        else:
+            out.extend(_with_l2(w, head) for w in coalesce([f[l2:] for f in flat[i:j]]))
+        i = j
     return out
 
 
