@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from vpncloud.core import superpacket as sp
 from vpncloud.core.errors import DecodeError
 from vpncloud.core.messages import NodeInfo
-from vpncloud.core.types import Range
-from vpncloud.sim.harness import Harness, SimNode, ipv4_packet
+from vpncloud.core.types import DeviceType, Mode, Range, SocketAddr
+from vpncloud.sim.harness import Harness, SimNode, ethernet_frame, ipv4_packet
 
 FEATURES = sp.FEATURE_TCP | sp.FEATURE_UDP
 MAX_DGRAM = 1452
@@ -218,6 +218,47 @@ def test_batch_methods_equal_per_packet_path() -> None:
     assert a.dropped_payload_packets() == dropped + 3
 
 
+def _tap_mesh(seed: int, mode: Mode, vlan: int | None) -> tuple[Harness, SimNode, SimNode, SimNode]:
+    h = Harness(seed=seed)
+    nodes = [h.add_node(n, device_type=DeviceType.TAP, mode=mode) for n in "abc"]
+    mesh(h, nodes)
+    a, b, c = nodes
+    # b speaks first, so a switch at a has learned b's MAC (in that VLAN)
+    h.send_packet(b, a, b"hello", vlan=vlan)
+    h.run_for(1)
+    return h, a, b, c
+
+
+@pytest.mark.parametrize("mode", [Mode.SWITCH, Mode.HUB])
+@pytest.mark.parametrize("vlan", [None, 7])
+def test_batch_frames_equal_per_frame_path(mode: Mode, vlan: int | None) -> None:
+    """TAP: the frames of one TSO read go through the batch path (one lookup for all) and give
+    the same datagrams, byte for byte, and the same counters as receive_packet one by one; a hub,
+    and a switch for an unknown MAC, still floods every frame to every peer."""
+    results = []
+    for batch in (True, False):
+        h, a, b, c = _tap_mesh(300, mode, vlan)  # same seed: same keys and nonces in both runs
+        frames = [ethernet_frame(b.mac, a.mac, bytes([i]) * (200 + i), vlan=vlan) for i in range(10)]
+        unknown = [ethernet_frame(bytes.fromhex("02aa00000001"), a.mac, b"x" * 60, vlan=vlan)] * 3
+        if batch:
+            a.node.receive_packets(frames, h.now)
+            a.node.receive_packets(unknown, h.now)
+        else:
+            for f in frames + unknown:
+                a.node.receive_packet(f, h.now)
+        out = a.node.datagrams_to_send()
+        t = a.node.traffic
+        results.append((out, sorted((k, v.out_packets, v.out_bytes) for k, v in t.payload.items())))
+    assert results[0] == results[1]
+    out = results[0][0]
+    to_b = sum(1 for _, addr in out if addr == b.addr)
+    to_c = sum(1 for _, addr in out if addr == c.addr)
+    if mode is Mode.SWITCH:
+        assert (to_b, to_c) == (13, 3)  # learned unicast, the unknown MAC flooded
+    else:
+        assert (to_b, to_c) == (13, 13)
+
+
 def test_batch_stops_the_fast_path_after_close() -> None:
     h, a, _b, c = make_mesh(95)
     p1 = ipv4_packet(a.vpn_ip, c.vpn_ip, b"before", proto=6)
@@ -245,6 +286,16 @@ def _stats(node: SimNode, peer_addr: object, pair: tuple[bytes, bytes]) -> tuple
         entry.in_bytes if entry else 0,
         node.invalid_packets(),
     )
+
+
+def _feed(h: Harness, node: SimNode, datagrams: list[bytes], seg: int, addr: SocketAddr, train: bool) -> None:
+    """The datagrams as one GRO train (receive_train) or one by one (receive_datagram)."""
+    if train:
+        node.node.receive_train(b"".join(datagrams), seg, addr, h.now)
+    else:
+        for d in datagrams:
+            node.node.receive_datagram(d, addr, h.now)
+    h._flush(node)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -282,18 +333,77 @@ def test_train_rows_equal_per_datagram_path(seed: int) -> None:
         before_dev = len(c.device_payloads())
         pair = (packets[0][12:16], packets[0][16:20])
         before = _stats(c, a.addr, pair)
-        if use_train:
-            c.node.receive_train(b"".join(frames), seg, a.addr, h.now)
-        else:
-            for f in frames:
-                c.node.receive_datagram(f, a.addr, h.now)
-        h._flush(c)
+        _feed(h, c, frames, seg, a.addr, use_train)
         got = c.device_payloads()[before_dev:]
         after = _stats(c, a.addr, pair)
         results.append((got, tuple(x - y for x, y in zip(after, before, strict=True))))
         want = packets[:-1] if ending == "truncated" else packets
         assert got == want
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("mode", [Mode.SWITCH, Mode.HUB])
+@pytest.mark.parametrize("seed", range(8))
+def test_tap_train_rows_equal_per_datagram_path(mode: Mode, seed: int) -> None:
+    """TAP: a GRO train of frames decrypted into rows gives the device the same frames, the same
+    counters and the same learned MAC addresses as receive_datagram one by one: frames of two
+    sources, VLAN-tagged and untagged, runts that are not frames, a forged datagram, a CLOSE."""
+    rng = random.Random(seed)
+    size = rng.choice([60, 300, 1400])
+    results = []
+    for use_train in (True, False):
+        h, a, _b, c = _tap_mesh(400 + seed, mode, None)
+        other = bytes.fromhex("0200000000ee")  # a host behind a's bridge
+        frames_in = []
+        for i in range(rng.randrange(2, 40) if use_train else len(results[0][3])):
+            src = other if (i // 5) % 2 else a.mac
+            vlan = 7 if (i // 3) % 3 == 0 else None
+            # equal frame sizes, as in a GRO train: an untagged frame carries 4 more bytes
+            frames_in.append(ethernet_frame(c.mac, src, bytes([i]) * (size + (0 if vlan else 4)), vlan=vlan))
+        if use_train:
+            kinds = [rng.choice(["ok"] * 8 + ["forged"]) for _ in frames_in]
+            ending = rng.choice(["data", "close", "keepalive", "runt"])
+        else:
+            kinds, ending = results[0][4], results[0][5]
+        crypto = a.node.peers[c.addr].crypto
+        datagrams = []
+        for frame, kind in zip(frames_in, kinds, strict=True):
+            datagram = crypto.send_message(0, frame)
+            if kind == "forged":
+                datagram = datagram[:8] + bytes(len(datagram) - 8)
+            datagrams.append(datagram)
+        # the last datagram of a GRO train may be shorter: a control message or a runt
+        if ending == "close":
+            datagrams.append(crypto.send_message(0xFF, b""))
+        elif ending == "keepalive":
+            datagrams.append(crypto.send_message(2, b""))
+        elif ending == "runt":
+            datagrams.append(crypto.send_message(0, frames_in[0][:10]))
+        sizes = {len(d) for d in datagrams[:-1]}
+        assert len(sizes) == 1
+        seg = sizes.pop()
+        before = len(c.device_payloads())
+        _feed(h, c, datagrams, seg, a.addr, use_train)
+        t = c.node.traffic
+        results.append(
+            (
+                c.device_payloads()[before:],
+                sorted((k, v.in_packets, v.in_bytes) for k, v in t.payload.items()),
+                (t.peers[a.addr].in_packets if a.addr in t.peers else 0, c.invalid_packets()),
+                frames_in,
+                kinds,
+                ending,
+                sorted(c.node.table._cache),
+                a.addr in c.node.peers,
+            )
+        )
+    assert results[0][:3] == results[1][:3]
+    assert results[0][6:] == results[1][6:]
+    assert results[0][0]  # something arrived
+    if mode is Mode.SWITCH and results[0][7]:
+        # every source MAC that reached the device was learned (VLAN id in front when tagged)
+        learned = {k[-6:] for k in results[0][6]}
+        assert {f[6:12] for f in results[0][0]} <= learned
 
 
 def test_train_rows_reach_the_coalescer_as_one_write() -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from .crypto_core import FRAME_OVERHEAD
 from .errors import CryptoError, DecodeError, InitError
 from .messages import MSG_DATA
+from .payload import parse_frame
 from .peer_crypto import Message
 from .rows import PacketRows
 from .superpacket import (
@@ -55,15 +56,17 @@ def _entry(table: dict[object, TrafficEntry], key: object) -> TrafficEntry:
 
 
 def send_packets(node: Node, packets: list[bytes] | PacketRows, now: float) -> None:
-    """Packets read from the device that share source and destination address (the segments of
-    one super-packet), in order. Same result as ``receive_packet`` for each of them.
+    """Packets (TUN) or frames (TAP) read from the device that share source and destination
+    address (the segments of one super-packet), in order. Same result as ``receive_packet`` for
+    each of them.
 
     :class:`PacketRows` (segments laid out in one buffer) are encrypted straight into one
     :class:`Train` of datagrams when the common case applies; otherwise they take the general path."""
     if not len(packets):
         return
     rows = packets if isinstance(packets, PacketRows) else None
-    if len(packets) == 1 or node.acl is not None or node.config.device_type is not DeviceType.TUN:
+    # TAP frames qualify too: one destination MAC gives one lookup (a hub never finds a target)
+    if len(packets) == 1 or node.acl is not None:
         _one_by_one(node, packets, now)
         return
     try:
@@ -176,18 +179,22 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
             sums[0] += size
             sums[1] += 1
         device_out.append(payload)
-    _count_in(traffic, pairs, addr, nbytes, count)
+    _count_in(
+        traffic, {(k[: len(k) // 2], k[len(k) // 2 :]): v for k, v in pairs.items()}, addr, nbytes, count
+    )
 
 
 def _count_in(
-    traffic: TrafficStats, pairs: dict[bytes, list[int]], addr: SocketAddr, nbytes: int, count: int
+    traffic: TrafficStats,
+    pairs: dict[tuple[bytes, bytes], list[int]],
+    addr: SocketAddr,
+    nbytes: int,
+    count: int,
 ) -> None:
-    """Received-traffic counters of a batch: per address pair (``pairs``: the two addresses as
-    one key -> [bytes, packets]) and per peer."""
+    """Received-traffic counters of a batch: per address pair (``pairs``: (source, destination)
+    -> [bytes, packets]) and per peer."""
     payload_table = traffic.payload
-    for key, (size, packets) in pairs.items():
-        half = len(key) // 2
-        pair = (key[:half], key[half:])
+    for pair, (size, packets) in pairs.items():
         entry = payload_table.get(pair)
         if entry is None:
             entry = payload_table[pair] = TrafficEntry()
@@ -219,6 +226,7 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
             entry.in_packets += (len(data) + seg - 1) // seg
             _deliver_super(node, peer, frame, addr, now)
             return
+    tap = node.config.device_type is DeviceType.TAP
     if (
         peer is None
         or core is None
@@ -226,8 +234,7 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
         or data[:1] == SLICE_MARK_BYTE
         or addr in node._pending
         or node.acl is not None
-        or node.config.device_type is not DeviceType.TUN
-        or node._learning
+        or (node._learning and not tap)
     ):
         receive_datagrams(node, [data[pos : pos + seg] for pos in range(0, len(data), seg)], addr, now)
         return
@@ -236,7 +243,8 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
     traffic = node.traffic
     device_out = node._device_out
     peers = node._peers
-    pairs: dict[bytes, list[int]] = {}
+    pairs: dict[tuple[bytes, bytes], list[int]] = {}
+    learn = node.table.learn if tap and node._learning else None
     count = 0
     run_start = 0  # first row of the current run of DATA rows
     run: list[int] = []
@@ -244,7 +252,7 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
     total = len(data)
     # the rows of one train nearly always share their address pair: compare in place
     same_key = b""
-    same_at = 0
+    same_len = 0
     same_sums = [0, 0]
     stopped = False
     for i, size in enumerate(lengths):
@@ -252,20 +260,32 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
         if size > 1 and rows[start] == MSG_DATA:
             packet_len = size - 1
             count += 1
-            version = rows[start + 1] >> 4
-            # the address pair: offset in the row and length (both addresses)
-            if version == 4 and packet_len >= 20:
-                off, key_len = 13, 8
-            elif version == 6 and packet_len >= 40:
-                off, key_len = 9, 32
+            # the bytes that make the address pair: offset in the row and length
+            if tap:
+                # both MACs and the ethertype, plus the tag of an 802.1Q frame (parse_frame)
+                off = 1
+                key_len = (
+                    16 if packet_len >= 14 and rows[start + 13] == 0x81 and rows[start + 14] == 0 else 14
+                )
+                if packet_len < key_len:
+                    traffic.count_invalid_protocol(packet_len)
+                    continue
             else:
-                traffic.count_invalid_protocol(packet_len)
-                continue
+                version = rows[start + 1] >> 4
+                if version == 4 and packet_len >= 20:
+                    off, key_len = 13, 8
+                elif version == 6 and packet_len >= 40:
+                    off, key_len = 9, 32
+                else:
+                    traffic.count_invalid_protocol(packet_len)
+                    continue
             at = start + off
-            if same_at != off or not rows.startswith(same_key, at):
+            if same_len != key_len or not rows.startswith(same_key, at):
                 same_key = bytes(view[at : at + key_len])
-                same_at = off
-                same_sums = pairs.setdefault(same_key, [0, 0])
+                same_len = key_len
+                half = key_len // 2
+                pair = parse_frame(same_key) if tap else (same_key[:half], same_key[half:])
+                same_sums = pairs.setdefault(pair, [0, 0])
             if not run:
                 run_start = i
             run.append(packet_len)
@@ -277,6 +297,10 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
         if run:
             device_out.append(PacketRows(view[run_start * stride :], stride, run))
             run = []
+        if learn is not None:
+            # in order: what came before this message has been learned when it is handled
+            for src, _dst in pairs:
+                learn(src, addr, now)
         node.receive_datagram(data[i * seg : (i + 1) * seg], addr, now)
         if peers.get(addr) is not peer:
             # a CLOSE or a new handshake: the rest takes the normal path too
@@ -286,6 +310,9 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
             break
     if run:
         device_out.append(PacketRows(view[run_start * stride :], stride, run))
+    if learn is not None and not stopped:
+        for src, _dst in pairs:
+            learn(src, addr, now)
     # every counted datagram is a whole segment, except a counted last one
     nbytes = count * seg
     last = len(lengths) - 1
