@@ -5,7 +5,8 @@ matters: ``super`` (T2), ``wire`` (T1; a node of ours with the capability switch
 the original VpnCloud, which ignores the capability) and ``off`` (no offloads, one packet per syscall).
 Through the tunnel: TCP bulk transfers in both directions over IPv4 and IPv6 with a hash check, and
 UDP datagrams of many sizes plus an application UDP GSO send (USO). The receiving kernels check every
-checksum, so segmentation, checksum completion and coalescing errors show up as missing data.
+checksum, so segmentation, checksum completion and coalescing errors show up as missing data. The
+same runs over TAP devices in switch mode (Ethernet frames, device offloads without super-packets).
 """
 
 from __future__ import annotations
@@ -38,13 +39,24 @@ TUN6 = {"a": "fd98::1", "b": "fd98::2"}
 
 
 class Daemon:
-    def __init__(self, topo: Topology, ns: Netns, name: str, tmp: Path, mode: str, peer: str | None) -> None:
+    def __init__(
+        self,
+        topo: Topology,
+        ns: Netns,
+        name: str,
+        tmp: Path,
+        mode: str,
+        peer: str | None,
+        device: str = "tun",
+    ) -> None:
         self.name = name
         self.sock = str(tmp / f"{name}.sock")
         self.log = tmp / f"{name}.log"
         args = [PY, "-m", "vpncloud", "--no-port-forwarding", "-v", "-p", PASSWORD,
                 "--control-socket", self.sock, "--ip", f"{TUN4[name]}/24", "--claim", f"{TUN6[name]}/128",
                 "--ifup", f"ip -6 addr add {TUN6[name]}/64 dev $IFNAME nodad"]  # fmt: skip
+        if device == "tap":
+            args += ["-t", "tap", "-m", "switch"]
         if peer:
             args += ["-c", f"{peer}:3210"]
         env = {**os.environ, "VPNCLOUD_DATAPLANE": mode}
@@ -104,14 +116,31 @@ PAIRS = [
 
 @pytest.mark.parametrize(("mode_a", "mode_b"), PAIRS)
 def test_transfers_through_the_tunnel(lan3: Any, tmp_path: Path, mode_a: str, mode_b: str) -> None:
+    _transfers(lan3, tmp_path, mode_a, mode_b, "tun")
+
+
+#: TAP (switch mode): device offloads in wire/super, never super-packets (those are for TUN).
+TAP_PAIRS = [
+    ("super", "super"),
+    ("super", "off"),
+    ("socket", "wire"),
+]
+
+
+@pytest.mark.parametrize(("mode_a", "mode_b"), TAP_PAIRS)
+def test_tap_transfers_through_the_tunnel(lan3: Any, tmp_path: Path, mode_a: str, mode_b: str) -> None:
+    _transfers(lan3, tmp_path, mode_a, mode_b, "tap")
+
+
+def _transfers(lan3: Any, tmp_path: Path, mode_a: str, mode_b: str, device: str) -> None:
     a_ns, b_ns = lan3.nodes["a"], lan3.nodes["b"]
-    a = Daemon(lan3.topo, a_ns, "a", tmp_path, mode_a, None)
-    b = Daemon(lan3.topo, b_ns, "b", tmp_path, mode_b, lan3.v4["a"])
+    a = Daemon(lan3.topo, a_ns, "a", tmp_path, mode_a, None, device)
+    b = Daemon(lan3.topo, b_ns, "b", tmp_path, mode_b, lan3.v4["a"], device)
     wait_for(lambda: a_ns.ping(TUN4["b"], count=1, timeout=1.0), 30, what="ping over the tunnel")
     wait_for(lambda: a_ns.ping(TUN6["b"], count=1, timeout=1.0), 30, what="ping6 over the tunnel")
     st_a, st_b = a.status(), b.status()
     assert st_a is not None and st_b is not None
-    both_super = mode_a == mode_b == "super"
+    both_super = mode_a == mode_b == "super" and device == "tun"
     assert bool(st_a["dataplane"]["super_peers"]) == both_super
     assert bool(st_b["dataplane"]["super_peers"]) == both_super
     for mode, st in ((mode_a, st_a), (mode_b, st_b)):
@@ -128,9 +157,15 @@ def test_transfers_through_the_tunnel(lan3: Any, tmp_path: Path, mode_a: str, mo
     udp_transfer(a_ns, b_ns, TUN4["b"], tmp_path, 5)
     udp_transfer(b_ns, a_ns, TUN6["a"], tmp_path, 6)
 
-    st_b = b.status()
-    assert st_b is not None
-    if mode_b != "super":
+    st_a, st_b = a.status(), b.status()
+    assert st_a is not None and st_b is not None
+    for mode, st in ((mode_a, st_a), (mode_b, st_b)):
+        plane = st["dataplane"]
+        # with device offloads the kernel handed over super-packets and took coalesced writes
+        offloads = mode in ("wire", "super")
+        assert (plane["device_gso_reads"] > 0) == offloads, plane
+        assert (plane["device_gso_writes"] > 0) == offloads, plane
+    if mode_b != "super" or device == "tap":
         # the stand-in for the original never got anything it does not understand
         assert st_b.get("invalid_protocol_total", {}).get("packets", 0) == invalid_b
     for d in (a, b):

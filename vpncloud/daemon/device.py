@@ -57,10 +57,10 @@ class DeviceError(Exception):
 class Device:
     """An open TUN or TAP interface. ``read``/``write_raw`` move one packet/frame each.
 
-    With ``offload=True`` (TUN only) the device is opened with ``IFF_VNET_HDR`` and asked for
+    With ``offload=True`` the device is opened with ``IFF_VNET_HDR`` and asked for
     checksum/TSO/USO offloads (``TUNSETOFFLOAD``). Then ``vnet`` is True and every ``read_raw`` returns
-    a 10-byte virtio-net header plus a packet of up to 64 KB, and ``write_raw`` takes the same; the
-    plain ``read`` is not used in that mode. When the kernel
+    a 10-byte virtio-net header plus a packet (TUN) or Ethernet frame (TAP) of up to 64 KB, and
+    ``write_raw`` takes the same; the plain ``read`` is not used in that mode. When the kernel
     refuses any of it the device silently falls back to the plain per-packet mode.
     """
 
@@ -76,11 +76,12 @@ class Device:
         cls, device_type: str, name: str = "vpncloud%d", path: str | None = None, *, offload: bool = False
     ) -> Device:
         """Create the interface (``%d`` in ``name`` is filled in by the kernel)."""
-        if offload and device_type == "tun":
+        if offload:
+            kind = device_type.upper()
             try:
                 dev = cls._open(device_type, name, path, IFF_VNET_HDR)
             except DeviceError as exc:
-                log.info("TUN offloads not available (%s); using one packet per read", exc)
+                log.info("%s offloads not available (%s); using one packet per read", kind, exc)
             else:
                 for choice in OFFLOAD_CHOICES:
                     try:
@@ -90,7 +91,7 @@ class Device:
                     dev.vnet = True
                     dev.offloads = choice
                     return dev
-                log.info("TUN offloads refused by the kernel; using one packet per read")
+                log.info("%s offloads refused by the kernel; using one packet per read", kind)
                 dev.close()
         return cls._open(device_type, name, path, 0)
 

@@ -85,13 +85,14 @@ def dataplane_mode() -> str:
     return mode
 
 
-def gso_max_size_for(mtu: int) -> int:
+def gso_max_size_for(mtu: int, l2: int = 0) -> int:
     """Largest super-packet whose datagrams fit one UDP GSO send (<= 64 datagrams, 65,000 bytes).
 
-    Each segment becomes one datagram of at most ``mtu + 25`` bytes (crypto header, tag, type) and
-    carries at least ``mtu - 60`` payload bytes (IPv6 + TCP timestamps); super-packet slices add 7.
+    Each segment becomes one datagram of at most ``mtu + l2 + 25`` bytes (Ethernet header on TAP,
+    crypto header, tag, type) and carries at least ``mtu - 60`` payload bytes (IPv6 + TCP
+    timestamps); super-packet slices add 7.
     """
-    per_send = max(1, min(64, 65000 // (mtu + 32)))
+    per_send = max(1, min(64, 65000 // (mtu + l2 + 32)))
     return max(per_send * max(mtu - 60, 500), 1280)
 
 
@@ -140,6 +141,9 @@ class Daemon:
         self.started = time.monotonic()
         self.mode = dataplane_mode()
         self.vnet = False  # device reads/writes carry virtio headers (offloads on)
+        # reads of super-packets and coalesced writes: whether the device offloads are in use
+        self.gso_reads = 0
+        self.gso_writes = 0
         self.sock_gro = False
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -305,7 +309,8 @@ class Daemon:
             return
         self.vnet = True
         try:
-            size = gso_max_size_for(dev.get_mtu())
+            # a TAP frame: Ethernet header with up to one VLAN tag
+            size = gso_max_size_for(dev.get_mtu(), 18 if dev.device_type == "tap" else 0)
             dev.set_gso_max_size(size)
         except Exception as exc:  # an old kernel/pyroute2: bigger super-packets just take 2 sends
             log.debug("Cannot set gso_max_size on %s: %s", dev.ifname, exc)
@@ -320,9 +325,13 @@ class Daemon:
         )
 
     def _enable_super_packets(self) -> None:
-        """T2: announce super-packets to peers of ours (mode ``super`` with device offloads)."""
+        """T2: announce super-packets to peers of ours (mode ``super`` with TUN offloads)."""
         dev = self.device
         if self.mode != "super" or not self.vnet or dev is None or self.node is None:
+            return
+        if dev.device_type != "tun":
+            # super-packets are routed by IP address; a switch learns MAC addresses per frame
+            log.info("Super-packets are for TUN devices; this TAP device sends ordinary frames")
             return
         from vpncloud.core.superpacket import FEATURE_TCP, FEATURE_UDP
 
@@ -521,10 +530,15 @@ class Daemon:
         node = self.node
         run: list[bytes] = []
         run_key: bytes | None = None
+        tap = self.device.device_type == "tap"
         for packet in packets:
             # consecutive packets between the same two addresses go through the batch path
-            version = packet[0] >> 4 if packet else 0
-            key = packet[12:20] if version == 4 else packet[8:40] if version == 6 else None
+            if tap:
+                # both MACs and a first VLAN tag, if any, are in the first 16 bytes (parse_frame)
+                key = packet[:16] if len(packet) >= 16 else None
+            else:
+                version = packet[0] >> 4 if packet else 0
+                key = packet[12:20] if version == 4 else packet[8:40] if version == 6 else None
             if key is None or key != run_key:
                 if run:
                     self._guard(node.receive_packets, run, now)
@@ -541,6 +555,7 @@ class Daemon:
         read = self.device.read_raw
         receive = self.node.receive_packet
         receive_super = self.node.receive_super_packet
+        segmenter = _frame_segmenter if self.device.device_type == "tap" else _segmenter
         now = self.now()
         pending = 0
         for _ in range(DEVICE_BATCH):
@@ -556,11 +571,13 @@ class Daemon:
             try:
                 if raw[1] == 0:
                     if raw[0] & offload.F_NEEDS_CSUM:
+                        # checksum offsets count from the start of the packet or frame: TUN and TAP alike
                         receive(offload.segment(raw[:10], raw[10:])[0], now)
                     else:
                         receive(raw[offload.VNET_HDR_LEN :], now)
                 else:
-                    receive_super(raw, _segmenter(raw), now)
+                    self.gso_reads += 1
+                    receive_super(raw, segmenter(raw), now)
             except offload.OffloadError as exc:
                 log.debug("Dropping a packet from the device: %s", exc)
             except Exception as exc:
@@ -657,7 +674,12 @@ class Daemon:
             if self.vnet:
                 items = node.take_device_output()
                 if items:
-                    for write in offload.coalesce(items):
+                    coalesce = (
+                        offload.coalesce_frames if self.device.device_type == "tap" else offload.coalesce
+                    )
+                    for write in coalesce(items):
+                        if write[1]:
+                            self.gso_writes += 1
                         self.device.write_raw(write)
             else:
                 write = self.device.write_raw
@@ -777,6 +799,8 @@ class Daemon:
             "device_offloads": self.device.offloads if self.device is not None and self.vnet else 0,
             "udp_gso": bool(getattr(sock, "gso", False)),
             "udp_gro": self.sock_gro,
+            "device_gso_reads": self.gso_reads,
+            "device_gso_writes": self.gso_writes,
             "super_features": node.super_features,
             "super_peers": sorted(
                 _peer_text(addr) for addr, peer in node.peers.items() if node.super_features and peer.features
@@ -894,6 +918,11 @@ class Daemon:
 def _segmenter(raw: bytes) -> Callable[[], list[bytes] | PacketRows]:
     """Deferred TSO/USO segmentation of one device read (only done for peers without T2)."""
     return lambda: offload.segment_any(raw[: offload.VNET_HDR_LEN], raw[offload.VNET_HDR_LEN :])
+
+
+def _frame_segmenter(raw: bytes) -> Callable[[], list[bytes] | PacketRows]:
+    """:func:`_segmenter` for a TAP device (Ethernet frames)."""
+    return lambda: offload.segment_frame(raw[: offload.VNET_HDR_LEN], raw[offload.VNET_HDR_LEN :])
 
 
 class _Rng:
