@@ -141,17 +141,31 @@ def _vpncloud_pair(
     return procs
 
 
-def _our_daemon(mode: str) -> Callable[[Topology, Netns, Netns, Path], list[subprocess.Popen[bytes]]]:
+#: Switch mode over TAP devices (the same flags for ours and the original).
+TAP_ARGS = ["-t", "tap", "-m", "switch"]
+
+
+def _our_daemon(
+    mode: str, args: list[str] | None = None
+) -> Callable[[Topology, Netns, Netns, Path], list[subprocess.Popen[bytes]]]:
     def start(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
         env = dict(os.environ, VPNCLOUD_DATAPLANE=mode, PYTHONPATH=str(REPO))
-        extra = ["--control-socket", str(tmp / "{name}.sock")]
+        extra = ["--control-socket", str(tmp / "{name}.sock"), *(args or [])]
         return _vpncloud_pair(topo, a, b, tmp, [PY, "-m", "vpncloud"], extra, env)
 
     return start
 
 
-def _original(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
-    return _vpncloud_pair(topo, a, b, tmp, [os.environ["VPNCLOUD_ORIGINAL"]], [], None)
+def _original_with(
+    args: list[str],
+) -> Callable[[Topology, Netns, Netns, Path], list[subprocess.Popen[bytes]]]:
+    def start(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
+        return _vpncloud_pair(topo, a, b, tmp, [os.environ["VPNCLOUD_ORIGINAL"]], args, None)
+
+    return start
+
+
+_original = _original_with([])
 
 
 def _wireguard(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
@@ -327,9 +341,22 @@ SUBJECTS = {
     "raw": Subject("raw", "raw veth (no tunnel)", lambda *_: [], lambda: None),
     "t2": Subject("t2", "ours T2 (offloads + super-packets)", _our_daemon("super"), lambda: None),
     "t1": Subject("t1", "ours T1 (offloads, wire-compatible)", _our_daemon("wire"), lambda: None),
-    "sock": Subject("sock", "ours, socket offloads only (as TAP)", _our_daemon("socket"), lambda: None),
+    "sock": Subject("sock", "ours, socket offloads only (TUN)", _our_daemon("socket"), lambda: None),
     "off": Subject("off", "ours, no offloads", _our_daemon("off"), lambda: None),
+    "tap": Subject("tap", "ours, TAP switch mode (offloads)", _our_daemon("super", TAP_ARGS), lambda: None),
+    "tap-sock": Subject(
+        "tap-sock",
+        "ours, TAP switch mode, socket offloads only",
+        _our_daemon("socket", TAP_ARGS),
+        lambda: None,
+    ),
     "original": Subject("original", "original VpnCloud 2.4", _original, _original_available),
+    "original-tap": Subject(
+        "original-tap",
+        "original VpnCloud 2.4, TAP switch mode",
+        _original_with(TAP_ARGS),
+        _original_available,
+    ),
     "wireguard": Subject("wireguard", "WireGuard", _wireguard, _wg_available),
     "openvpn": Subject("openvpn", "OpenVPN 2.6 (static key, AES-256-CBC)", _openvpn, _needs("openvpn")),
     "fastd": Subject("fastd", "fastd (aes128-gcm)", _fastd, _needs("fastd")),
