@@ -38,8 +38,9 @@ OFFLOAD_CHOICES = (
     TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6,
     TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
 )
-#: Largest read: a 64 KB super-packet plus the virtio header.
-READ_SIZE = 65535 + 10
+#: Largest read: the virtio header, an Ethernet header with two VLAN tags (TAP) and a 64 KB
+#: super-packet (gso_max_size keeps them smaller, but an old kernel may not take that setting).
+READ_SIZE = 10 + 22 + 65535
 
 #: Bytes of outer headers the tunnel adds (IPv6 40 + UDP 8 + crypto header 8 + tag 16 + type 1),
 #: plus 14 for the Ethernet header of a TAP frame (spec 12 step 3).
