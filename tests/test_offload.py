@@ -562,7 +562,7 @@ def test_frames_without_ip() -> None:
 
 
 @pytest.mark.parametrize("v6", [False, True])
-def test_coalesce_frames(v6: bool) -> None:
+def test_coalesce_frames(v6: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames of two flows to two MAC addresses, a VLAN, an ARP frame and a frame without IP in
     between: runs behind one Ethernet header are coalesced, the receiver gets exactly the input,
     and the writes are the IP writes with the Ethernet header put in."""
@@ -584,6 +584,15 @@ def test_coalesce_frames(v6: bool) -> None:
     writes = o.coalesce_frames([arp, as_rows(same, extra=3), arp])
     assert writes[1:-1] == [o._with_l2(w, head1) for w in o.coalesce(flow1)]
     assert expand_frames(writes) == [arp, *same, arp]
+    if o.HAVE_NUMPY:
+        # in place means one check for the run, not one per frame
+        calls: list[bytes] = []
+        real = o._tcp_info
+        monkeypatch.setattr(o, "_tcp_info", lambda p: calls.append(p) or real(p))
+        # all rows full: the shifted buffer ends right after the last packet
+        o.coalesce_frames([as_rows(same[:-1])])
+        monkeypatch.undo()
+        assert 1 <= len(calls) <= 2
     mixed = [head1 + p for p in flow1[:4]] + [head2 + p for p in flow1[4:]]
     assert expand_frames(o.coalesce_frames([as_rows(mixed)])) == mixed
     vlan2 = [eth(v6, 2) + p for p in flow1]

@@ -658,9 +658,11 @@ def _coalesce_rows(c: Coalescer, rows: PacketRows) -> None:
     stride = rows.stride
     k = n if lengths[-1] == size else n - 1
     info = None
-    if _np is not None and k >= FAST_MIN and lengths.count(size) == k and len(rows.buf) >= k * stride:
-        arr = _np.frombuffer(rows.buf, dtype=_np.uint8, count=k * stride).reshape(k, stride)
-        pk = arr[:, 1 : 1 + size]
+    if _np is not None and k >= FAST_MIN and lengths.count(size) == k:
+        # k rows of ``size`` bytes at ``stride``: inside the buffer by PacketRows' own checks (the
+        # buffer may end right after the last packet, e.g. rows shifted behind an Ethernet header)
+        base = _np.frombuffer(rows.buf, dtype=_np.uint8)
+        pk = _np.lib.stride_tricks.as_strided(base[1:], shape=(k, size), strides=(stride, 1), writeable=False)
         first = pk[0].tobytes()
         info = _tcp_info(first)
     if info is None or info[6] & 0x08:
