@@ -207,16 +207,19 @@ def _tcp_layout(packet: bytes, expect_v6: bool | None) -> tuple[int, int, int, i
     return version, iphl, doff, hl, packet[8:24], packet[24:40], 0
 
 
-def segment_any(hdr: bytes | memoryview, packet: bytes) -> list[bytes] | PacketRows:
+def segment_any(hdr: bytes | memoryview, packet: bytes, prefix: bytes = b"") -> list[bytes] | PacketRows:
     """:func:`segment`, but TSO packets come as :class:`PacketRows` when numpy is there (the
-    core encrypts those straight into one datagram train)."""
+    core encrypts those straight into one datagram train). ``prefix`` (a TAP frame's Ethernet
+    header) goes in front of every segment."""
     kind = hdr[1] & ~GSO_ECN
     if kind in (GSO_TCPV4, GSO_TCPV6) and _np is not None:
         gso_size = hdr[4] | hdr[5] << 8
         if gso_size:
-            rows = segment_tcp_rows(packet, gso_size, kind == GSO_TCPV6)
+            rows = segment_tcp_rows(packet, gso_size, kind == GSO_TCPV6, prefix)
             if rows is not None:
                 return rows
+    if prefix:
+        return [prefix + seg for seg in segment(hdr, packet)]
     return segment(hdr, packet)
 
 
@@ -773,14 +776,7 @@ def segment_frame(hdr: bytes | memoryview, frame: bytes) -> list[bytes] | Packet
     l2 = l2_header_len(frame)
     if not l2:
         raise OffloadError("GSO frame without an IP packet")
-    head = frame[:l2]
-    if kind in (GSO_TCPV4, GSO_TCPV6) and _np is not None:
-        gso_size = hdr[4] | hdr[5] << 8
-        if gso_size:
-            rows = segment_tcp_rows(frame[l2:], gso_size, kind == GSO_TCPV6, head)
-            if rows is not None:
-                return rows
-    return [head + seg for seg in segment(hdr, frame[l2:])]
+    return segment_any(hdr, frame[l2:], frame[:l2])
 
 
 def _with_l2(write: bytes, head: bytes) -> bytes:
@@ -810,11 +806,10 @@ def _rows_behind_l2(rows: PacketRows) -> tuple[bytes, PacketRows] | None:
     if not l2:
         return None
     head = head[:l2]
+    # row 0 is longer than its header: l2_header_len wants bytes behind it
     for i in range(1, len(lengths)):
         if lengths[i] <= l2 or buf[i * stride + 1 : i * stride + 1 + l2] != head:
             return None
-    if lengths[0] <= l2:
-        return None
     return head, PacketRows(buf[l2:], stride, [n - l2 for n in lengths])
 
 
