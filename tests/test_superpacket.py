@@ -494,3 +494,54 @@ def test_super_packet_trains_reach_the_device_however_they_are_cut(split: str) -
     assert b.node.traffic.peers[a.addr].in_packets - in_before == len(dgrams)
     # whole messages never touch the reassembly state
     assert (b.node.peers[a.addr].reassembly is None) == (split == "whole")
+
+
+@pytest.mark.parametrize("size", [0, 1, 1444, 1445, 1446, 4 * 1445 - 1, 4 * 1445, 4 * 1445 + 1, 60000, 65535])
+@pytest.mark.parametrize("max_dgram", [MAX_DGRAM, 200])
+def test_numpy_slicing_equals_the_pure_path(
+    size: int, max_dgram: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The numpy copies (one strided copy each way) give the same bytes as the join-based
+    reference, for every slice count around the threshold and a shorter or full last slice."""
+    frame = random.Random(size).randbytes(size)
+    try:
+        fast = sp.split_frame_train(frame, 0xDEADBEEF, max_dgram)
+    except ValueError:
+        pytest.skip("more than 255 slices")
+    fast_whole = sp.whole_message(bytes(fast.buf), max_dgram)
+    monkeypatch.setattr(sp, "_np", None)
+    ref = sp.split_frame_train(frame, 0xDEADBEEF, max_dgram)
+    assert (bytes(fast.buf), fast.seg, fast.count) == (bytes(ref.buf), ref.seg, ref.count)
+    ref_whole = sp.whole_message(bytes(ref.buf), max_dgram)
+    assert fast_whole == ref_whole
+    assert ref_whole == (frame if ref.count >= 2 else None)
+
+
+@pytest.mark.parametrize("msg_type", [0x00, 0x02])  # DATA and ROTATION, never sent as slices
+@pytest.mark.parametrize("whole", [True, False])
+def test_other_message_types_in_slices_are_dropped(msg_type: int, whole: bool) -> None:
+    """A sliced frame that authenticates but is not a super-packet is dropped whole and counted,
+    on the whole-train path and through reassembly, and the session goes on."""
+    h, a, b, _ = make_mesh(99)
+    peer_b = b.node.peers[a.addr]
+    rotation_before = peer_b.crypto.rotation_info()
+    invalid = b.invalid_packets()
+    devices = len(b.device_payloads())
+    frame = a.node.peers[b.addr].crypto.send_message(msg_type, bytes(range(256)) * 40)
+    dgrams = sp.split_frame(frame, 11, MAX_DGRAM)
+    assert len(dgrams) >= sp.NP_MIN_SLICES
+    if whole:
+        b.node.receive_train(b"".join(dgrams), len(dgrams[0]), a.addr, h.now)
+    else:
+        for d in dgrams:
+            h.deliver_raw(b, d, a.addr)
+    h._flush(b)
+    assert b.invalid_packets() == invalid + 1
+    assert len(b.device_payloads()) == devices
+    assert peer_b.crypto.rotation_info() == rotation_before
+    # the session is unharmed: a genuine super-packet follows
+    raw = tcp_super(a.vpn_ip, b.vpn_ip, 30000)
+    a.node.receive_super_packet(raw, lambda: pytest.fail("segmented"), h.now)
+    h._flush(a)
+    h.run_for(0.1)
+    assert b.device_payloads()[-1] == raw

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import messages
+from . import bulk, messages
 from .acl import AclPolicy
 from .beacon import encode_beacon, hour_stamp
 from .errors import CryptoError, DecodeError, InitFatal, VpnCloudError
@@ -371,9 +371,7 @@ class Node:
         if known:
             self.traffic.count_in_traffic(addr, len(data))
         if data[:1] == SLICE_MARK_BYTE and self.super_features:
-            from .bulk import receive_slice
-
-            receive_slice(self, data, addr, now)
+            bulk.receive_slice(self, data, addr, now)
             return
         if data[:1] == b"\xff" and not self._init_admitted(data, addr, now, count=not known):
             return
@@ -814,9 +812,7 @@ class Node:
     def receive_packets(self, packets: list[bytes], now: float) -> None:
         """Packets from the device with one source and destination (segments of one super-packet);
         the same as ``receive_packet`` for each, with the per-packet work done once."""
-        from .bulk import send_packets
-
-        send_packets(self, packets, now)
+        bulk.send_packets(self, packets, now)
 
     def enable_super_packets(self, features: int, max_datagram: int) -> None:
         """Announce super-packets (``superpacket.FEATURE_*`` bits) in every NODE_INFO from now on and
@@ -829,22 +825,16 @@ class Node:
     ) -> None:
         """A super-packet from an offloading device (virtio header + packet). It goes to a peer that
         takes super-packets as one; otherwise ``segments()`` gives the ordinary packets to send."""
-        from .bulk import send_super
-
-        send_super(self, data, segments, now)
+        bulk.send_super(self, data, segments, now)
 
     def receive_train(self, data: bytes, seg: int, addr: SocketAddr, now: float) -> None:
         """A GRO train: datagrams of ``seg`` bytes back to back in ``data`` (the last may be
         shorter), all from ``addr``; the same as ``receive_datagram`` for each."""
-        from .bulk import receive_train
-
-        receive_train(self, data, seg, addr, now)
+        bulk.receive_train(self, data, seg, addr, now)
 
     def receive_datagrams(self, datagrams: list[bytes], addr: SocketAddr, now: float) -> None:
         """Datagrams from one source (a GRO train); the same as ``receive_datagram`` for each."""
-        from .bulk import receive_datagrams
-
-        receive_datagrams(self, datagrams, addr, now)
+        bulk.receive_datagrams(self, datagrams, addr, now)
 
     # ------------------------------------------------------------------ messages out
 

@@ -152,7 +152,7 @@ class Aead:
     def _seal_copy(self, nonce: bytes, plaintext: bytes | memoryview, _aad: None, out: memoryview) -> None:
         out[:] = self._encrypt(nonce, bytes(plaintext), None)
 
-    def open(self, nonce: bytes, ct_tag: bytes) -> bytes:
+    def open(self, nonce: bytes, ct_tag: bytes | memoryview) -> bytes:
         """Decrypt and authenticate; raises ``CryptoError`` on any failure."""
         try:
             return self._decrypt(nonce, ct_tag, None)

@@ -58,7 +58,7 @@ class Train:
 
     __slots__ = ("buf", "count", "seg")
 
-    def __init__(self, buf: bytes | bytearray, seg: int, count: int) -> None:
+    def __init__(self, buf: bytes | bytearray | memoryview, seg: int, count: int) -> None:
         if seg <= 0 or count <= 0 or not (seg * (count - 1) < len(buf) <= seg * count):
             raise ValueError("train layout does not match its buffer")
         self.buf = buf

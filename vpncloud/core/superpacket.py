@@ -29,9 +29,21 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from typing import Any
 
 from .errors import DecodeError
 from .rows import Train
+
+_np: Any
+try:
+    # one strided copy instead of a memoryview per slice (about 45 per super-packet)
+    import numpy as _np
+except ImportError:  # pragma: no cover - numpy is a dependency; the pure path stays as reference
+    _np = None
+
+#: Below this many slices the per-call cost of numpy is more than the loop it saves.
+NP_MIN_SLICES = 4
+_INDEXES: Any = None if _np is None else _np.arange(256, dtype=_np.uint8)
 
 PART_FEATURES = 0x56
 FEATURE_TCP = 0x01
@@ -100,7 +112,7 @@ def split_frame(frame: bytes, msg_id: int, max_datagram: int) -> list[bytes]:
     return split_frame_train(frame, msg_id, max_datagram).datagrams()
 
 
-def split_frame_train(frame: bytes, msg_id: int, max_datagram: int) -> Train:
+def split_frame_train(frame: bytes | bytearray | memoryview, msg_id: int, max_datagram: int) -> Train:
     """The slices of ``frame`` back to back as one :class:`Train` (see :func:`split_frame`)."""
     size = max_datagram - SLICE_HEADER_LEN
     if size <= 0:
@@ -109,17 +121,39 @@ def split_frame_train(frame: bytes, msg_id: int, max_datagram: int) -> Train:
     if count > MAX_SLICES:
         raise ValueError("super-packet too large for its slice size")
     msg_id &= 0xFFFFFFFF
+    header = SLICE_HEADER.pack(SLICE_MARK, msg_id, 0, count)
+    if _np is not None and count >= NP_MIN_SLICES:
+        return Train(_split_np(frame, header, count, size), max_datagram, count)
     # the headers differ only in the index byte: join with header 0 as the separator (one copy of
     # the frame, no loop in Python), then write all index bytes with one strided assignment
     src = memoryview(frame)
-    out = bytearray(SLICE_HEADER.pack(SLICE_MARK, msg_id, 0, count)).join(
+    out = bytearray(header).join(
         [b"", *[src[pos : pos + size] for pos in range(0, max(len(frame), 1), size)]]
     )
     out[5::max_datagram] = bytes(range(count))
     return Train(out, max_datagram, count)
 
 
-def whole_message(data: bytes, seg: int) -> bytes | None:
+def _split_np(frame: bytes | bytearray | memoryview, header: bytes, count: int, size: int) -> memoryview:
+    """:func:`split_frame_train`'s buffer: the frame copied once into rows of ``7 + size``."""
+    seg = SLICE_HEADER_LEN + size
+    full = len(frame) // size
+    # np.empty: a bytearray would first be zero-filled, which costs as much as the copy itself
+    dst = _np.empty(len(frame) + count * SLICE_HEADER_LEN, _np.uint8)
+    rows = dst[: full * seg].reshape(full, seg)
+    rows[:, SLICE_HEADER_LEN:] = _np.frombuffer(frame, _np.uint8, full * size).reshape(full, size)
+    rows[:, :SLICE_HEADER_LEN] = _np.frombuffer(header, _np.uint8)
+    rows[:, 5] = _INDEXES[:full]
+    out = memoryview(dst)
+    if full < count:  # the shorter last slice
+        tail = full * seg
+        out[tail : tail + SLICE_HEADER_LEN] = header
+        out[tail + 5] = full
+        out[tail + SLICE_HEADER_LEN :] = memoryview(frame)[full * size :]
+    return out
+
+
+def whole_message(data: bytes, seg: int) -> bytes | memoryview | None:
     """The frame of a GRO train that holds exactly all slices of one message, in order (the
     common case: one super-packet, one GSO send, one GRO read); None for anything else."""
     n = (len(data) + seg - 1) // seg
@@ -138,8 +172,16 @@ def whole_message(data: bytes, seg: int) -> bytes | None:
         or data[5::seg] != bytes(range(n))
     ):
         return None
-    view = memoryview(data)
     size = seg - SLICE_HEADER_LEN
+    if _np is not None and n >= NP_MIN_SLICES:
+        full = n - 1
+        dst = _np.empty(len(data) - n * SLICE_HEADER_LEN, _np.uint8)
+        rows = _np.frombuffer(data, _np.uint8, full * seg).reshape(full, seg)
+        dst[: full * size].reshape(full, size)[:] = rows[:, SLICE_HEADER_LEN:]
+        out = memoryview(dst)
+        out[full * size :] = memoryview(data)[full * seg + SLICE_HEADER_LEN :]
+        return out
+    view = memoryview(data)
     return b"".join([view[pos : pos + size] for pos in range(SLICE_HEADER_LEN, len(data), seg)])
 
 
@@ -194,7 +236,7 @@ class Reassembler:
 # --- checks ----------------------------------------------------------------------------------
 
 
-def check_super_payload(payload: bytes, features: int) -> None:
+def check_super_payload(payload: bytes | memoryview, features: int) -> None:
     """Validate a received super-packet (virtio header + IP packet) before it goes to the device.
 
     Raises DecodeError for anything the local device was not set up for or that is inconsistent.
