@@ -1,8 +1,8 @@
 """The ``vpncloud`` command line (spec 14.3, 14.4).
 
 ``vpncloud [FLAGS]`` runs a node; subcommands: ``genkey`` (``gen-key``), ``ws-proxy`` (``wsproxy``),
-``migrate-config`` (``migrate``), ``completion``, ``status``, and the dispatch of ``lab`` and of the
-mesh orchestrator's ``plan``/``apply``/``rotate``/``schema``. Global ``-v``/``-q`` may precede a
+``migrate-config`` (``migrate``), ``completion``, ``config``, ``status``, and the dispatch of ``lab`` and
+of the mesh orchestrator's ``plan``/``apply``/``rotate``/``schema``. Global ``-v``/``-q`` may precede a
 subcommand.
 
 Every error ends as one line on stderr/stdout and an exit status, never a traceback: fatal errors exit
@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("completion", help="Generate shell completions")
     add_verbosity(c, suppress=True)
     c.add_argument("--shell", default="bash", choices=("bash", "zsh", "fish"), help="Shell (default bash)")
+
+    w = sub.add_parser("config", help="Interactively create or edit a network config file")
+    add_verbosity(w, suppress=True)
+    w.add_argument("-n", "--name", metavar="NAME", help="Name of the network (file DIR/NAME.net)")
+    w.add_argument(
+        "--dir", default="/etc/vpncloud", metavar="DIR", help="Config directory (default /etc/vpncloud)"
+    )
 
     s = sub.add_parser("status", help="Show the status of a running node (control socket)")
     add_verbosity(s, suppress=True)
@@ -150,6 +157,10 @@ def _run_command(parser: argparse.ArgumentParser, ns: argparse.Namespace, argv: 
 
         sys.stdout.write(completion_script(parser, ns.shell))
         return 0
+    if cmd == "config":
+        from vpncloud.wizard import run_config_command
+
+        return run_config_command(ns.name, ns.dir)
     if cmd == "status":
         from vpncloud.daemon.control import status_command
 

@@ -469,16 +469,20 @@ def load_config_text(
         return convert_v1(old, warn)
 
 
-def load_config_file(path: str, *, warn: Callable[[str], None] | None = None) -> ConfigFile:
-    """Read and parse a config file with the version-1 fallback (spec 14.1)."""
+def read_config_text(path: str) -> str:
+    """The text of a config file; ``ConfigError`` if it cannot be read or is not UTF-8."""
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+            return fh.read()
     except OSError as exc:
         raise ConfigError(f"Failed to open config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"Config file {path} is not UTF-8 text") from None
-    return load_config_text(text, allow_v1=True, warn=warn)
+
+
+def load_config_file(path: str, *, warn: Callable[[str], None] | None = None) -> ConfigFile:
+    """Read and parse a config file with the version-1 fallback (spec 14.1)."""
+    return load_config_text(read_config_text(path), allow_v1=True, warn=warn)
 
 
 def migrate_config_file(path: str, warn: Callable[[str], None] | None = None) -> None:
