@@ -547,6 +547,8 @@ def test_daemonize_pid_file_and_privilege_drop(lan3: Any, tmp_path: Path) -> Non
 
     # the pid file is written just before the drop, so poll for the new uid
     wait_for(lambda: uid() == "65534", 10, interval=0.1, what="uid of nobody")
+    # TUN in normal mode programs routes: CAP_NET_ADMIN (bit 12) is all that is left
+    assert capabilities(pid) == {"CapEff": 1 << 12, "CapPrm": 1 << 12, "CapInh": 0, "CapAmb": 0}
     assert "vpncloud0" in a_ns.links()
 
     def status() -> Any:
@@ -563,6 +565,54 @@ def test_daemonize_pid_file_and_privilege_drop(lan3: Any, tmp_path: Path) -> Non
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, interval=0.1, what="daemon exit")
     assert "vpncloud0" not in a_ns.links()
+
+
+def capabilities(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    keys = ("CapEff", "CapPrm", "CapInh", "CapAmb")
+    return {k: int(v, 16) for k, v in (line.split(":\t") for line in lines) if k in keys}
+
+
+@pytest.mark.parametrize("routes", [True, False])
+def test_routes_still_follow_claims_after_the_privilege_drop(lan3: Any, tmp_path: Path, routes: bool) -> None:
+    """A claim that arrives after ``--user`` still becomes a kernel route: the daemon keeps
+    CAP_NET_ADMIN and nothing else. With ``--no-routes`` it keeps no capability, as the original."""
+    v4 = lan3.v4
+    a_ns, b_ns = lan3.nodes["a"], lan3.nodes["b"]
+    os.chmod(tmp_path, 0o755)
+    a = VNode(
+        lan3.topo, a_ns, "a", tmp_path,
+        ["-p", PASSWORD, "--ip", "10.100.0.1/24", "--user", "nobody", "--group", "nogroup",
+         *([] if routes else ["--no-routes"])],
+    )  # fmt: skip
+    assert a.proc is not None
+    wait_for(lambda: "Dropped privileges" in a.log_text(), 10, interval=0.1, what="privilege drop")
+    caps = capabilities(a.proc.pid)
+    assert caps == ({"CapEff": 1 << 12, "CapPrm": 1 << 12} if routes else {"CapEff": 0, "CapPrm": 0}) | {
+        "CapInh": 0,
+        "CapAmb": 0,
+    }
+    # only now does a peer with an extra claim show up
+    b = VNode(
+        lan3.topo, b_ns, "b", tmp_path,
+        ["-p", PASSWORD, "--ip", "10.100.0.2/24", "--claim", "10.200.5.0/24", "-c", f"{v4['a']}:3210"],
+    )  # fmt: skip
+    full_mesh([a, b])
+    if routes:
+        wait_for(
+            lambda: "10.200.5.0/24 dev vpncloud0" in a_ns.ip("route").stdout,
+            10,
+            interval=0.1,
+            what="route of the claim",
+        )
+        st = a.status()
+        assert st is not None and "10.200.5.0/24" in st["routes"]
+        assert "Failed to add route" not in a.log_text()
+    else:
+        st = a.status()
+        assert st is not None and st["routes"] == []
+        assert "10.200.5.0/24" not in a_ns.ip("route").stdout
+    assert "Traceback" not in a.log_text()
 
 
 def test_unknown_user_fails_before_device(lan3: Any, tmp_path: Path) -> None:

@@ -228,11 +228,12 @@ class Daemon:
         for name in cfg.peers:
             self._add_configured_peer(name)
         self._flush()
+        keep_net_admin = self.routes is not None
         if cfg.daemonize:
-            daemonize(cfg.pid_file, cfg.user, cfg.group)
+            daemonize(cfg.pid_file, cfg.user, cfg.group, keep_net_admin)
         elif cfg.user is not None or cfg.group is not None:
             try:
-                drop_privileges(cfg.user, cfg.group)
+                drop_privileges(cfg.user, cfg.group, keep_net_admin)
             except PrivilegeError as exc:
                 raise Fatal(str(exc)) from None
 

@@ -2,11 +2,18 @@
 
 All three run after the device, socket and stats file exist, so the unprivileged process keeps its
 open fds but cannot create new devices.
+
+The original keeps no privilege at all after ``--user``. Ours programs kernel routes for claims
+that arrive later (TUN router mode), so in that case it keeps exactly one capability,
+``CAP_NET_ADMIN``, in its effective and permitted sets and nothing else; ``--no-routes`` (or any
+mode without routes) drops everything as the original does. Programs it starts (hooks, beacon
+commands) do not inherit it: capabilities of a non-root process are cleared on ``execve``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import grp
 import os
 import pwd
@@ -40,9 +47,48 @@ def lookup(user: str | None, group: str | None) -> tuple[int | None, int | None,
     return uid, gid, name
 
 
-def drop_privileges(user: str | None, group: str | None) -> None:
-    """Set supplementary groups, gid, then uid (in that order: after setuid the rest is impossible)."""
+CAP_NET_ADMIN = 12
+_PR_SET_KEEPCAPS = 8
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _set_capabilities(caps: int) -> None:
+    """Effective = permitted = ``caps`` (a bit mask of capability numbers < 64), inheritable empty."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        word = (caps >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = data[i].permitted = word
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def _keep_capabilities_over_setuid(keep: bool) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_KEEPCAPS, int(keep), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def drop_privileges(user: str | None, group: str | None, keep_net_admin: bool = False) -> None:
+    """Set supplementary groups, gid, then uid (in that order: after setuid the rest is impossible).
+
+    With ``keep_net_admin`` (and a new uid), ``CAP_NET_ADMIN`` survives the switch and every other
+    capability is dropped; without it the process ends with none, as the original."""
     uid, gid, name = lookup(user, group)
+    keep = keep_net_admin and uid is not None and uid != 0
     try:
         if gid is not None:
             if name is not None:
@@ -51,13 +97,27 @@ def drop_privileges(user: str | None, group: str | None) -> None:
                 os.setgroups([gid])
             os.setgid(gid)
         if uid is not None:
+            if keep:
+                _keep_capabilities_over_setuid(True)
             os.setuid(uid)
+            if keep:
+                _keep_capabilities_over_setuid(False)
+                _set_capabilities(1 << CAP_NET_ADMIN)
     except OSError as exc:
         raise PrivilegeError(f"Failed to drop privileges: {exc.strerror}") from None
-    log.info("Dropped privileges to user %s, group %s", user or "-", group or "-")
+    if keep:
+        log.info(
+            "Dropped privileges to user %s, group %s, keeping CAP_NET_ADMIN for the routes of claims",
+            user or "-",
+            group or "-",
+        )
+    else:
+        log.info("Dropped privileges to user %s, group %s", user or "-", group or "-")
 
 
-def daemonize(pid_file: str | None, user: str | None, group: str | None) -> None:
+def daemonize(
+    pid_file: str | None, user: str | None, group: str | None, keep_net_admin: bool = False
+) -> None:
     """Double fork, setsid, cwd /, umask 027, std fds to /dev/null, pid file, privilege drop."""
     if os.fork() > 0:
         os._exit(0)
@@ -80,7 +140,7 @@ def daemonize(pid_file: str | None, user: str | None, group: str | None) -> None
         with contextlib.suppress(OSError):
             os.chown(pid_file, uid if uid is not None else -1, gid if gid is not None else -1)
     if user is not None or group is not None:
-        drop_privileges(user, group)
+        drop_privileges(user, group, keep_net_admin)
 
 
 def sd_notify(state: str) -> bool:
