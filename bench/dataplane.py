@@ -21,8 +21,9 @@ Setup per pass and subject: two fresh network namespaces joined by a veth pair (
 Subjects: ``raw`` (the veth itself), ``t2`` (our daemon, offloads + negotiated super-packets),
 ``t1`` (offloads, wire-compatible only), ``sock`` (no device offloads, as a TAP device: one packet
 per device read/write, UDP GSO/GRO on the socket), ``off`` (no kernel offloads: one packet per syscall),
-``original`` (``$VPNCLOUD_ORIGINAL``), ``wireguard`` (kernel module, else wireguard-go), ``openvpn``
-(static key, AES-256-CBC), ``fastd`` (aes128-gcm), ``tinc`` (1.0, router mode). Subjects whose
+``original`` (``$VPNCLOUD_ORIGINAL``), ``mixed`` (ours sending to the original: T1 on the wire),
+``wireguard`` (kernel module, else wireguard-go), ``openvpn`` (static key, AES-256-CBC), ``fastd``
+(aes128-gcm), ``tinc`` (1.0, router mode). Subjects whose
 programs are missing are skipped with a note. Each pass runs every subject once, in the same order,
 so every ratio compares numbers of the same pass; the table shows medians over passes, and ratios are
 medians of the per-pass ratios.
@@ -131,14 +132,34 @@ def _vpncloud_pair(
     env: dict[str, str] | None,
 ) -> list[subprocess.Popen[bytes]]:
     """Both ends with the same original VpnCloud command line (ours takes the original's flags)."""
-    procs = []
-    for ns, ip, peer, name in ((a, A_TUN, B_UL, "a"), (b, B_TUN, A_UL, "b")):
-        args = [*command, "--no-port-forwarding", "-p", PASSWORD, "--ip", f"{ip}/24", "-c", f"{peer}:3210"]
-        args += ["--algorithm", "aes256", "-d", "vbtun%d"]
-        args += [arg.replace("{name}", name) for arg in extra]
-        log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        procs.append(topo_popen(topo, ns, args, log, env))
-    return procs
+    return [_vpncloud_node(topo, ns, name, tmp, command, extra, env) for ns, name in ((a, "a"), (b, "b"))]
+
+
+def _vpncloud_node(
+    topo: Topology,
+    ns: Netns,
+    name: str,
+    tmp: Path,
+    command: list[str],
+    extra: list[str],
+    env: dict[str, str] | None,
+) -> subprocess.Popen[bytes]:
+    """One end (``a`` or ``b``) with the original's flags, pointed at the other end."""
+    ip, peer = (A_TUN, B_UL) if name == "a" else (B_TUN, A_UL)
+    args = [*command, "--no-port-forwarding", "-p", PASSWORD, "--ip", f"{ip}/24", "-c", f"{peer}:3210"]
+    args += ["--algorithm", "aes256", "-d", "vbtun%d"]
+    args += [arg.replace("{name}", name) for arg in extra]
+    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+    return topo_popen(topo, ns, args, log, env)
+
+
+def _ours_to_original(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
+    """A mixed pair: ours (super-packets announced, offloads) sends to the original, which gets T1."""
+    env = dict(os.environ, VPNCLOUD_DATAPLANE="super", PYTHONPATH=str(REPO))
+    ours = _vpncloud_node(
+        topo, a, "a", tmp, [PY, "-m", "vpncloud"], ["--control-socket", str(tmp / "a.sock")], env
+    )
+    return [ours, _vpncloud_node(topo, b, "b", tmp, [os.environ["VPNCLOUD_ORIGINAL"]], [], None)]
 
 
 #: Switch mode over TAP devices (the same flags for ours and the original).
@@ -355,6 +376,12 @@ SUBJECTS = {
         "original-tap",
         "original VpnCloud 2.4, TAP switch mode",
         _original_with(TAP_ARGS),
+        _original_available,
+    ),
+    "mixed": Subject(
+        "mixed",
+        "ours (T1, offloads) to the original VpnCloud 2.4",
+        _ours_to_original,
         _original_available,
     ),
     "wireguard": Subject("wireguard", "WireGuard", _wireguard, _wg_available),

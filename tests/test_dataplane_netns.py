@@ -34,8 +34,8 @@ pytestmark = pytest.mark.netns
 PY = sys.executable
 SUPPORT = str(Path(__file__).parent / "dataplane_support.py")
 PASSWORD = "dataplane-test"
-TUN4 = {"a": "10.110.0.1", "b": "10.110.0.2"}
-TUN6 = {"a": "fd98::1", "b": "fd98::2"}
+TUN4 = {"a": "10.110.0.1", "b": "10.110.0.2", "c": "10.110.0.3"}
+TUN6 = {"a": "fd98::1", "b": "fd98::2", "c": "fd98::3"}
 
 
 class Daemon:
@@ -103,6 +103,16 @@ def udp_transfer(src: Netns, dst: Netns, addr: str, tmp: Path, seed: int) -> Non
     assert set(got) == want  # every datagram arrived at least once in three rounds
 
 
+def transfers_both_ways(a_ns: Netns, b_ns: Netns, tmp: Path, nbytes: int, seed: int) -> None:
+    """TCP a -> b and b -> a over IPv4 (``nbytes``) and IPv6 (half of it), then UDP each way."""
+    tcp_transfer(a_ns, b_ns, TUN4["b"], tmp, nbytes, seed)
+    tcp_transfer(b_ns, a_ns, TUN4["a"], tmp, nbytes, seed + 1)
+    tcp_transfer(a_ns, b_ns, TUN6["b"], tmp, nbytes // 2, seed + 2)
+    tcp_transfer(b_ns, a_ns, TUN6["a"], tmp, nbytes // 2, seed + 3)
+    udp_transfer(a_ns, b_ns, TUN4["b"], tmp, seed + 4)
+    udp_transfer(b_ns, a_ns, TUN6["a"], tmp, seed + 5)
+
+
 PAIRS = [
     ("super", "super"),
     ("super", "wire"),
@@ -150,12 +160,7 @@ def _transfers(lan3: Any, tmp_path: Path, mode_a: str, mode_b: str, device: str)
         assert plane["udp_gso"] == plane["udp_gro"] == (mode != "off")
     invalid_b = st_b.get("invalid_protocol_total", {}).get("packets", 0)
 
-    tcp_transfer(a_ns, b_ns, TUN4["b"], tmp_path, 12_000_000, 1)
-    tcp_transfer(b_ns, a_ns, TUN4["a"], tmp_path, 12_000_000, 2)
-    tcp_transfer(a_ns, b_ns, TUN6["b"], tmp_path, 6_000_000, 3)
-    tcp_transfer(b_ns, a_ns, TUN6["a"], tmp_path, 6_000_000, 4)
-    udp_transfer(a_ns, b_ns, TUN4["b"], tmp_path, 5)
-    udp_transfer(b_ns, a_ns, TUN6["a"], tmp_path, 6)
+    transfers_both_ways(a_ns, b_ns, tmp_path, 12_000_000, 1)
 
     st_a, st_b = a.status(), b.status()
     assert st_a is not None and st_b is not None
