@@ -615,6 +615,19 @@ def test_routes_still_follow_claims_after_the_privilege_drop(lan3: Any, tmp_path
     assert "Traceback" not in a.log_text()
 
 
+def test_unanswered_configured_peer_is_reported(lan3: Any, tmp_path: Path) -> None:
+    """c runs no VPN: after the first step of connection attempts the log says so, once, with the
+    usual causes (the original keeps retrying silently)."""
+    a = VNode(
+        lan3.topo, lan3.nodes["a"], "a", tmp_path,
+        ["-p", PASSWORD, "--ip", "10.100.0.1/24", "-c", f"{lan3.v4['c']}:3210"],
+    )  # fmt: skip
+    wait_for(lambda: "No connection to" in a.log_text(), 40, interval=0.2, what="unreachable-peer warning")
+    text = a.log_text()
+    assert text.count("No connection to") == 1 and f"{lan3.v4['c']}:3210" in text
+    assert PASSWORD not in text and a.alive()
+
+
 def test_unknown_user_fails_before_device(lan3: Any, tmp_path: Path) -> None:
     r = lan3.nodes["a"].run(
         [

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from vpncloud.core.node import PeerTimedOut
+import logging
+
+import pytest
+
+from vpncloud.core.node import RECONNECT_TRIES_PER_STEP, PeerTimedOut
 from vpncloud.sim.harness import Harness
 
 PEER_TIMEOUT = 300  # spec 10.3
@@ -10,6 +14,8 @@ NODE_INFO_INTERVAL = 90  # spec 9.6: the last refresh before the cut is at most 
 # Configured-peer back-off after a loss (spec 10.4): 10 x 1 s, 11 x 2 s, 11 x 4 s, 11 x 8 s, 11 x 16 s
 # (340 s in all), then 32 s. Healing 300-390 s after the loss, the next attempt is <= 32 s away.
 MAX_BACKOFF_AT_HEAL = 32
+#: After 600 s of failed attempts the back-off is at 64 s; allow two steps.
+RECONNECT_MAX_BACKOFF = 130
 
 
 def test_partition_and_heal() -> None:
@@ -52,3 +58,30 @@ def test_partition_and_heal() -> None:
     assert h.now - healed <= MAX_BACKOFF_AT_HEAL + 1
     h.run_for(600)
     assert h.full_mesh() and all(len(n.node.peers) == 5 for n in ns)
+
+
+def test_unanswered_configured_peer_is_reported_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """The original retries a configured peer silently forever. Ours logs one warning with the usual
+    causes once a step of attempts went unanswered, stays quiet for the rest of that outage, and
+    warns again only after the peer was connected and got lost again."""
+    h = Harness(seed=61)
+    a = h.add_node("a")
+    b = h.add_node("b")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("No connection to")]
+
+    h.net.partition([a.addr], [b.addr])
+    with caplog.at_level(logging.WARNING, logger="vpncloud.node"):
+        h.add_configured_peer(a, b)
+        h.run_for(RECONNECT_TRIES_PER_STEP - 1)
+        assert warnings() == []
+        h.run_for(600)  # several more back-off steps: still one warning
+        assert len(warnings()) == 1
+        assert f"{b.addr[0]}:{b.addr[1]}" in warnings()[0] and "password" in warnings()[0]
+        assert "test123" not in caplog.text  # the password itself is never logged
+        h.net.heal()
+        assert h.run_until(lambda: h.connected(a, b), timeout=RECONNECT_MAX_BACKOFF)
+        h.net.partition([a.addr], [b.addr])
+        h.run_for(PEER_TIMEOUT + 2 * RECONNECT_TRIES_PER_STEP)
+        assert len(warnings()) == 2

@@ -242,6 +242,8 @@ class ReconnectEntry:
     next: float = 0.0
     next_resolve: float = 0.0
     resolvable: bool = True
+    #: The "no answer" warning was logged for the current run of failed attempts.
+    warned: bool = False
 
 
 # --- the node --------------------------------------------------------------------------------
@@ -975,6 +977,7 @@ class Node:
                 entry.tries = 0
                 entry.timeout = 1.0
                 entry.next = now + 1.0
+                entry.warned = False
             if entry.resolvable and entry.next_resolve <= now:
                 self._events.append(ResolvePeer(entry.name))
                 entry.next_resolve = now + RESOLVE_INTERVAL
@@ -982,6 +985,18 @@ class Node:
                 continue
             entry.tries += 1
             if entry.tries > RECONNECT_TRIES_PER_STEP:
+                if not entry.warned:
+                    # The original retries silently forever; say once per outage what usually causes it.
+                    entry.warned = True
+                    log.warning(
+                        "No connection to %s after %d attempts; retrying at growing intervals. Check "
+                        "the address, that its UDP port is reachable (firewall, NAT port forwarding) and "
+                        "that both nodes use the same password or trust each other's keys. Symmetric "
+                        "NATs defeat hole punching: such a node needs a peer with a public address or a "
+                        "WebSocket proxy.",
+                        entry.name,
+                        RECONNECT_TRIES_PER_STEP,
+                    )
                 entry.tries = 0
                 entry.timeout = min(entry.timeout * 2, RECONNECT_MAX_TIMEOUT)
             entry.next = now + entry.timeout
