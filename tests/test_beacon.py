@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vpncloud.core import base62, beacon
 from vpncloud.core.beacon import (
     DEFAULT_TTL_HOURS,
     decode_beacon,
@@ -150,3 +151,41 @@ def test_encode_rejects_non_ip_hosts() -> None:
 
     with pytest.raises(DecodeError):
         encode_beacon([("example.com", 1)], PW, HOUR)
+
+
+def _first_hour_with_a_lost_byte(addrs: list[tuple[str, int]], password: str) -> int:
+    """An hour stamp for which the plain encoding of ``addrs`` starts with 0x00 (about 1 in 256)."""
+    entries = [beacon.sockaddr_entry(a) for a in addrs]
+    return next(h for h in range(65536) if beacon._encode_entries(entries, password, h)[0] == 0)
+
+
+@pytest.mark.parametrize(
+    "addrs",
+    [
+        [("10.243.0.9", 3210)],
+        [("::ffff:10.243.0.9", 3210)],
+        [("192.168.1.1", 3210), ("fd00::1", 3211), ("10.0.0.1", 3212)],
+    ],
+)
+def test_beacons_avoid_and_survive_a_lost_leading_byte(addrs: list[tuple[str, int]]) -> None:
+    """Spec 15.4 quirk: base62 drops a leading 0x00, and the original cannot decode such a beacon.
+    Ours encodes those inputs differently (rotated, or the first entry repeated) so that the
+    original can read them, and decodes the original's short form by putting the byte back."""
+    password = "mysecretkey"
+    hour = _first_hour_with_a_lost_byte(addrs, password)
+    entries = [beacon.sockaddr_entry(a) for a in addrs]
+    want = set(beacon.decode_beacon(beacon.encode_beacon(addrs, password, hour ^ 1), password, None, 0))
+    assert want  # a neighbouring hour encodes plainly and decodes to the normalised addresses
+
+    text = beacon.encode_beacon(addrs, password, hour)
+    begin, end = beacon.markers(password)
+    data = base62.decode(text[len(begin) : -len(end)])
+    # nothing lost: the original's strict decoder (no padding) reads it
+    assert beacon._decode_data(data, password, 24, hour) is not None
+    assert set(beacon.decode_beacon(text, password, 24, hour)) == want
+
+    # the original's encoding of the same input: one byte short, still decoded by ours
+    short = base62.encode(beacon._encode_entries(entries, password, hour))
+    assert len(base62.decode(short)) < len(data) or len(entries) > 1
+    assert beacon._decode_data(base62.decode(short), password, 24, hour) is None
+    assert set(beacon.decode_beacon(begin + short + end, password, 24, hour)) == want

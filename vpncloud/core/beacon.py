@@ -69,24 +69,34 @@ def encode_beacon(addrs: list[SocketAddr], password: str, hour: int) -> str:
 
     The whole list is encoded; choosing up to 3 addresses is the caller's business. More than 255 plain
     IPv4 addresses do not fit the count byte and raise :class:`DecodeError`, as do non-IP hosts.
+
+    About 1 in 256 encodings starts with a 0x00 byte, which base62 drops, and the original cannot
+    decode such a beacon (spec 15.4, quirk). Ours then tries the other rotations of the list and
+    finally repeats the first entry (harmless: a node dials an address once), so the beacon stays
+    readable by original nodes; only a beacon with no address at all can still come out short.
     """
-    v4 = bytearray()
-    v6 = bytearray()
-    count4 = 0
-    for addr in addrs:
-        version, entry = sockaddr_entry(addr)
-        if version == 4:
-            v4 += entry
-            count4 += 1
-        else:
-            v6 += entry
-    if count4 > 255:
-        raise DecodeError("too many IPv4 addresses for a beacon")
-    plain = (hour & 0xFFFF).to_bytes(2, "big") + bytes((count4,)) + bytes(v4) + bytes(v6)
-    seed = hashlib.sha512(plain).digest()[0]
-    data = _mask(plain, seed, password) + bytes((seed ^ _key(TYPE_SEED, 0, 0, password)[0],))
+    entries = [sockaddr_entry(addr) for addr in addrs]
+    candidates = [entries[i:] + entries[:i] for i in range(max(1, len(entries)))]
+    if entries:
+        candidates.append([entries[0], *entries])
+    data = b""
+    for candidate in candidates:
+        data = _encode_entries(candidate, password, hour)
+        if data[0]:
+            break
     begin, end = markers(password)
     return begin + base62.encode(data) + end
+
+
+def _encode_entries(entries: list[tuple[int, bytes]], password: str, hour: int) -> bytes:
+    v4 = b"".join(entry for version, entry in entries if version == 4)
+    v6 = b"".join(entry for version, entry in entries if version != 4)
+    count4 = len(v4) // 6
+    if count4 > 255:
+        raise DecodeError("too many IPv4 addresses for a beacon")
+    plain = (hour & 0xFFFF).to_bytes(2, "big") + bytes((count4,)) + v4 + v6
+    seed = hashlib.sha512(plain).digest()[0]
+    return _mask(plain, seed, password) + bytes((seed ^ _key(TYPE_SEED, 0, 0, password)[0],))
 
 
 def _decode_piece(text: str, password: str, ttl_hours: int | None, now_hour: int) -> list[SocketAddr]:
@@ -96,21 +106,31 @@ def _decode_piece(text: str, password: str, ttl_hours: int | None, now_hour: int
         data = base62.decode(text)
     except DecodeError:
         return []
+    found = _decode_data(data, password, ttl_hours, now_hour)
+    if found is None:
+        # a beacon whose first byte was 0x00 lost it in base62 (the original's encoder, or our
+        # empty ones): with the byte put back it decodes; the original skips such beacons
+        found = _decode_data(b"\x00" + data, password, ttl_hours, now_hour)
+    return found or []
+
+
+def _decode_data(data: bytes, password: str, ttl_hours: int | None, now_hour: int) -> list[SocketAddr] | None:
+    """The addresses of one decoded piece; None if it is not a valid beacon."""
     if len(data) < 4:
-        return []
+        return None
     seed = data[-1] ^ _key(TYPE_SEED, 0, 0, password)[0]
     plain = _mask(data[:-1], seed, password)
     if hashlib.sha512(plain).digest()[0] != seed:
-        return []
+        return None
     if ttl_hours is not None:
         then = int.from_bytes(plain[:2], "big")
         now = now_hour & 0xFFFF
         if (now - then) % 65536 > ttl_hours and (then - now) % 65536 > ttl_hours:
-            return []
+            return None
     count4 = plain[2]
     rest = len(plain) - 3
     if count4 * 6 > rest or (rest - count4 * 6) % 18:
-        return []
+        return None
     addrs: list[SocketAddr] = []
     pos = 3
     for _ in range(count4):
