@@ -38,6 +38,23 @@ TUN4 = {"a": "10.110.0.1", "b": "10.110.0.2", "c": "10.110.0.3"}
 TUN6 = {"a": "fd98::1", "b": "fd98::2", "c": "fd98::3"}
 
 
+def node_args(name: str, peer: str | None, device: str = "tun") -> list[str]:
+    """The original's flags for node ``name`` (ours and the original take the same)."""
+    args = ["--no-port-forwarding", "-v", "-p", PASSWORD,
+            "--ip", f"{TUN4[name]}/24", "--claim", f"{TUN6[name]}/128",
+            "--ifup", f"ip -6 addr add {TUN6[name]}/64 dev $IFNAME nodad"]  # fmt: skip
+    if device == "tap":
+        args += ["-t", "tap", "-m", "switch"]
+    if peer:
+        args += ["-c", f"{peer}:3210"]
+    return args
+
+
+def invalid_packets(status: dict[str, Any]) -> int:
+    """Datagrams a node counted as invalid protocol since it started."""
+    return int(status.get("invalid_protocol_total", {}).get("packets", 0))
+
+
 class Daemon:
     def __init__(
         self,
@@ -52,13 +69,7 @@ class Daemon:
         self.name = name
         self.sock = str(tmp / f"{name}.sock")
         self.log = tmp / f"{name}.log"
-        args = [PY, "-m", "vpncloud", "--no-port-forwarding", "-v", "-p", PASSWORD,
-                "--control-socket", self.sock, "--ip", f"{TUN4[name]}/24", "--claim", f"{TUN6[name]}/128",
-                "--ifup", f"ip -6 addr add {TUN6[name]}/64 dev $IFNAME nodad"]  # fmt: skip
-        if device == "tap":
-            args += ["-t", "tap", "-m", "switch"]
-        if peer:
-            args += ["-c", f"{peer}:3210"]
+        args = [PY, "-m", "vpncloud", "--control-socket", self.sock, *node_args(name, peer, device)]
         env = {**os.environ, "VPNCLOUD_DATAPLANE": mode}
         with open(self.log, "ab") as out:
             self.proc = topo.spawn(ns, args, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -158,7 +169,7 @@ def _transfers(lan3: Any, tmp_path: Path, mode_a: str, mode_b: str, device: str)
         assert (plane["device_offloads"] != 0) == (mode in ("wire", "super"))
         # batched socket I/O in every mode but off, with or without device offloads
         assert plane["udp_gso"] == plane["udp_gro"] == (mode != "off")
-    invalid_b = st_b.get("invalid_protocol_total", {}).get("packets", 0)
+    invalid_b = invalid_packets(st_b)
 
     transfers_both_ways(a_ns, b_ns, tmp_path, 12_000_000, 1)
 
@@ -172,7 +183,7 @@ def _transfers(lan3: Any, tmp_path: Path, mode_a: str, mode_b: str, device: str)
         assert (plane["device_gso_writes"] > 0) == offloads, plane
     if mode_b != "super" or device == "tap":
         # the stand-in for the original never got anything it does not understand
-        assert st_b.get("invalid_protocol_total", {}).get("packets", 0) == invalid_b
+        assert invalid_packets(st_b) == invalid_b
     for d in (a, b):
         assert d.proc.poll() is None
         assert "Traceback" not in d.log_text()

@@ -27,7 +27,15 @@ from vpncloud.lab.netns import Netns, Topology
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reach_support import wait_for
-from test_dataplane_netns import PASSWORD, TUN4, TUN6, Daemon, tcp_transfer, transfers_both_ways
+from test_dataplane_netns import (
+    TUN4,
+    TUN6,
+    Daemon,
+    invalid_packets,
+    node_args,
+    tcp_transfer,
+    transfers_both_ways,
+)
 
 ORIGINAL = os.environ.get("VPNCLOUD_ORIGINAL", "")
 
@@ -47,15 +55,10 @@ class Original:
         self, topo: Topology, ns: Netns, name: str, tmp: Path, peer: str | None, device: str = "tun"
     ) -> None:
         self.log = tmp / f"{name}.log"
-        args = [ORIGINAL, "--no-port-forwarding", "-v", "-p", PASSWORD,
-                "--ip", f"{TUN4[name]}/24", "--claim", f"{TUN6[name]}/128",
-                "--ifup", f"ip -6 addr add {TUN6[name]}/64 dev $IFNAME nodad"]  # fmt: skip
-        if device == "tap":
-            args += ["-t", "tap", "-m", "switch"]
-        if peer:
-            args += ["-c", f"{peer}:3210"]
         with open(self.log, "ab") as out:
-            self.proc = topo.spawn(ns, args, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = topo.spawn(
+                ns, [ORIGINAL, *node_args(name, peer, device)], stdout=out, stderr=subprocess.STDOUT
+            )
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -64,10 +67,6 @@ class Original:
         assert self.proc.poll() is None, self.log_text()[-2000:]
         text = self.log_text()
         assert "panicked" not in text and "ERROR" not in text, text[-2000:]
-
-
-def _invalid(st: dict[str, Any]) -> int:
-    return int(st.get("invalid_protocol_total", {}).get("packets", 0))
 
 
 @pytest.mark.parametrize("device", ["tun", "tap"])
@@ -82,13 +81,13 @@ def test_ours_and_the_original_move_data_both_ways(lan3: Any, tmp_path: Path, mo
     assert st is not None
     # the original skipped our features part: it never announced super-packets back
     assert st["dataplane"]["super_peers"] == []
-    invalid = _invalid(st)
+    invalid = invalid_packets(st)
 
     transfers_both_ways(a_ns, b_ns, tmp_path, 8_000_000, 11)
 
     st = ours.status()
     assert st is not None
-    assert _invalid(st) == invalid  # everything the original sent was understood
+    assert invalid_packets(st) == invalid  # everything the original sent was understood
     plane = st["dataplane"]
     offloads = mode in ("wire", "super")
     assert (plane["device_gso_reads"] > 0) == offloads, plane
