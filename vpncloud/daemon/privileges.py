@@ -64,22 +64,24 @@ class _CapData(ctypes.Structure):
     ]
 
 
+def _libc_check(result: int) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
 def _set_capabilities(caps: int) -> None:
     """Effective = permitted = ``caps`` (a bit mask of capability numbers < 64), inheritable empty."""
-    libc = ctypes.CDLL(None, use_errno=True)
     header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
     for i in (0, 1):
         word = (caps >> (32 * i)) & 0xFFFFFFFF
         data[i].effective = data[i].permitted = word
-    if libc.capset(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    _libc_check(ctypes.CDLL(None, use_errno=True).capset(ctypes.byref(header), data))
 
 
 def _keep_capabilities_over_setuid(keep: bool) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_KEEPCAPS, int(keep), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    _libc_check(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_KEEPCAPS, int(keep), 0, 0, 0))
 
 
 def drop_privileges(user: str | None, group: str | None, keep_net_admin: bool = False) -> None:
@@ -105,14 +107,8 @@ def drop_privileges(user: str | None, group: str | None, keep_net_admin: bool = 
                 _set_capabilities(1 << CAP_NET_ADMIN)
     except OSError as exc:
         raise PrivilegeError(f"Failed to drop privileges: {exc.strerror}") from None
-    if keep:
-        log.info(
-            "Dropped privileges to user %s, group %s, keeping CAP_NET_ADMIN for the routes of claims",
-            user or "-",
-            group or "-",
-        )
-    else:
-        log.info("Dropped privileges to user %s, group %s", user or "-", group or "-")
+    kept = ", keeping CAP_NET_ADMIN for the routes of claims" if keep else ""
+    log.info("Dropped privileges to user %s, group %s%s", user or "-", group or "-", kept)
 
 
 def daemonize(
