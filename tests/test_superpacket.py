@@ -102,6 +102,32 @@ def test_super_packet_between_capable_nodes_and_t1_to_the_original() -> None:
     assert b.invalid_packets() == invalid_b
 
 
+def test_received_super_packet_reaches_the_device_writer_without_a_copy() -> None:
+    from vpncloud.daemon import offload
+
+    h, a, b, _c = make_mesh(97)
+    raw = tcp_super(a.vpn_ip, b.vpn_ip, 30000)
+    a.node.receive_super_packet(raw, lambda: [], h.now)
+    (train, _addr), *_ = a.node.take_output()
+    b.node.take_device_output()
+    b.node.receive_train(bytes(train.buf), train.seg, a.addr, h.now)
+    (item,) = b.node.take_device_output()
+    # the offloading writer gets a view of the decrypted frame, not a 64 KB bytes copy
+    assert type(item) is sp.SuperPacketView and isinstance(item.data, memoryview)
+    (write,) = offload.coalesce([item])
+    assert isinstance(write, memoryview) and write == raw
+    # a packet in the same batch is still written behind it, in order
+    small = ipv4_packet(a.vpn_ip, b.vpn_ip, b"x" * 20, proto=17)
+    writes = offload.coalesce([item, small])
+    assert [bytes(w) for w in writes] == [raw, offload.ZERO_HDR + small]
+    # the general path (simulator, plain device) still gets bytes
+    a.node.receive_super_packet(raw, lambda: [], h.now)
+    (train, _addr), *_ = a.node.take_output()
+    b.node.receive_train(bytes(train.buf), train.seg, a.addr, h.now)
+    (got,) = b.node.packets_to_device()
+    assert type(got) is sp.SuperPacket and got == raw
+
+
 def test_slices_to_a_node_without_the_capability_are_dropped_cleanly() -> None:
     h, a, _b, c = make_mesh(91)
     invalid = c.invalid_packets()

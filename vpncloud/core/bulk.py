@@ -29,7 +29,7 @@ from .superpacket import (
     SLICE_MARK_BYTE,
     VNET_HDR_LEN,
     Reassembler,
-    SuperPacket,
+    SuperPacketView,
     check_super_payload,
     split_frame_train,
     whole_message,
@@ -444,4 +444,4 @@ def _deliver_super(node: Node, peer: Peer, frame: bytes | memoryview, addr: Sock
         node.traffic.count_dropped_payload(len(payload) - VNET_HDR_LEN)
         return
     node.traffic.count_in_payload(src, dst, len(payload) - VNET_HDR_LEN)
-    node._device_out.append(SuperPacket(payload))
+    node._device_out.append(SuperPacketView(payload))

@@ -47,7 +47,7 @@ from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
 from .rows import PacketRows, Train
-from .superpacket import SLICE_MARK_BYTE, add_features, decode_features
+from .superpacket import SLICE_MARK_BYTE, SuperPacket, SuperPacketView, add_features, decode_features
 from .table import ClaimTable
 from .traffic import TrafficStats
 from .types import (
@@ -291,7 +291,7 @@ class Node:
 
         # Trains / PacketRows only come from the batch paths (bulk.py); see take_output.
         self._out: list[tuple[bytes | Train, SocketAddr]] = []
-        self._device_out: list[bytes | PacketRows] = []
+        self._device_out: list[bytes | PacketRows | SuperPacketView] = []
         self._events: deque[Event] = deque()
 
         self._next_housekeep = now
@@ -326,11 +326,21 @@ class Node:
 
     def packets_to_device(self) -> list[bytes]:
         out, self._device_out = self._device_out, []
-        return [q for p in out for q in (p.packets() if isinstance(p, PacketRows) else [p])]
+        flat: list[bytes] = []
+        for p in out:
+            if type(p) is PacketRows:
+                flat.extend(p.packets())
+            elif type(p) is SuperPacketView:
+                flat.append(SuperPacket(p.data))
+            else:
+                flat.append(p)  # type: ignore[arg-type]
+        return flat
 
-    def take_device_output(self) -> list[bytes | PacketRows]:
+    def take_device_output(self) -> list[bytes | PacketRows | SuperPacketView]:
         """Like ``packets_to_device`` but packets decrypted from one GRO train may come as one
-        :class:`~vpncloud.core.rows.PacketRows` (for the offloading device writer), in order."""
+        :class:`~vpncloud.core.rows.PacketRows` and a super-packet as a
+        :class:`~vpncloud.core.superpacket.SuperPacketView` (for the offloading device writer), in
+        order."""
         out, self._device_out = self._device_out, []
         return out
 
