@@ -266,3 +266,39 @@ def test_beacon_file_and_commands(tmp_path: Path) -> None:
     got.clear()
     load_beacon(str(tmp_path / "missing"), "pw", got.append)  # logged, not raised
     assert got == []
+
+
+_HEAP_CHURN = """
+import resource, sys
+from vpncloud.daemon import heap
+if sys.argv[1] == "keep":
+    assert heap.keep_freed_memory()
+for _ in range(3):
+    bufs = [bytearray(65536) for _ in range(8)]
+    del bufs
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(200):  # what one wake-up of a super-packet receiver does to the heap, many times
+    bufs = [bytearray(65536) for _ in range(8)]
+    del bufs
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_freed_heap_memory_is_kept_instead_of_faulted_in_again() -> None:
+    import subprocess
+
+    def faults(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _HEAP_CHURN, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        return int(out.stdout)
+
+    # glibc's default trims the top of the heap after every round, so each round faults it back in
+    assert faults("default") >= 200
+    assert faults("keep") < 20

@@ -37,7 +37,7 @@ from vpncloud.core.rows import PacketRows, Train
 from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
 
 from . import device as devmod
-from . import offload
+from . import heap, offload
 from .control import ControlServer, default_socket_path
 from .hooks import Hooks, run_sync
 from .logs import get_logger
@@ -296,6 +296,8 @@ class Daemon:
         if hasattr(sock, "set_buffers"):
             sock.set_buffers()
         dev = self.device
+        if self.mode != "off":
+            heap.keep_freed_memory()
         if self.mode != "off" and hasattr(sock, "enable_offloads"):
             # independent of the device: a TAP device (switch mode) still gets batched socket I/O
             sock.enable_offloads()
