@@ -338,6 +338,8 @@ def segment_tcp_rows(
     seglen = _np.full(count, mss, dtype=_np.int64)
     if last:
         rows[full, ip0 + hl : ip0 + hl + last] = pkt[hl + full * mss :]
+        # zero padding: the payload sums below then take the short last row with the others
+        rows[full, ip0 + hl + last :] = 0
         seglen[-1] = last
     idx = _np.arange(count, dtype=_np.int64)
     seq0 = _L.unpack_from(packet, iphl + 4)[0]
@@ -364,13 +366,11 @@ def segment_tcp_rows(
     # from column hl pair the last header byte (the same in every row) with the first payload
     # byte, which gives exactly the padded big-endian sum plus that byte.
     if mss & 1:
-        words = rows[:full, ip0 + hl - 1 : stride].view("<u2")
+        words = rows[:, ip0 + hl - 1 : stride].view("<u2")
         sums = _np.add.reduce(words, axis=1, dtype=_np.uint32).astype(_np.int64) - packet[hl - 1]
     else:
-        words = rows[:full, ip0 + hl : stride].view("<u2")
+        words = rows[:, ip0 + hl : stride].view("<u2")
         sums = _np.add.reduce(words, axis=1, dtype=_np.uint32).astype(_np.int64) * 256
-    if last:
-        sums = _np.append(sums, ones_sum(memoryview(packet)[hl + full * mss :]))
     csum = tcp_base + seglen + (seq >> 16) + (seq & 0xFFFF) + flags + sums
     rows[:, base + 4 : base + 8].view(">u4")[:, 0] = seq
     rows[:, base + 13] = flags
