@@ -24,7 +24,7 @@ from vpncloud.core import superpacket as sp
 from vpncloud.core.errors import DecodeError
 from vpncloud.core.messages import NodeInfo
 from vpncloud.core.types import DeviceType, Mode, Range, SocketAddr
-from vpncloud.sim.harness import Harness, SimNode, ethernet_frame, ipv4_packet
+from vpncloud.sim.harness import Harness, SimNode, ethernet_frame, ipv4_packet, ipv6_packet
 
 FEATURES = sp.FEATURE_TCP | sp.FEATURE_UDP
 MAX_DGRAM = 1452
@@ -366,6 +366,61 @@ def test_train_rows_equal_per_datagram_path(seed: int) -> None:
         want = packets[:-1] if ending == "truncated" else packets
         assert got == want
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("kind", ["v4", "v6", "two-pairs", "v4-then-v6", "one-not-data"])
+def test_train_of_one_flow_equals_per_datagram_path(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numpy check for a train of one flow (all DATA, one address pair) gives the same device
+    packets and counters as the per-datagram path, and trains that are not one flow (two pairs,
+    two IP versions, another message inside) are told apart."""
+    from vpncloud.core import bulk
+
+    if bulk._np is None:
+        pytest.skip("the check needs numpy")
+    seen: list[bool] = []
+    one_pair = bulk._one_pair
+
+    def spy(*args: object) -> bytes | None:
+        key = one_pair(*args)  # type: ignore[arg-type]
+        seen.append(key is not None)
+        return key
+
+    monkeypatch.setattr(bulk, "_one_pair", spy)
+    results = []
+    for use_train in (True, False):
+        h, a, _b, c = make_mesh(300)
+        v6 = ("fd00::1", "fd00::2")
+        packets = []
+        for i in range(12):
+            body = bytes([i]) * 1000
+            if kind == "v6" or (kind == "v4-then-v6" and i >= 6):
+                packets.append(ipv6_packet(*v6, body[:980], next_header=6))
+            elif kind == "two-pairs" and i % 3 == 2:
+                packets.append(ipv4_packet(a.vpn_ip, "10.99.0.9", body, proto=6))
+            else:
+                packets.append(ipv4_packet(a.vpn_ip, c.vpn_ip, body, proto=6))
+        crypto = a.node.peers[c.addr].crypto
+        frames = [crypto.send_message(0, p) for p in packets]
+        if kind == "one-not-data":
+            frames[5] = crypto.send_message(2, bytes(len(packets[5])))  # a keepalive of the same size
+        assert len({len(f) for f in frames}) == 1
+        before_dev = len(c.device_payloads())
+        _feed(h, c, frames, len(frames[0]), a.addr, use_train)
+        t = c.node.traffic
+        results.append(
+            (
+                c.device_payloads()[before_dev:],
+                sorted((k, v.in_packets, v.in_bytes) for k, v in t.payload.items()),
+                (t.peers[a.addr].in_packets, t.peers[a.addr].in_bytes, c.invalid_packets()),
+            )
+        )
+    assert results[0] == results[1]
+    want = [p for i, p in enumerate(packets) if not (kind == "one-not-data" and i == 5)]
+    assert results[0][0] == want
+    pairs = {k for k, _n, _b in results[0][1] if _n}
+    assert len(pairs) == (2 if kind in ("two-pairs", "v4-then-v6") else 1)
+    # the train of one flow took the numpy check, the others the loop
+    assert seen == [kind in ("v4", "v6")]
 
 
 @pytest.mark.parametrize("mode", [Mode.SWITCH, Mode.HUB])
