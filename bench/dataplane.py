@@ -22,6 +22,8 @@ Subjects: ``raw`` (the veth itself), ``t2`` (our daemon, offloads + negotiated s
 ``t1`` (offloads, wire-compatible only), ``sock`` (no device offloads, as a TAP device: one packet
 per device read/write, UDP GSO/GRO on the socket), ``off`` (no kernel offloads: one packet per syscall),
 ``original`` (``$VPNCLOUD_ORIGINAL``), ``mixed`` (ours sending to the original: T1 on the wire),
+``floor`` (``bench/floor.py``: the least Python a T2 tunnel can run, no handshake or routing; a
+reference for how far T2 is from it),
 ``wireguard`` (kernel module, else wireguard-go), ``openvpn`` (static key, AES-256-CBC), ``fastd``
 (aes128-gcm), ``tinc`` (1.0, router mode). Subjects whose
 programs are missing are skipped with a note. Each pass runs every subject once, in the same order,
@@ -187,6 +189,16 @@ def _original_with(
 
 
 _original = _original_with([])
+
+
+def _floor(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
+    """The least-Python T2 loop of ``bench/floor.py`` (a reference, not a VPN)."""
+    script = str(REPO / "bench" / "floor.py")
+    procs = []
+    for ns, name, ip, peer in ((a, "a", A_TUN, B_UL), (b, "b", B_TUN, A_UL)):
+        log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        procs.append(topo_popen(topo, ns, [PY, script, f"{ip}/24", peer], log, None))
+    return procs
 
 
 def _wireguard(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
@@ -383,6 +395,9 @@ SUBJECTS = {
         "ours (T1, offloads) to the original VpnCloud 2.4",
         _ours_to_original,
         _original_available,
+    ),
+    "floor": Subject(
+        "floor", "floor: least-Python T2 loop (bench/floor.py, not a VPN)", _floor, lambda: None
     ),
     "wireguard": Subject("wireguard", "WireGuard", _wireguard, _wg_available),
     "openvpn": Subject("openvpn", "OpenVPN 2.6 (static key, AES-256-CBC)", _openvpn, _needs("openvpn")),
