@@ -662,16 +662,16 @@ def _coalesce_rows(c: Coalescer, rows: PacketRows) -> None:
     k = n if lengths[-1] == size else n - 1
     info = None
     if _np is not None and k >= FAST_MIN and lengths.count(size) == k:
-        # k rows of ``size`` bytes at ``stride``: inside the buffer by PacketRows' own checks (the
-        # buffer may end right after the last packet, e.g. rows shifted behind an Ethernet header)
-        base = _np.frombuffer(rows.buf, dtype=_np.uint8)
-        pk = _np.lib.stride_tricks.as_strided(base[1:], shape=(k, size), strides=(stride, 1), writeable=False)
-        first = pk[0].tobytes()
+        first = rows.packet(0)
+        # a train of pure ACKs (no payload: nothing to merge) is settled here, before any numpy
         info = _tcp_info(first)
     if info is None or info[6] & 0x08:
         for packet in rows.packets():
             c.add(packet)
         return
+    # k rows of ``size`` bytes at ``stride``: inside the buffer by PacketRows' own checks (the
+    # buffer may end right after the last packet, e.g. rows shifted behind an Ethernet header)
+    pk = _np.ndarray((k, size), _np.uint8, rows.buf, 1, (stride, 1))
     key, iphl, hl, seq, plen, v6, _flags = info
     limit = min(k, MAX_SEGMENTS, (MAX_COALESCED - hl) // plen)
     head = pk[:limit, _invariant_columns(iphl, hl)]
