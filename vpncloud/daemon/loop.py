@@ -34,6 +34,7 @@ from vpncloud.config import (
     parse_listen_addr,
 )
 from vpncloud.core.rows import PacketRows, Train
+from vpncloud.core.superpacket import SuperPacketView
 from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
 
 from . import device as devmod
@@ -691,7 +692,8 @@ class Daemon:
                         # rows decrypted from one GRO train: written from the buffer, no copies
                         for packet in item.views():
                             write(packet)
-                    else:
+                    elif type(item) is not SuperPacketView:
+                        # (super-packets are only announced, so only sent, with device offloads)
                         write(item)
         while True:
             event = node.next_event()
