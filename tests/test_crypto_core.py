@@ -44,18 +44,6 @@ def test_roundtrip_1000_random_bytes(alg: Algorithm) -> None:
 
 
 @pytest.mark.parametrize("alg", AEADS)
-def test_encrypt_parts_is_encrypt_cut_after_the_header(alg: Algorithm) -> None:
-    whole, _ = pair(alg, 9)
-    parts, receiver = pair(alg, 9)
-    data = random.Random(6).randbytes(3000)
-    for _ in range(3):  # the nonce moves on the same way
-        head, body = parts.encrypt_parts(data)
-        assert len(head) == 8
-        assert head + body == whole.encrypt(data)
-        assert receiver.decrypt(head + body) == data
-
-
-@pytest.mark.parametrize("alg", AEADS)
 def test_nonce_layout_and_half(alg: Algorithm) -> None:
     sender, receiver = pair(alg)
     frames = [sender.encrypt(b"x") for _ in range(3)]

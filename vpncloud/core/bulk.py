@@ -398,10 +398,10 @@ def send_super(node: Node, data: bytes, segments: Callable[[], list[bytes] | Pac
     ):
         send_packets(node, segments(), now)
         return
-    head, body = peer.crypto.core.encrypt_parts(_SUPER_PREFIX + data)
+    frame = peer.crypto.core.encrypt(_SUPER_PREFIX + data)
     node.super_id = (node.super_id + 1) & 0xFFFFFFFF
     try:
-        train = split_frame_train(body, node.super_id, node.super_datagram, head)
+        train = split_frame_train(frame, node.super_id, node.super_datagram)
     except ValueError:
         send_packets(node, segments(), now)
         return

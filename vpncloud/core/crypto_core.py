@@ -85,14 +85,6 @@ class CryptoCore:
         nonce = slot.nonce.to_bytes(12, "big")
         return bytes((self._send_id,)) + nonce[5:] + slot.aead.seal(nonce, plaintext)
 
-    def encrypt_parts(self, plaintext: bytes) -> tuple[bytes, bytes]:
-        """``encrypt`` as (frame header, ciphertext + tag): a super-packet's frame is cut into
-        slices right away, so joining the two would only copy 64 KB once more."""
-        slot = self._send
-        slot.nonce += 1
-        nonce = slot.nonce.to_bytes(12, "big")
-        return bytes((self._send_id,)) + nonce[5:], slot.aead.seal(nonce, plaintext)
-
     def encrypt_many(self, prefix: bytes, payloads: list[bytes]) -> list[bytes]:
         """Frames for ``prefix + payload`` of each payload (the same as ``encrypt`` one by one)."""
         slot = self._send

@@ -124,51 +124,36 @@ def split_frame(frame: bytes, msg_id: int, max_datagram: int) -> list[bytes]:
     return split_frame_train(frame, msg_id, max_datagram).datagrams()
 
 
-def split_frame_train(
-    frame: bytes | bytearray | memoryview, msg_id: int, max_datagram: int, head: bytes = b""
-) -> Train:
-    """The slices of ``head + frame`` back to back as one :class:`Train` (see :func:`split_frame`).
-    A frame header passed as ``head`` is not joined to its 64 KB ciphertext first: the slices are
-    the only copy."""
+def split_frame_train(frame: bytes | bytearray | memoryview, msg_id: int, max_datagram: int) -> Train:
+    """The slices of ``frame`` back to back as one :class:`Train` (see :func:`split_frame`)."""
     size = max_datagram - SLICE_HEADER_LEN
     if size <= 0:
         raise ValueError("datagram size too small for super-packet slices")
-    total = len(head) + len(frame)
-    count = max(1, -(-total // size))
+    count = max(1, -(-len(frame) // size))
     if count > MAX_SLICES:
         raise ValueError("super-packet too large for its slice size")
     msg_id &= 0xFFFFFFFF
     header = SLICE_HEADER.pack(SLICE_MARK, msg_id, 0, count)
-    if _np is not None and count >= NP_MIN_SLICES and len(head) <= size:
-        return Train(_split_np(head, frame, header, count, size), max_datagram, count)
+    if _np is not None and count >= NP_MIN_SLICES:
+        return Train(_split_np(frame, header, count, size), max_datagram, count)
     # the headers differ only in the index byte: join with header 0 as the separator (one copy of
     # the frame, no loop in Python), then write all index bytes with one strided assignment
-    src = memoryview(head + frame if head else frame)
-    out = bytearray(header).join([b"", *[src[pos : pos + size] for pos in range(0, max(total, 1), size)]])
+    src = memoryview(frame)
+    out = bytearray(header).join(
+        [b"", *[src[pos : pos + size] for pos in range(0, max(len(frame), 1), size)]]
+    )
     out[5::max_datagram] = bytes(range(count))
     return Train(out, max_datagram, count)
 
 
-def _split_np(
-    head: bytes, frame: bytes | bytearray | memoryview, header: bytes, count: int, size: int
-) -> memoryview:
-    """:func:`split_frame_train`'s buffer: ``head + frame`` copied once into rows of ``7 + size``
-    (``count`` >= 2, so there is a full first row, and ``head`` fits in it)."""
+def _split_np(frame: bytes | bytearray | memoryview, header: bytes, count: int, size: int) -> memoryview:
+    """:func:`split_frame_train`'s buffer: the frame copied once into rows of ``7 + size``."""
     seg = SLICE_HEADER_LEN + size
-    h = len(head)
-    total = h + len(frame)
-    full = total // size
+    full = len(frame) // size
     # np.empty: a bytearray would first be zero-filled, which costs as much as the copy itself
-    dst = _np.empty(total + count * SLICE_HEADER_LEN, _np.uint8)
+    dst = _np.empty(len(frame) + count * SLICE_HEADER_LEN, _np.uint8)
     rows = dst[: full * seg].reshape(full, seg)
-    src = _np.frombuffer(frame, _np.uint8)
-    if h:
-        # row 0 is the head and the frame's first bytes; the other rows are one 2-D copy
-        rows[0, SLICE_HEADER_LEN : SLICE_HEADER_LEN + h] = _np.frombuffer(head, _np.uint8)
-        rows[0, SLICE_HEADER_LEN + h :] = src[: size - h]
-        rows[1:, SLICE_HEADER_LEN:] = src[size - h : full * size - h].reshape(full - 1, size)
-    else:
-        rows[:, SLICE_HEADER_LEN:] = src[: full * size].reshape(full, size)
+    rows[:, SLICE_HEADER_LEN:] = _np.frombuffer(frame, _np.uint8, full * size).reshape(full, size)
     rows[:, :SLICE_HEADER_LEN] = _np.frombuffer(header, _np.uint8)
     rows[:, 5] = _INDEXES[:full]
     out = memoryview(dst)
@@ -176,7 +161,7 @@ def _split_np(
         tail = full * seg
         out[tail : tail + SLICE_HEADER_LEN] = header
         out[tail + 5] = full
-        out[tail + SLICE_HEADER_LEN :] = memoryview(frame)[full * size - h :]
+        out[tail + SLICE_HEADER_LEN :] = memoryview(frame)[full * size :]
     return out
 
 
