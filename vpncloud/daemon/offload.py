@@ -35,7 +35,7 @@ import struct
 from typing import Any
 
 from vpncloud.core.rows import PacketRows
-from vpncloud.core.superpacket import SuperPacket, SuperPacketView
+from vpncloud.core.superpacket import SuperPacketView
 
 _np: Any
 try:  # optional speed-up, see the module docstring
@@ -510,14 +510,14 @@ class Coalescer:
         self._run: _Run | None = None
 
     def add(self, packet: bytes) -> None:
-        """One packet (IP, full checksums) in receive order; a :class:`SuperPacket` (already with
-        its virtio header) is passed through."""
+        """One packet (IP, full checksums) in receive order; a :class:`SuperPacketView` (already
+        with its virtio header) is passed through."""
         run = self._run
-        if isinstance(packet, (SuperPacket, SuperPacketView)):
+        if type(packet) is SuperPacketView:
             if run is not None:
                 self._emit(run)
                 self._run = None
-            self.out.append(packet.data if type(packet) is SuperPacketView else packet)
+            self.out.append(packet.data)
             return
         info = _tcp_info(packet)
         if info is None:
@@ -728,7 +728,7 @@ def coalesce(packets: list[bytes] | list[bytes | PacketRows]) -> list[bytes]:
             _coalesce_rows(c, p)
             i += 1
             continue
-        if _np is not None and i + FAST_MIN <= n and not isinstance(p, (SuperPacket, SuperPacketView)):
+        if _np is not None and i + FAST_MIN <= n and type(p) is not SuperPacketView:
             size = len(p)
             j = i + 1
             while (
@@ -843,8 +843,8 @@ def coalesce_frames(frames: list[bytes] | list[bytes | PacketRows]) -> list[byte
     i = 0
     while i < n:
         frame = flat[i]
-        if isinstance(frame, (SuperPacket, SuperPacketView)):  # already a device write (T2 is TUN-only today)
-            out.append(frame.data if type(frame) is SuperPacketView else frame)
+        if type(frame) is SuperPacketView:  # already a device write (T2 is TUN-only today)
+            out.append(frame.data)
             i += 1
             continue
         l2 = l2_header_len(frame)
@@ -855,7 +855,7 @@ def coalesce_frames(frames: list[bytes] | list[bytes | PacketRows]) -> list[byte
         head = frame[:l2]
         j = i + 1
         # the same header bytes (ethertype included) mean the same header length
-        while j < n and not isinstance(flat[j], (SuperPacket, SuperPacketView)) and flat[j][:l2] == head:
+        while j < n and type(flat[j]) is not SuperPacketView and flat[j][:l2] == head:
             j += 1
         if j - i == 1:
             out.append(ZERO_HDR + frame)
