@@ -299,10 +299,10 @@ class Daemon:
         dev = self.device
         if self.mode != "off":
             heap.keep_freed_memory()
-        if self.mode != "off" and hasattr(sock, "enable_offloads"):
-            # independent of the device: a TAP device (switch mode) still gets batched socket I/O
-            sock.enable_offloads()
-            self.sock_gro = bool(sock.gro)
+            if hasattr(sock, "enable_offloads"):
+                # independent of the device: a TAP device (switch mode) still gets batched socket I/O
+                sock.enable_offloads()
+                self.sock_gro = bool(sock.gro)
         if dev is None or not dev.vnet:
             if self.mode != "off":
                 log.info(
