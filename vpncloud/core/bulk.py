@@ -210,6 +210,9 @@ def _count_in(
 
 #: Below this many rows the Python loop of ``receive_train`` is as quick as the numpy check.
 _NP_MIN_ROWS = 4
+#: Where a row (type byte + IP packet) keeps its source and destination address, and their length.
+_PAIR_V4 = (13, 8)
+_PAIR_V6 = (9, 32)
 
 
 def _one_pair(rows: bytearray, stride: int, lengths: list[int]) -> bytes | None:
@@ -221,9 +224,9 @@ def _one_pair(rows: bytearray, stride: int, lengths: list[int]) -> bytes | None:
         return None
     version = rows[1] >> 4
     if version == 4:
-        off, key_len = 13, 8
+        off, key_len = _PAIR_V4
     elif version == 6:
-        off, key_len = 9, 32
+        off, key_len = _PAIR_V6
     else:
         return None
     n = len(lengths)
@@ -313,9 +316,9 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
             else:
                 version = rows[start + 1] >> 4
                 if version == 4 and packet_len >= 20:
-                    off, key_len = 13, 8
+                    off, key_len = _PAIR_V4
                 elif version == 6 and packet_len >= 40:
-                    off, key_len = 9, 32
+                    off, key_len = _PAIR_V6
                 else:
                     traffic.count_invalid_protocol(packet_len)
                     continue
