@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vpncloud.core.superpacket import SLICE_HEADER, SLICE_MARK
 from vpncloud.daemon.device import Device
 from vpncloud.daemon.loop import gso_max_size_for
 
 PORT = 3210
 MTU = 1427  # what our daemon and the original choose on a 1500-byte underlay
-SLICE_HEADER = struct.Struct("!BLBB")  # mark, message id, index, count: as our T2
 DATA_PER_SLICE = 1440 - SLICE_HEADER.size
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 
@@ -75,7 +75,7 @@ def main() -> None:
         rows = out[: full * seg].reshape(full, seg)
         src = np.frombuffer(frame, np.uint8)
         rows[:, SLICE_HEADER.size :] = src[: full * DATA_PER_SLICE].reshape(full, DATA_PER_SLICE)
-        header = np.frombuffer(SLICE_HEADER.pack(0x56, nonce & 0xFFFFFFFF, 0, count), np.uint8)
+        header = np.frombuffer(SLICE_HEADER.pack(SLICE_MARK, nonce & 0xFFFFFFFF, 0, count), np.uint8)
         rows[:, : SLICE_HEADER.size] = header
         rows[:, 5] = indexes[:full]
         if full < count:
@@ -100,7 +100,7 @@ def main() -> None:
             for level, kind, value in anc:
                 if level == SOL_UDP and kind == UDP_GRO:
                     size = int.from_bytes(value[:4], "little")
-            if data[0] != 0x56:  # single frames: GRO may have merged several of one size
+            if data[0] != SLICE_MARK:  # single frames: GRO may have merged several of one size
                 for pos in range(0, len(data), size):
                     deliver(data[pos : pos + size])
                 continue
