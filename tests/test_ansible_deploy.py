@@ -29,7 +29,7 @@ from vpncloud.lab.netns import Topology, requirements_missing
 from vpncloud.mesh.keystore import Keystore
 from vpncloud.mesh.loader import load_mesh
 from vpncloud.mesh.plan import key_view
-from vpncloud.mesh.render import config_text, render_mesh
+from vpncloud.mesh.render import config_text, hosts_block, render_mesh, replace_hosts_block
 
 pytestmark = [
     pytest.mark.skipif(ansible_missing() is not None, reason=str(ansible_missing())),
@@ -38,6 +38,8 @@ pytestmark = [
 
 HOSTS = ("alpha", "beta")
 MESH = "testnet"
+#: What each host's hosts file holds before the role runs; the role must keep it and add only its block.
+HOSTS_FILE = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"
 
 
 @dataclass
@@ -71,6 +73,9 @@ class Fleet:
 
     def venv_bin(self, host: str) -> Path:
         return self.root(host) / "opt" / "vpncloud" / "bin" / "vpncloud"
+
+    def hosts_file(self, host: str) -> Path:
+        return self.root(host) / "etc" / "hosts"
 
     def socket(self, host: str) -> Path:
         return self.root(host) / "run" / "vpncloud" / f"{MESH}.sock"
@@ -107,6 +112,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     fleet.write_mesh()
     # alpha's key exists (made by `vpncloud apply`); beta's is created by site.yml on the controller.
     Keystore(fleet.keys).ensure(MESH, "alpha")
+    for host in HOSTS:
+        fleet.hosts_file(host).parent.mkdir(parents=True)
+        fleet.hosts_file(host).write_text(HOSTS_FILE)
     import sys
 
     inventory = {
@@ -144,7 +152,8 @@ def test_check_mode_on_fresh_hosts_writes_nothing(fleet: Fleet) -> None:
     stats = run.stats()
     assert stats["alpha"]["changed"] > 0 and stats["beta"]["changed"] > 0  # it would change things
     for host in HOSTS:
-        assert _files(fleet.root(host)) == []
+        assert _files(fleet.root(host)) == [fleet.hosts_file(host)]
+        assert fleet.hosts_file(host).read_text() == HOSTS_FILE
     assert not (fleet.tmp / "wheelhouse.tar").exists()
     assert Keystore(fleet.keys).get(MESH, "beta") is None  # would be created, is not
 
@@ -175,6 +184,9 @@ def test_real_run_deploys_files_with_safe_modes(fleet: Fleet) -> None:
         assert other.private_key.get_secret_value() not in config_path.read_text()  # never another's key
         assert sorted(config["crypto"]["trusted-keys"]) == sorted(p.public_key for p in pairs.values() if p)
         assert config["listen"] == "3210" and config["device"]["type"] == "tun"
+        # The host's own lines stay; the block names every node, as `vpncloud apply` writes it.
+        assert fleet.hosts_file(host).read_text() == replace_hosts_block(HOSTS_FILE, MESH, hosts_block(mesh))
+        assert "10.77.0.2 beta.testnet" in fleet.hosts_file(host).read_text()
         unit = root / "etc" / "systemd" / "system" / "vpncloud@.service"
         assert unit.stat().st_mode & 0o777 == 0o644
         text = unit.read_text()
@@ -325,6 +337,8 @@ def test_state_absent_removes_everything(fleet: Fleet) -> None:
     run = fleet.play("site.yml", "-e", "vpncloud_state=absent", "-e", "vpncloud_health_check=false")
     assert run.rc == 0, run.output[-3000:]
     for host in HOSTS:
-        assert _files(fleet.root(host)) == [], _files(fleet.root(host))[:10]
+        # everything the role made is gone; the hosts file is back to what the host had, byte for byte
+        assert _files(fleet.root(host)) == [fleet.hosts_file(host)], _files(fleet.root(host))[:10]
+        assert fleet.hosts_file(host).read_text() == HOSTS_FILE
     run = fleet.play("site.yml", "-e", "vpncloud_state=absent", "-e", "vpncloud_health_check=false")
     assert run.rc == 0 and _changed(run)["alpha"] == 0 and _changed(run)["beta"] == 0

@@ -284,6 +284,18 @@ def test_beacon_files_expand_and_skip_commands() -> None:
     ]
 
 
+def test_hosts_block_filter_gives_blockinfile_the_block_apply_writes() -> None:
+    from vpncloud.mesh.render import hosts_block
+
+    parts = mesh_filters.hosts_block(_mesh())
+    # blockinfile writes "# BEGIN-marker", the block and "# END-marker": exactly apply's block
+    assembled = f"# {parts['begin']}\n{parts['block']}\n# {parts['end']}\n"
+    assert assembled == hosts_block(MeshFile.model_validate(_mesh()))
+    assert parts["begin"].startswith("BEGIN vpncloud mesh testnet")
+    assert parts["end"] == "END vpncloud mesh testnet"
+    assert len(parts["block"].splitlines()) == 3 and " beta.testnet" in parts["block"]
+
+
 # --- units ---------------------------------------------------------------------------------------
 
 

@@ -242,6 +242,14 @@ NODE_VARS = [
     UNIT_DIR,
     RoleVar("vpncloud_log_dir", "Directory of the log and stats files of the unit.", "str", "/var/log"),
     CONTROL_DIR,
+    RoleVar(
+        "vpncloud_manage_hosts",
+        "Name every node of the mesh in the hosts file as <node>.<mesh> (a block per mesh, the same "
+        "`vpncloud apply` writes; state absent removes it and leaves the rest of the file alone).",
+        "bool",
+        True,
+    ),
+    RoleVar("vpncloud_hosts_file", "The hosts file that gets the mesh's block.", "str", "/etc/hosts"),
 ]
 HEALTH_VARS = [
     RoleVar("vpncloud_mesh", "", "dict", required=True),

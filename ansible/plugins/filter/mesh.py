@@ -21,7 +21,7 @@ name: mesh
 short_description: Render VpnCloud node configs and facts from the mesh description
 description:
   - C(node_name), C(node_config), C(restart_fingerprint), C(expected_peers), C(wsproxy),
-    C(beacon_files) and C(peer_count) filters; see ansible/README.md.
+    C(beacon_files), C(hosts_block) and C(peer_count) filters; see ansible/README.md.
 author: VpnCloud mesh team
 """
 
@@ -216,6 +216,18 @@ def beacon_files(data: Any) -> list[str]:
     return sorted(paths)
 
 
+def hosts_block(data: Any) -> dict[str, str]:
+    """The mesh's hosts-file block as ``blockinfile`` takes it: marker lines (without the leading
+    ``# ``) and the entries between them, line for line what ``vpncloud apply`` writes."""
+    _models, render, *_ = _vpncloud()
+    lines = render.hosts_block(_mesh(data)).splitlines()
+    return {
+        "begin": lines[0].removeprefix("# "),
+        "end": lines[-1].removeprefix("# "),
+        "block": "\n".join(lines[1:-1]),
+    }
+
+
 class FilterModule:
     """The collection's filters."""
 
@@ -228,4 +240,5 @@ class FilterModule:
             "peer_count": peer_count,
             "wsproxy": wsproxy,
             "beacon_files": beacon_files,
+            "hosts_block": hosts_block,
         }
