@@ -8,3 +8,14 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Every container and network the scenarios make carries this prefix, so cleanup.sh can find them.
 MOLECULE_PREFIX=vcm
 export MOLECULE_STATE MOLECULE_IMAGE REPO_ROOT MOLECULE_PREFIX
+
+# Make this checkout the one under test: the shared collection link and the controller's `vpncloud`
+# package (the collection's filters import it). Both may point at another clone: setup-venv.sh links
+# and installs (editable) from the clone it ran in, CI's clone is deleted afterwards, and a link or an
+# import from there would test that clone's roles and renderer, or fail.
+use_this_checkout() {
+    local coll=$MOLECULE_STATE/collections/ansible_collections/vpncloud
+    mkdir -p "$coll"
+    ln -sfn "$REPO_ROOT/ansible" "$coll/mesh"
+    export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+}

@@ -31,10 +31,7 @@ for tool in molecule podman; do
 done
 podman image exists "$MOLECULE_IMAGE" || { echo "run-scenarios: $MOLECULE_IMAGE missing: run build-image.sh"; exit 2; }
 "$(dirname "$0")/build-wheelhouse.sh" || exit 2
-# The collection under test is this checkout's: setup-venv.sh run from another clone points the
-# shared link there (and every converge would use that clone's roles, or fail if it is gone).
-mkdir -p "$ANSIBLE_COLLECTIONS_PATH/ansible_collections/vpncloud"
-ln -sfn "$REPO_ROOT/ansible" "$ANSIBLE_COLLECTIONS_PATH/ansible_collections/vpncloud/mesh"
+use_this_checkout
 # This run's own copy: a rebuild by another run (or an edit plus rebuild) must not change the wheels
 # between converge and idempotence.
 run_dir=$(mktemp -d "$MOLECULE_STATE/run.XXXXXX")
