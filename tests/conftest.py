@@ -4,6 +4,7 @@ Tests marked ``@pytest.mark.netns`` need root, /dev/net/tun and iproute2; they a
 reason) where any of these is missing. The ``topology`` fixture gives each test its own
 :class:`vpncloud.lab.netns.Topology` with a unique namespace prefix and ALWAYS tears it down (also when
 the test fails or is interrupted); ``lan3`` is a ready-made switch with three plugged-in nodes.
+The ``secret_scan`` plugin (tests/secret_scan.py) is on for every run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from dataclasses import dataclass
 import pytest
 
 from vpncloud.lab.netns import Netns, Topology, requirements_missing
+
+# Every run greps all captured output and output files for the secrets the suite uses (issue 10):
+# a hit fails the session (VPNCLOUD_SECRET_SCAN=report only lists the hits).
+pytest_plugins = ["secret_scan"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

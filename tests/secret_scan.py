@@ -1,7 +1,6 @@
 """pytest plugin: after the whole run, grep everything the suite produced for the secrets it used.
 
-Enable with ``-p secret_scan`` (tests/ is on sys.path) or ``pytest_plugins = ["secret_scan"]`` in
-tests/conftest.py. What is scanned:
+On in every run: tests/conftest.py lists it in ``pytest_plugins``. What is scanned:
 
 * every captured section (stdout, stderr, log records) of every test phase, passed or failed;
 * files under pytest's base temp directory whose names look like output: ``*.log``, ``*.out``,
