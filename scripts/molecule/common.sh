@@ -13,9 +13,12 @@ export MOLECULE_STATE MOLECULE_IMAGE REPO_ROOT MOLECULE_PREFIX
 # package (the collection's filters import it). Both may point at another clone: setup-venv.sh links
 # and installs (editable) from the clone it ran in, CI's clone is deleted afterwards, and a link or an
 # import from there would test that clone's roles and renderer, or fail.
-use_this_checkout() {
+link_collection() {
     local coll=$MOLECULE_STATE/collections/ansible_collections/vpncloud
     mkdir -p "$coll"
     ln -sfn "$REPO_ROOT/ansible" "$coll/mesh"
+}
+use_this_checkout() {
+    link_collection
     export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 }

@@ -68,8 +68,9 @@ PY
     printf '%s' "$ANSIBLE_BUNDLE" > "$collstamp"
 fi
 # The collection under test, straight from the working tree (ansible/ is the vpncloud.mesh collection).
-mkdir -p "$coll/ansible_collections/vpncloud"
-ln -sfn "$REPO_ROOT/ansible" "$coll/ansible_collections/vpncloud/mesh"
+# Only the link (not use_this_checkout): with the checkout on PYTHONPATH, the import check below would
+# pass and skip installing the project's dependencies into the venv.
+link_collection
 
 # The collection's filters import the project (one renderer for apply and Ansible): install it into the
 # controller's venv, editable so the scenarios always test the working tree.
