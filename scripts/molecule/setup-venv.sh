@@ -72,10 +72,20 @@ fi
 # pass and skip installing the project's dependencies into the venv.
 link_collection
 
-# The collection's filters import the project (one renderer for apply and Ansible): install it into the
-# controller's venv, editable so the scenarios always test the working tree.
-if ! "$venv/bin/python" -c 'import vpncloud.mesh' >/dev/null 2>&1; then
+# The collection's filters import the project (one renderer for apply and Ansible), so its dependencies
+# (pydantic, ...) must be in the controller's venv. Installed editable from this checkout whenever the
+# checkout or its pyproject.toml differ from what the venv holds. The check runs isolated (-I, from /):
+# a plain `python -c` from the repository root imports ./vpncloud from the current directory and
+# would pass without pydantic installed, which once hid a missing install on fresh machines.
+projstamp="$venv/.project"
+want_proj="$REPO_ROOT $(sha256sum "$REPO_ROOT/pyproject.toml" | cut -c1-16)"
+if [ "$(cat "$projstamp" 2>/dev/null)" != "$want_proj" ] \
+        || ! (cd / && "$venv/bin/python" -I -c 'import vpncloud.mesh, pydantic') >/dev/null 2>&1; then
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$REPO_ROOT" >"$MOLECULE_STATE/setup-venv.log" 2>&1 \
         || { tail -30 "$MOLECULE_STATE/setup-venv.log"; exit 1; }
+    printf '%s' "$want_proj" > "$projstamp"
 fi
+# Proof, not hope: the controller imports the project and its dependencies from anywhere.
+(cd / && "$venv/bin/python" -I -c 'import vpncloud.mesh.keystore, pydantic') \
+    || { echo "setup-venv: the controller venv cannot import vpncloud.mesh (see $MOLECULE_STATE/setup-venv.log)"; exit 1; }
 echo "setup-venv: $("$venv/bin/ansible" --version 2>/dev/null | sed -n 1p) on $PYTHON; $(( $(date +%s) - t0 )) s"
