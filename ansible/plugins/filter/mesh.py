@@ -1,3 +1,5 @@
+# Copyright: (c) 2026, VpnCloud mesh team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters that turn the mesh description into what one host needs, on the controller.
 
 They call the project's own models and renderer (``vpncloud.mesh``), so a host gets byte for byte
@@ -22,7 +24,7 @@ short_description: Render VpnCloud node configs and facts from the mesh descript
 description:
   - C(node_name), C(node_config), C(restart_fingerprint), C(expected_peers), C(wsproxy),
     C(beacon_files), C(hosts_block) and C(peer_count) filters; see ansible/README.md.
-author: VpnCloud mesh team
+author: VpnCloud mesh team (!UNKNOWN)
 """
 
 
@@ -52,7 +54,7 @@ def _plain(value: Any) -> Any:
 
 
 def _mesh(data: Any) -> Any:
-    models, *_ = _vpncloud()
+    models = _vpncloud()[0]
     from pydantic import ValidationError
 
     try:
@@ -168,7 +170,7 @@ _START_ONLY = ("ip", "ifup", "ifdown", "user", "group", "pid-file", "port-forwar
 
 def expected_peers(data: Any, node: str) -> list[str]:
     """Nodes that must end up connected to ``node``: those it connects to and those connecting to it."""
-    models, *_ = _vpncloud()
+    models = _vpncloud()[0]
     mesh = _mesh(data)
     me = next((n for n in mesh.nodes if n.name == node), None)
     if me is None:
@@ -219,7 +221,7 @@ def beacon_files(data: Any) -> list[str]:
 def hosts_block(data: Any) -> dict[str, str]:
     """The mesh's hosts-file block as ``blockinfile`` takes it: marker lines (without the leading
     ``# ``) and the entries between them, line for line what ``vpncloud apply`` writes."""
-    _models, render, *_ = _vpncloud()
+    render = _vpncloud()[1]
     lines = render.hosts_block(_mesh(data)).splitlines()
     return {
         "begin": lines[0].removeprefix("# "),

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, VpnCloud mesh team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller-side keystore steps of a key rotation (run with delegate_to: localhost)."""
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ options:
     required: true
   state:
     description:
-      - C(present): make sure the node's current key exists (generated once, never replaced), as
-        C(vpncloud apply) does before it renders configs.
-      - C(next): make sure the next key exists (generated once, never replaced).
-      - C(promoted): the next key becomes the current one (the old one is kept as .retired).
+      - "C(present): make sure the node's current key exists (generated once, never replaced), as
+        C(vpncloud apply) does before it renders configs."
+      - "C(next): make sure the next key exists (generated once, never replaced)."
+      - "C(promoted): the next key becomes the current one (the old one is kept as .retired)."
     type: str
     choices: [present, next, promoted]
     default: next
-author: VpnCloud mesh team
+author: VpnCloud mesh team (!UNKNOWN)
 """
 
 EXAMPLES = r"""
