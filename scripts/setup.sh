@@ -4,9 +4,12 @@
 # project and its development tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=stage.sh
+. scripts/stage.sh
 
 APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv)
 
+t0=$(date +%s)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -18,15 +21,26 @@ if ((${#missing[@]})); then
     echo "miniupnpd miniupnpd/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    stage debian-packages built $(( $(date +%s) - t0 )) "${missing[*]}"
+else
+    stage debian-packages reused $(( $(date +%s) - t0 )) "all ${#APT_PACKAGES[@]} installed"
 fi
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
+t0=$(date +%s)
+how=reused
 if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
+    how=built
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+# pip's own output goes to a log: the machine's pip settings add a warning per package otherwise
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[dev]'; } \
+        >.venv/setup.log 2>&1; then
+    tail -30 .venv/setup.log
+    exit 1
+fi
+stage venv "$how" $(( $(date +%s) - t0 )) ".venv: the project (editable) and its dev tools, $("$PYTHON" --version)"
 
 # Molecule: rootful podman, the offline-built container image and molecule's own virtualenv
 # (VPNCLOUD_SKIP_MOLECULE=1 skips this on machines that only run the lab).

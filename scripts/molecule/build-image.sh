@@ -20,12 +20,14 @@ mkdir -p "$MOLECULE_STATE"
 
 if [ -z "${FORCE:-}" ] && podman image exists "$MOLECULE_IMAGE" \
    && [ "$(podman image inspect -f '{{index .Labels "vpncloud.pkgs"}}' "$MOLECULE_IMAGE")" = "$key" ]; then
-    echo "build-image: $MOLECULE_IMAGE up to date ($key)"
+    stage image reused 0 "$MOLECULE_IMAGE up to date ($key)"
     exit 0
 fi
 
 t0=$(date +%s)
+from="cached rootfs tarball $tarball"
 if [ -n "${FORCE:-}" ] || [ ! -s "$tarball" ]; then
+    from="debootstrap $SUITE from $MIRROR"
     root="$MOLECULE_STATE/rootfs.$$"
     trap 'rm -rf "$root"' EXIT
     rm -rf "$root"
@@ -54,3 +56,4 @@ zstd -q -d -c "$tarball" | podman import --quiet \
     --change "LABEL vpncloud.pkgs=$key" \
     - "$MOLECULE_IMAGE" >/dev/null
 echo "build-image: import $(( $(date +%s) - t1 )) s; tarball $(du -h "$tarball" | cut -f1); $MOLECULE_IMAGE"
+stage image built $(( $(date +%s) - t0 )) "$MOLECULE_IMAGE by $from"

@@ -14,14 +14,7 @@ if [ -z "${WHEEL_PYTHON:-}" ]; then
     [ -x "$REPO_ROOT/.venv/bin/python" ] && WHEEL_PYTHON="$REPO_ROOT/.venv/bin/python"
 fi
 "$WHEEL_PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
-    || { # The roles copy <wheelhouse>.tar (one transfer per host); site.yml packs it only when it builds the
-# wheels itself, so pack it here whenever the wheels changed, the same reproducible way as site.yml.
-if ((changed)) || [ ! -s "$WHEELHOUSE.tar" ]; then
-    tar --sort=name --mtime=@315532800 --owner=0 --group=0 --numeric-owner \
-        -cf "$WHEELHOUSE.tar.tmp" -C "$WHEELHOUSE" .
-    mv "$WHEELHOUSE.tar.tmp" "$WHEELHOUSE.tar"
-fi
-echo "build-wheelhouse: need CPython 3.11 (the containers' Python), got $WHEEL_PYTHON"; exit 1; }
+    || { echo "build-wheelhouse: need CPython 3.11 (the containers' Python), got $WHEEL_PYTHON"; exit 1; }
 mkdir -p "$WHEELHOUSE"
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
@@ -48,4 +41,4 @@ if ((changed)) || [ ! -s "$WHEELHOUSE.tar" ]; then
         -cf "$WHEELHOUSE.tar.tmp" -C "$WHEELHOUSE" .
     mv "$WHEELHOUSE.tar.tmp" "$WHEELHOUSE.tar"
 fi
-echo "build-wheelhouse: $(ls "$WHEELHOUSE" | wc -l) wheels ($changed new) in $WHEELHOUSE; $(( $(date +%s) - t0 )) s"
+stage wheelhouse built $(( $(date +%s) - t0 )) "$(ls "$WHEELHOUSE" | wc -l) wheels ($changed new) in $WHEELHOUSE"

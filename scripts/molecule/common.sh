@@ -8,6 +8,8 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Every container and network the scenarios make carries this prefix, so cleanup.sh can find them.
 MOLECULE_PREFIX=vcm
 export MOLECULE_STATE MOLECULE_IMAGE REPO_ROOT MOLECULE_PREFIX
+# shellcheck source=../stage.sh
+. "$REPO_ROOT/scripts/stage.sh"
 
 # Make this checkout the one under test: the shared collection link and the controller's `vpncloud`
 # package (the collection's filters import it). Both may point at another clone: setup-venv.sh links

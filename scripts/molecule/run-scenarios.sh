@@ -133,5 +133,5 @@ for s in "${scenarios[@]}"; do
     fi
 done
 echo "molecule scenarios took $(( $(date +%s) - t_all )) s${failed[*]:+; failed: ${failed[*]}}"
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed" | tee "$MOLECULE_STATE/logs/summary"
 ((fail == 0))

@@ -9,6 +9,8 @@
 #   * no systemd as PID 1 on the host: cgroupfs manager and the file events logger.
 #   * Debian's podman also ships a CNI conflist: say netavark explicitly.
 set -euo pipefail
+# shellcheck source=../stage.sh
+. "$(dirname "$0")/../stage.sh"
 export DEBIAN_FRONTEND=noninteractive
 t0=$(date +%s)
 
@@ -22,6 +24,7 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+how=reused; ((${#missing[@]})) && how=built
 
 nofile=$(ulimit -Hn)
 [ "$nofile" = unlimited ] && nofile=1048576
@@ -48,4 +51,4 @@ if [ "$(cat /etc/containers/containers.conf 2>/dev/null)" != "$conf" ]; then
 fi
 
 podman info --format 'setup-host: runtime={{.Host.OCIRuntime.Name}} cgroups={{.Host.CgroupManager}}/{{.Host.CgroupsVersion}} net={{.Host.NetworkBackend}}'
-echo "setup-host: $(( $(date +%s) - t0 )) s"
+stage podman-host "$how" $(( $(date +%s) - t0 )) "${missing[*]:-podman and tools already installed}"

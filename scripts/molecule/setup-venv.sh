@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The controller side of the molecule scenarios, all under $MOLECULE_STATE (outside the repository):
 #   venv/         ansible-core + molecule + molecule-plugins[podman] (+ ansible-lint), pinned
+#   sanity-venv/  ansible-test (same ansible-core) + the sanity tests' own pinned requirements
 #   collections/  containers.podman, ansible.posix, community.general ... taken out of the `ansible`
 #                 wheel from PyPI (Galaxy is unreachable); point ANSIBLE_COLLECTIONS_PATH here
 # Idempotent: a venv whose pins match is kept.
@@ -31,12 +32,37 @@ fi
 venv="$MOLECULE_STATE/venv"
 stamp="$venv/.pins"
 want="$PYTHON ${PINS[*]}"
+mkdir -p "$MOLECULE_STATE"
 if [ ! -x "$venv/bin/molecule" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     rm -rf "$venv"
     "$PYTHON" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "${PINS[@]}"
+    "$venv/bin/pip" install -q --disable-pip-version-check "${PINS[@]}" >"$MOLECULE_STATE/molecule-venv.log" 2>&1 \
+        || { tail -30 "$MOLECULE_STATE/molecule-venv.log"; exit 1; }
     printf '%s' "$want" > "$stamp"
+    stage molecule-venv built $(( $(date +%s) - t0 )) "$venv: ${PINS[*]} on Python $pyver"
+else
+    stage molecule-venv reused $(( $(date +%s) - t0 )) "$venv"
 fi
+t0=$(date +%s)
+
+# ansible-test, for `ansible-test sanity` on the collection (scripts/molecule/sanity.sh). Its own venv:
+# the sanity tests pin pylint, yamllint, voluptuous ... which must not move ansible-lint's dependencies.
+svenv="$MOLECULE_STATE/sanity-venv"
+core_pin=${PINS[0]}
+if [ ! -x "$svenv/bin/ansible-test" ] || [ "$(cat "$svenv/.pins" 2>/dev/null)" != "$PYTHON $core_pin" ]; then
+    rm -rf "$svenv"
+    "$PYTHON" -m venv "$svenv"
+    "$svenv/bin/pip" install -q --disable-pip-version-check "$core_pin" >"$MOLECULE_STATE/sanity-venv.log" 2>&1 \
+        || { tail -30 "$MOLECULE_STATE/sanity-venv.log"; exit 1; }
+    reqs=("$svenv"/lib/python*/site-packages/ansible_test/_data/requirements/sanity.*.txt)
+    "$svenv/bin/pip" install -q --disable-pip-version-check "${reqs[@]/#/--requirement=}" \
+        >>"$MOLECULE_STATE/sanity-venv.log" 2>&1 || { tail -30 "$MOLECULE_STATE/sanity-venv.log"; exit 1; }
+    printf '%s' "$PYTHON $core_pin" > "$svenv/.pins"
+    stage sanity-venv built $(( $(date +%s) - t0 )) "$svenv: $core_pin and the sanity tests' requirements"
+else
+    stage sanity-venv reused $(( $(date +%s) - t0 )) "$svenv"
+fi
+t0=$(date +%s)
 
 # Collections the podman driver and the roles' tests use, from the `ansible` wheel (no Galaxy).
 coll="$MOLECULE_STATE/collections"
@@ -66,7 +92,11 @@ for w in want:
     print(f"setup-venv: {m['namespace']}.{m['name']} {m['version']}")
 PY
     printf '%s' "$ANSIBLE_BUNDLE" > "$collstamp"
+    stage collections built $(( $(date +%s) - t0 )) "from the $ANSIBLE_BUNDLE wheel"
+else
+    stage collections reused $(( $(date +%s) - t0 )) "$coll"
 fi
+t0=$(date +%s)
 # The collection under test, straight from the working tree (ansible/ is the vpncloud.mesh collection).
 # Only the link (not use_this_checkout): with the checkout on PYTHONPATH, the import check below would
 # pass and skip installing the project's dependencies into the venv.
@@ -84,8 +114,11 @@ if [ "$(cat "$projstamp" 2>/dev/null)" != "$want_proj" ] \
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$REPO_ROOT" >"$MOLECULE_STATE/setup-venv.log" 2>&1 \
         || { tail -30 "$MOLECULE_STATE/setup-venv.log"; exit 1; }
     printf '%s' "$want_proj" > "$projstamp"
+    how=built
+else
+    how=reused
 fi
 # Proof, not hope: the controller imports the project and its dependencies from anywhere.
 (cd / && "$venv/bin/python" -I -c 'import vpncloud.mesh.keystore, pydantic') \
     || { echo "setup-venv: the controller venv cannot import vpncloud.mesh (see $MOLECULE_STATE/setup-venv.log)"; exit 1; }
-echo "setup-venv: $("$venv/bin/ansible" --version 2>/dev/null | sed -n 1p) on $PYTHON; $(( $(date +%s) - t0 )) s"
+stage controller-project "$how" $(( $(date +%s) - t0 )) "vpncloud (editable, $REPO_ROOT) in the molecule venv; $("$venv/bin/ansible" --version 2>/dev/null | sed -n 1p)"
