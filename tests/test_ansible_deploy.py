@@ -14,6 +14,7 @@ removal. Every run's output is searched for every private key of the keystore.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -26,6 +27,7 @@ import yaml
 from test_ansible_support import Run, ansible_missing, playbook
 
 from vpncloud.lab.netns import Topology, requirements_missing
+from vpncloud.mesh.apply import AnsibleTarget
 from vpncloud.mesh.keystore import Keystore
 from vpncloud.mesh.loader import load_mesh
 from vpncloud.mesh.plan import key_view
@@ -276,6 +278,70 @@ def _status(fleet: Fleet, host: str) -> dict[str, object] | None:
         check=False,
     )
     return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_mode) for p in _files(root)}
+
+
+def _wait_answering(fleet: Fleet, hosts: tuple[str, ...], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_status(fleet, h) is None for h in hosts):
+        assert time.monotonic() < deadline, "the daemons never answered on their control sockets"
+        time.sleep(0.1)
+
+
+def _target(fleet: Fleet, inventory: Path) -> AnsibleTarget:
+    target = AnsibleTarget(state_dir=fleet.tmp / "state", keystore=fleet.keys, inventory=inventory)
+    target.mesh_file = str(fleet.mesh_file)
+    return target
+
+
+@pytest.mark.netns
+def test_refresh_reads_every_host_and_changes_nothing(
+    fleet: Fleet, daemons: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    mesh = load_mesh(fleet.mesh_file)
+    rendered = render_mesh(mesh, key_view(mesh, Keystore(fleet.keys)))
+    want = {h: hashlib.sha256(config_text(mesh, rendered[h]).encode()).hexdigest() for h in HOSTS}
+    _wait_answering(fleet, HOSTS)
+    before = {h: _snapshot(fleet.root(h)) for h in HOSTS}
+    facts = _target(fleet, fleet.inventory).read(mesh)
+    assert {h: _snapshot(fleet.root(h)) for h in HOSTS} == before  # read-only
+    for host in HOSTS:
+        f = facts[host]
+        assert f.reachable and f.error is None and f.node == host
+        assert f.config_exists and f.config_sha256 == want[host] and f.config_mode == "0600"
+        assert f.running and f.status is not None and "2.4" in str(f.status["version"])
+        assert not f.unit_managed and f.unit_active is None  # vpncloud_manage_service: false here
+
+    # Changed outside vpncloud: beta's config edited by hand, beta's daemon stopped.
+    original = fleet.config("beta").read_text()
+    try:
+        with fleet.config("beta").open("a") as f:
+            f.write("# edited on the host\n")
+        daemons["beta"].terminate()
+        daemons["beta"].wait(timeout=10)
+        facts = _target(fleet, fleet.inventory).read(mesh)
+        assert facts["beta"].reachable and facts["beta"].config_sha256 != want["beta"]
+        assert not facts["beta"].running and facts["beta"].status_error
+        assert facts["alpha"].running and facts["alpha"].config_sha256 == want["alpha"]
+    finally:
+        fleet.config("beta").write_text(original)
+
+
+def test_refresh_reports_an_unreachable_host_and_reads_the_others(fleet: Fleet) -> None:
+    inventory = yaml.safe_load(fleet.inventory.read_text())
+    # beta over SSH to a closed port on this machine: refused at once, no traffic leaves the host
+    inventory["all"]["children"]["vpncloud_nodes"]["hosts"]["beta"].update(
+        ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=1, ansible_user="nobody"
+    )
+    path = fleet.tmp / "hosts-unreachable.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    facts = _target(fleet, path).read(load_mesh(fleet.mesh_file))
+    assert not facts["beta"].reachable and facts["beta"].error is not None
+    assert facts["beta"].error.startswith("unreachable:"), facts["beta"].error
+    assert facts["alpha"].reachable and facts["alpha"].config_exists
 
 
 @pytest.mark.netns

@@ -197,6 +197,7 @@ NODE_NAME = RoleVar(
     "str",
     "",
 )
+CONFIG_DIR = RoleVar("vpncloud_config_dir", "Directory of the NAME.net configs.", "str", "/etc/vpncloud")
 UNIT_DIR = RoleVar("vpncloud_unit_dir", "Directory of the systemd unit files.", "str", "/etc/systemd/system")
 CONTROL_DIR = RoleVar(
     "vpncloud_control_dir",
@@ -238,7 +239,7 @@ NODE_VARS = [
     ROOT,
     MANAGE_SERVICE,
     *INSTALL_VARS,
-    RoleVar("vpncloud_config_dir", "Directory of the NAME.net configs.", "str", "/etc/vpncloud"),
+    CONFIG_DIR,
     UNIT_DIR,
     RoleVar("vpncloud_log_dir", "Directory of the log and stats files of the unit.", "str", "/var/log"),
     CONTROL_DIR,
@@ -265,6 +266,21 @@ HEALTH_VARS = [
         elements="str",
     ),
     RoleVar("vpncloud_health_timeout", "Seconds to wait for every expected peer.", "int", 60),
+]
+FACTS_VARS = [
+    RoleVar("vpncloud_mesh", "", "dict", required=True),
+    NODE_NAME,
+    ROOT,
+    MANAGE_SERVICE,
+    CONFIG_DIR,
+    CONTROL_DIR,
+    RoleVar("vpncloud_venv", "Virtualenv of the daemon on the host.", "str", "/opt/vpncloud"),
+    RoleVar(
+        "vpncloud_facts_dir",
+        "Directory on the controller that receives <inventory_hostname>.json (playbooks/refresh.yml).",
+        "str",
+        required=True,
+    ),
 ]
 BEACON_VARS = [
     STATE,
@@ -300,6 +316,10 @@ ROLES: dict[str, dict[str, tuple[str, list[RoleVar]]]] = {
         "main": ("Install, configure and run one VpnCloud node (vpncloud@NAME) of a mesh.", NODE_VARS),
         "install": ("Install the daemon into its virtualenv (also used by the wsproxy role).", INSTALL_VARS),
         "health": ("Wait until every expected peer is connected (`vpncloud status --json`).", HEALTH_VARS),
+        "facts": (
+            "Read what the host runs, changing nothing: config checksum, unit state, `vpncloud status`.",
+            FACTS_VARS,
+        ),
     },
     "beacon": {"main": ("Prepare the shared beacon store of a mesh on this host.", BEACON_VARS)},
     "wsproxy": {"main": ("Install and run the WebSocket proxy (vpncloud-wsproxy.service).", WSPROXY_VARS)},

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .acl import security_file, security_file_text
+from .fleet import HostFacts, read_fleet
 from .keystore import Keystore
 from .models import Mesh
 from .plan import (
@@ -140,7 +141,7 @@ class AnsibleTarget:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
 
-    def command(self, mesh: Mesh) -> tuple[list[str], dict[str, str]]:
+    def command(self, mesh: Mesh, playbook: str = "site.yml") -> tuple[list[str], dict[str, str]]:
         """The ansible-playbook command line and environment (no secrets in either)."""
         collection = self.root / "ansible"
         if not (collection / "galaxy.yml").exists():
@@ -161,7 +162,7 @@ class AnsibleTarget:
         cmd = [
             str(playbook_bin) if playbook_bin.exists() else "ansible-playbook",
             *(arg for inv in inventories for arg in ("-i", str(inv))),
-            str(collection / "playbooks" / "site.yml"),
+            str(collection / "playbooks" / playbook),
             "-e", f"vpncloud_mesh_file={Path(self.mesh_file).resolve()}",
         ]  # fmt: skip
         if self.keystore is not None:
@@ -187,6 +188,12 @@ class AnsibleTarget:
 
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
         return None
+
+    def read(self, mesh: Mesh) -> dict[str, HostFacts]:
+        """What every node's host runs, by node name, read by Ansible in check mode (refresh.yml)."""
+        cmd, env = self.command(mesh, "refresh.yml")
+        by_host = read_fleet(cmd, env, sorted({n.host for n in mesh.nodes}))
+        return {n.name: by_host[n.host] for n in mesh.nodes}
 
 
 class LabTarget:
