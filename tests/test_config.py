@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -445,3 +447,38 @@ def test_secrets_not_in_repr() -> None:
     c.merge(f)
     for text in (repr(f), repr(c)):
         assert "hunter2" not in text and "SECRETKEY" not in text and "bpw" not in text
+
+
+#: A file of nothing but unknown keys (a small YAML bomb of anchors), as a corrupted file could be.
+UNKNOWN_ONLY = "lol1: &a [lol, lol]\nlol2: &b [*a, *a, *a]\nlol3: [*b, *b, *b]\n"
+
+
+def test_a_file_without_any_known_key_is_no_version_1_file() -> None:
+    # The original takes it as version 1 and runs with the password "none": anyone could join.
+    with pytest.raises(ConfigError, match=r"version 1: no known config key \(unknown: lol1, lol2, lol3\)"):
+        load_config_text(UNKNOWN_ONLY, allow_v1=True)
+    with pytest.raises(ConfigError, match="no known config key"):
+        load_config_text("typo-in-every-key: 1\n", allow_v1=True)
+
+
+def test_migrate_refuses_a_file_without_any_known_key(tmp_path: Path) -> None:
+    path = tmp_path / "broken.net"
+    path.write_text(UNKNOWN_ONLY)
+    with pytest.raises(ConfigError, match="no known config key"):
+        migrate_config_file(str(path))
+    assert path.read_text() == UNKNOWN_ONLY and not (tmp_path / "broken.net.orig").exists()
+
+
+def test_the_daemon_does_not_start_from_a_file_without_any_known_key(tmp_path: Path) -> None:
+    path = tmp_path / "broken.net"
+    path.write_text(UNKNOWN_ONLY)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vpncloud", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "no known config key" in out, out
+    assert 'using password "none"' not in out

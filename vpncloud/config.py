@@ -393,6 +393,12 @@ def _parse_v1(root: yaml.Node | None) -> dict[str, Any]:
         values[key] = _convert(kind, vnode, name)
     if "port" in values and values["port"] is not None and values["port"] > 65535:
         raise ConfigError("port: out of range")
+    if not values:
+        # The original takes any mapping as version 1 and starts with the password "none": a typo'd
+        # or corrupted file would give a node anyone can join. Version 1 needs one version-1 key.
+        unknown = sorted({name for name, _k, _v in _pairs(root, "config")})
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise ConfigError(f"no known config key (unknown: {shown})")
     return values
 
 
@@ -459,8 +465,11 @@ def load_config_text(
             raise
         try:
             old = _parse_v1(root)
-        except ConfigError:
-            raise ConfigError(f"Config file is neither version 2 nor version 1: {v2_error}") from None
+        except ConfigError as v1_error:
+            raise ConfigError(
+                "Config file is neither version 2 nor version 1 "
+                f"(version 2: {v2_error}; version 1: {v1_error})"
+            ) from None
         if warn is not None:
             warn(f"Config file is not version 2 ({v2_error}); trying version 1")
             warn(
