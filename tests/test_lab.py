@@ -336,6 +336,7 @@ def test_example_lab_up_status_restart_down(lab_root: Path, lab_name: str, tmp_p
             mode = stat.S_IMODE((d / f"{node}.net").stat().st_mode)
             assert mode == 0o600, f"{node}.net has mode {oct(mode)}"
         assert stat.S_IMODE(d.stat().st_mode) == 0o700
+        assert stat.S_IMODE((d / "state.json").stat().st_mode) == 0o600  # the spec holds the keys
 
         res = _lab_cli(lab_root, "status", str(lab_file))
         assert res.returncode == 0, res.stdout + res.stderr

@@ -369,8 +369,9 @@ def _read_state(d: Path) -> dict[str, Any] | None:
 
 
 def _write_state(d: Path, state: dict[str, Any]) -> None:
+    # 0600 like the configs: the spec in it holds every node's key or password.
     tmp = d / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
+    _write_private(tmp, json.dumps(state, indent=2))
     tmp.replace(d / "state.json")
 
 
