@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import ipaddress
 import json
@@ -313,3 +314,37 @@ def test_any_valid_mesh_renders_configs_the_daemon_loader_accepts(data: dict[str
         assert config.ip == f"{node.vpn_address}/{mesh.mesh.vpn_network.prefixlen}"
         assert config.mode == mesh.mesh.mode and config.device_type == mesh.mesh.device_type
         assert len(config.peers) == len([o for o in mesh.nodes if o.name != name and not o.behind_nat])
+
+
+# --- the import graph of the mesh package -----------------------------------------------------------
+
+
+def _local_imports(module: Path) -> set[str]:
+    """Sibling modules of vpncloud.mesh that ``module`` imports, at any level (TYPE_CHECKING too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                names.add(node.module.split(".")[0])
+            elif node.level == 1:
+                names.update(a.name for a in node.names)
+            elif node.module and node.module.startswith("vpncloud.mesh."):
+                names.add(node.module.split(".")[2])
+    return names
+
+
+def test_mesh_modules_import_each_other_without_cycles() -> None:
+    package = ROOT / "vpncloud" / "mesh"
+    graph = {p.stem: _local_imports(p) for p in package.glob("*.py")}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name in done:
+            return
+        for dep in graph.get(name, ()):
+            visit(dep, (*path, name))
+        done.add(name)
+
+    for name in graph:
+        visit(name, ())

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from .acl import check_security
 from .models import Mesh, MeshFile, Problem, check_mesh, check_meshes
 
 __all__ = ["MeshError", "MeshErrorItem", "load_mesh", "load_mesh_text", "load_meshes"]
@@ -154,7 +155,7 @@ def _load(text: str, file: str) -> tuple[Mesh, _Located]:
         raise MeshError(
             MeshErrorItem(file, line, field, "; ".join(msgs)) for (line, field), msgs in items.items()
         ) from None
-    problems = check_mesh(mesh)
+    problems = check_mesh(mesh) + check_security(mesh, mesh.acl, mesh.key_expiry)
     if problems:
         raise _problems_to_error(file, located, problems)
     return mesh, located

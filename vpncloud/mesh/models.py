@@ -8,8 +8,8 @@ the descriptions become ``schemas/mesh.schema.json``, which editors use for comp
 ``SecretStr`` so they are masked in ``repr``, dumps, plans and logs.
 
 Single-field rules live in the models; rules that relate several fields or nodes live in
-:func:`check_mesh`, which returns problems with a location (``loc``) so the loader can point at the
-YAML line of the offending field.
+:func:`check_mesh` (ACL rules and tests in :func:`vpncloud.mesh.acl.check_security`), which return
+problems with a location (``loc``) so the loader can point at the YAML line of the offending field.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from .acl import AclSpec, check_security
-
 __all__ = [
+    "AclRuleSpec",
+    "AclSpec",
     "Beacons",
     "Mesh",
     "MeshFile",
@@ -224,6 +224,36 @@ class Node(_Model):
         return values
 
 
+class _AclModel(BaseModel):
+    # populate_by_name: code builds rules with from_=..., files spell it "from"
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class AclRuleSpec(_AclModel):
+    """One allow rule: traffic from any ``from`` member to any ``to`` member."""
+
+    from_: list[str] = Field(
+        alias="from", min_length=1, description="Sources: group names, node names, '*' or networks."
+    )
+    to: list[str] = Field(min_length=1, description="Destinations: group names, node names, '*' or networks.")
+    proto: Literal["any", "tcp", "udp", "icmp"] = Field("any", description="IP protocol (icmp: v4 and v6).")
+    ports: list[int | str] = Field(
+        default_factory=list, description="Destination ports or ranges ('8000-8100'); tcp/udp only."
+    )
+    name: str | None = Field(default=None, description="Shown in errors and the node's status.")
+
+
+class AclSpec(_AclModel):
+    """Allow rules (default deny once present) and policy tests checked by ``vpncloud plan``."""
+
+    rules: list[AclRuleSpec] = Field(default_factory=list, description="Allow rules.")
+    tests: list[str] = Field(
+        default_factory=list,
+        description="Policy tests like 'a -> b:22 allowed', 'c -> b denied', 'a -> b:53/udp allowed'.",
+    )
+    allow_non_ip: bool = Field(default=True, description="TAP mode: let ARP and other non-IP frames pass.")
+
+
 class Beacons(_Model):
     """Beacons: publish/find addresses through a file or command (spec 15)."""
 
@@ -419,7 +449,6 @@ def check_mesh(mesh: Mesh) -> list[Problem]:
                     f"one instance vpncloud@{mesh.mesh.name} per host",
                 )
             )
-    problems += check_security(mesh, mesh.acl, mesh.key_expiry)
     return problems
 
 
