@@ -96,7 +96,9 @@ def test_broken_yaml_names_file_and_line() -> None:
 
 def test_unknown_key_names_line_and_field() -> None:
     text = BASE.replace("    host: hb\n", "    host: hb\n    vpn_adress: 10.1.0.9\n")
-    assert errors_of(text) == [(11, "nodes[1].vpn_adress", "unknown field")]
+    assert errors_of(text) == [
+        (11, "nodes[1].vpn_adress", "unknown key 'vpn_adress'; did you mean 'vpn_address'?")
+    ]
 
 
 def test_bad_value_names_line_and_field() -> None:

@@ -330,7 +330,7 @@ def test_cli_errors_are_one_line_without_traceback(
         main(["plan", str(bad), "--state-dir", str(tmp_path / "s"), "--keystore", str(tmp_path / "k")]) == 1
     )
     err = capsys.readouterr().err
-    assert f"{bad}:13: nodes[1].vpn_adress: unknown field" in err
+    assert f"error: {bad}:13: nodes[1].vpn_adress: unknown key 'vpn_adress'" in err
     assert "Traceback" not in err
 
 

@@ -12,22 +12,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 from vpncloud.lab.lab import LabError, LabStatus, lab_down, lab_status, lab_up, load_spec
+from vpncloud.mesh.sourcefile import print_errors, usage_error
 
 __all__ = ["build_parser", "main", "render"]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        usage_error(self, message, 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vpncloud lab`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="vpncloud lab", description="Run a VpnCloud mesh in local network namespaces."
-    )
+    p = _Parser(prog="vpncloud lab", description="Run a VpnCloud mesh in local network namespaces.")
     p.add_argument("--state-dir", type=Path, default=None, help="state root (default /run/vpncloud-lab)")
-    sub = p.add_subparsers(dest="action", required=True)
+    sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
     up = sub.add_parser("up", help="build the namespaces, start the nodes, wait until the mesh is whole")
     up.add_argument("file", help="lab file (YAML)")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the mesh (default 60)")
@@ -121,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         render(status, out)
         return 0 if status.whole and (args.no_ping or status.ping_ok) else 1
     except LabError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        print_errors(err, str(e))
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

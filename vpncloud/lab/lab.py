@@ -57,6 +57,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vpncloud.lab import netns
 from vpncloud.lab.netns import Netns, NetnsError, SignalGuard, Topology
+from vpncloud.mesh.sourcefile import (
+    ErrorItem,
+    InputError,
+    Located,
+    compose,
+    construct,
+    validation_items,
+    wrong_kind,
+)
 
 __all__ = [
     "DEFAULT_STATE_ROOT",
@@ -244,26 +253,27 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_spec(text: str, source: str = "<lab file>") -> LabSpec:
-    """Parse lab-file YAML text; :class:`LabError` names the file, line or field that is wrong."""
+    """Parse lab-file YAML text; :class:`LabError` names the file, line and field that are wrong.
+
+    The message has one problem per line in the style of the mesh loader (``FILE:LINE: FIELD: MESSAGE``).
+    """
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise LabError(f"{source}: not valid YAML{where}: {problem}") from None
+        root = compose(text, source)
+        data = construct(root, source) if root is not None else None
+    except InputError as e:
+        raise LabError(str(e)) from None
     if not isinstance(data, dict):
-        raise LabError(
-            f"{source}: expected a mapping with name, underlay and nodes, got {type(data).__name__}"
-        )
+        line = root.start_mark.line + 1 if root is not None else None
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        item = ErrorItem(source, line, "", f"expected a mapping with name, underlay and nodes, got {got}")
+        raise LabError(str(item))
+    wrong = wrong_kind(source, data, "lab")
+    if wrong is not None:
+        raise LabError(str(wrong))
     try:
         return LabSpec.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise LabError(f"{source}: invalid lab file:\n" + "\n".join(lines)) from None
+        raise LabError(str(InputError(validation_items(e, LabSpec, Located(root), source)))) from None
 
 
 def load_spec(path: str | Path) -> LabSpec:
@@ -272,7 +282,7 @@ def load_spec(path: str | Path) -> LabSpec:
     try:
         text = p.read_text()
     except OSError as e:
-        raise LabError(f"cannot read lab file {p}: {e.strerror}") from None
+        raise LabError(f"{p}: cannot read lab file: {e.strerror}") from None
     return parse_spec(text, str(p))
 
 

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -21,6 +22,7 @@ from .keystore import Keystore, KeystoreError
 from .loader import MeshError, load_meshes
 from .models import Mesh, MeshFile
 from .plan import Plan, PlanError, compute_plan, compute_rotation, print_lines, print_plan, rotation_lines
+from .sourcefile import print_errors, usage_error
 from .state import StateError, load_state
 
 __all__ = ["main", "mesh_schema"]
@@ -35,9 +37,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "mesh.schema.jso
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> NoReturn:
+        usage_error(self, message, EXIT_ERROR)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -242,19 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "rotate":
             return _rotate(ns, out)
         return _schema(ns)
-    except MeshError as exc:
-        for item in exc.items:
-            err.print(f"Error: {item}", style="red", highlight=False, markup=False, soft_wrap=True)
-    except (PlanError, ApplyError, KeystoreError, StateError) as exc:
-        err.print(f"Error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+    except (MeshError, PlanError, ApplyError, KeystoreError, StateError) as exc:
+        print_errors(err, str(exc))
     except OSError as exc:
-        err.print(
-            f"Error: {exc.filename or ''}: {exc.strerror}",
-            style="red",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        print_errors(err, f"{exc.filename or ''}: {exc.strerror}")
     return EXIT_ERROR
 
 
