@@ -334,6 +334,25 @@ def test_cli_errors_are_one_line_without_traceback(
     assert "Traceback" not in err
 
 
+def test_bad_underlay_is_refused_by_plan_and_apply_before_anything_is_rendered(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, state_dir = env
+    applied(env)
+    before = sorted(p.read_bytes() for p in state_dir.rglob("*") if p.is_file())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MESH.replace("underlay: 192.0.2.2", "underlay: 10.98.0.300"))
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root)]
+    for argv in (["plan", str(bad), "-out", str(tmp_path / "p.plan")], ["apply", str(bad)]):
+        assert main([*argv, *common]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {bad}:12: nodes[1].underlay: "
+            "10.98.0.300 is not a valid IPv4 address (four numbers 0-255)"
+        ]
+    assert not (tmp_path / "p.plan").exists()
+    assert sorted(p.read_bytes() for p in state_dir.rglob("*") if p.is_file()) == before
+
+
 def test_ansible_target_without_collection_fails(env: tuple[Keystore, Path], tmp_path: Path) -> None:
     from vpncloud.mesh.apply import AnsibleTarget
 

@@ -17,11 +17,21 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import itertools
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AclRuleSpec",
@@ -62,6 +72,61 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Letters, digits, '-' (and '_', which inventories and /etc/hosts accept) between dots, 1-63 each.
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def host_problem(value: str) -> str | None:
+    """Why ``value`` is neither an IP address nor a host name; None when it is one of them.
+
+    A name whose last label is a number was meant as an IPv4 address (``10.98.0.300``): resolvers would
+    try it as a name and fail only at apply time, on the node.
+    """
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+            return None
+        except ValueError:
+            return f"{value} is not a valid IPv6 address"
+    labels = value.removesuffix(".").split(".")
+    if labels[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(value)
+            return None
+        except ValueError:
+            return f"{value} is not a valid IPv4 address (four numbers 0-255)"
+    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        return f"{value!r} is neither an IP address nor a host name (labels of letters, digits and '-')"
+    return None
+
+
+def host_port_problem(value: str, *, port_required: bool) -> str | None:
+    """Like :func:`host_problem` for ``HOST``, ``HOST:PORT``, ``IPV6`` or ``[IPV6]:PORT``."""
+    host, port = value, None
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return f"{value!r} is not HOST:PORT or [IPV6]:PORT"
+        port = rest[1:] if rest else None
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if port is None and port_required:
+        return f"{value!r} has no port (HOST:PORT)"
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return f"port {port!r} of {value!r} is not a number from 1 to 65535"
+    return host_problem(host) if host else f"{value!r} has no host"
+
+
+def _valid_host(value: str) -> str:
+    problem = host_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Host = Annotated[str, AfterValidator(_valid_host)]
+
+
 class Timers(_Model):
     """Protocol timers (seconds), as in the original's config."""
 
@@ -100,6 +165,14 @@ class NodeSettings(_Model):
     hooks: dict[HookEvent, str] | None = Field(
         default=None, description="Per-event shell commands (event -> command)."
     )
+
+    @field_validator("statsd_server")
+    @classmethod
+    def _statsd_host_port(cls, value: str | None) -> str | None:
+        problem = value and host_port_problem(value, port_required=True)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("device_name")
     @classmethod
@@ -180,11 +253,11 @@ class Node(_Model):
     """One member of the mesh: where it runs, how it is reached, what it routes."""
 
     name: Name = Field(description="Node name, unique in the mesh; also its name in the hosts block.")
-    host: str = Field(
+    host: Host = Field(
         min_length=1,
         description="Where the node runs: SSH address / inventory host (lab: the namespace name).",
     )
-    underlay: str | None = Field(
+    underlay: Host | None = Field(
         default=None,
         description="Address other nodes connect to (IP or DNS name); required unless behind_nat.",
     )
@@ -219,8 +292,9 @@ class Node(_Model):
     @classmethod
     def _advertise_form(cls, values: list[str]) -> list[str]:
         for value in values:
-            if not value or any(c.isspace() for c in value):
-                raise ValueError(f"invalid address {value!r}")
+            problem = host_port_problem(value, port_required=False)
+            if problem:
+                raise ValueError(problem)
         return values
 
 
@@ -271,7 +345,7 @@ class WebSocketProxy(_Model):
     """A ``vpncloud ws-proxy`` instance that nodes without UDP can connect through."""
 
     name: Name = Field(description="Proxy name, referenced by nodes' websocket_proxy.")
-    host: str = Field(min_length=1, description="Host the proxy runs on (and the URL host).")
+    host: Host = Field(min_length=1, description="Host the proxy runs on (and the URL host).")
     port: Port = Field(default=3210, description="TCP port the proxy listens on.")
 
 
