@@ -22,7 +22,7 @@ from .keystore import Keystore, KeystoreError
 from .loader import MeshError, load_meshes
 from .models import Mesh, MeshFile
 from .plan import Plan, PlanError, compute_plan, compute_rotation, print_lines, print_plan, rotation_lines
-from .sourcefile import print_errors, usage_error
+from .sourcefile import file_kind, print_errors, usage_error
 from .state import StateError, load_state
 
 __all__ = ["main", "mesh_schema"]
@@ -154,24 +154,32 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
         for plan in plans:
             print_plan(plan, out)
         if ns.out is not None:
+            # soft_wrap: a wrapped command line cannot be copied and pasted
             out.print(f"\nSaved the plan to {ns.out}. To perform exactly these actions, run:\n"
-                      f"    vpncloud apply {ns.out}", highlight=False)  # fmt: skip
+                      f"    vpncloud apply {ns.out}", highlight=False, soft_wrap=True)  # fmt: skip
     if ns.detailed_exitcode and any(p.has_changes for p in plans):
         return EXIT_CHANGES
     return EXIT_OK
 
 
 def _load_source(source: Path) -> tuple[Mesh, str, str | None]:
-    """A mesh file, or a saved plan pointing at one: (mesh, mesh file, expected inputs hash)."""
-    if source.suffix == ".json":
-        try:
-            saved = Plan.model_validate_json(source.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise PlanError(f"{source}: not a saved plan") from None
-        if not saved.mesh_file:
-            raise PlanError(f"{source}: the saved plan does not name its mesh file")
-        return load_meshes([saved.mesh_file])[0], saved.mesh_file, saved.inputs_hash
-    return load_meshes([source])[0], str(source), None
+    """A mesh file, or a saved plan pointing at one: (mesh, mesh file, expected inputs hash).
+
+    Which of the two is judged by content, not by name: ``plan -out`` takes any file name.
+    """
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None  # not JSON, so not a saved plan; the mesh loader says what is wrong with it
+    if file_kind(data) != "plan":
+        return load_meshes([source])[0], str(source), None
+    try:
+        saved = Plan.model_validate(data)
+    except ValueError:
+        raise PlanError(f"{source}: not a valid saved plan (made by another version?)") from None
+    if not saved.mesh_file:
+        raise PlanError(f"{source}: the saved plan does not name its mesh file")
+    return load_meshes([saved.mesh_file])[0], saved.mesh_file, saved.inputs_hash
 
 
 def _apply(ns: argparse.Namespace, out: Console) -> int:
