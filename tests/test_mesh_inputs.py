@@ -15,6 +15,7 @@ from vpncloud.lab import cli as lab_cli
 from vpncloud.lab.lab import LabError, parse_spec
 from vpncloud.mesh.cli import main
 from vpncloud.mesh.loader import MeshError, load_mesh_text
+from vpncloud.mesh.models import known_names
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_FILE = ROOT / "inventories" / "lab" / "lab.yaml"
@@ -159,3 +160,56 @@ def test_unknown_keys_name_the_closest_key_at_their_level() -> None:
 def test_unknown_key_of_a_secret_does_not_echo_its_value() -> None:
     found = mesh_errors(MESH.replace("  name: t\n", "  name: t\n  pasword: hunter2-secret\n"))
     assert found == ["m.yaml:3: mesh.pasword: unknown key 'pasword'; did you mean 'password'?"]
+
+
+# --- unknown names list the known ones ---------------------------------------------------------------
+
+ACL = """\
+acl:
+  rules:
+    - {from: [a], to: [RULE_TO]}
+  tests:
+    - "a -> TEST_DST allowed"
+"""
+
+
+@pytest.mark.parametrize(
+    ("rule_to", "test_dst", "extra", "expected"),
+    [
+        ("zz", "b", "", "m.yaml:15: acl.rules[0]: acl rule 1: unknown group, node or network 'zz' "
+         "(nodes: a, b; no groups)"),
+        ("b", "zz", "", "m.yaml:17: acl.tests[0]: policy test 'a -> zz allowed': unknown node 'zz' "
+         "(nodes: a, b)"),
+        ("b", "b", "key_expiry: {zz: 2030-01-01}\n", "m.yaml:18: key_expiry.zz: unknown node 'zz' "
+         "(nodes: a, b)"),
+        ("192.168.7.5/24", "b", "", "m.yaml:15: acl.rules[0]: acl rule 1: 192.168.7.5/24 has host bits "
+         "set; did you mean 192.168.7.0/24?"),
+    ],
+)  # fmt: skip
+def test_unknown_node_names_in_the_description_list_the_nodes(
+    rule_to: str, test_dst: str, extra: str, expected: str
+) -> None:
+    acl = ACL.replace("RULE_TO", rule_to).replace("TEST_DST", test_dst)
+    assert mesh_errors(MESH + acl + extra) == [expected]
+
+
+def test_unknown_proxy_lists_the_proxies() -> None:
+    text = MESH.replace("host: hb\n", "host: hb\n    websocket_proxy: px\n")
+    text += "websocket_proxies: [{name: p1, host: p1.example}]\n"
+    assert mesh_errors(text) == ["m.yaml:11: nodes[1].websocket_proxy: unknown websocket proxy 'px' "
+                                 "(websocket_proxies: p1)"]  # fmt: skip
+
+
+def test_rotate_of_an_unknown_node_lists_the_nodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "mesh.yaml"
+    file.write_text(MESH)
+    assert run(["rotate", str(file), "zz"], tmp_path, capsys) == (
+        1,
+        ["error: unknown node 'zz' (nodes: a, b)"],
+    )
+
+
+def test_long_node_lists_are_cut() -> None:
+    assert known_names("nodes", [f"n{i}" for i in range(25)], limit=3) == "nodes: n0, n1, n2, and 22 more"

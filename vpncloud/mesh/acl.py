@@ -39,9 +39,11 @@ import yaml
 from vpncloud.core.acl import AclPolicy, AclRule, parse_port_range
 from vpncloud.core.errors import ConfigError
 
+from .models import AclRuleSpec, AclSpec, Mesh, Node, Problem, known_names, unknown_node
+
 # models.py owns the ACL's pydantic models (MeshFile.acl needs them), so this module depends on it and
 # never the other way round.
-from .models import AclRuleSpec, AclSpec, Mesh, Node, Problem
+from .sourcefile import host_bits_hint
 
 __all__ = [
     "AclRuleSpec",
@@ -94,9 +96,16 @@ def _resolve(mesh: Mesh, member: str) -> list[IPNet] | None:
 def _members(mesh: Mesh, members: Iterable[str]) -> tuple[IPNet, ...]:
     out: list[IPNet] = []
     for m in members:
+        hint = host_bits_hint(m)
+        if hint:
+            raise ConfigError(hint)
         nets = _resolve(mesh, m)
         if nets is None:
-            raise ConfigError(f"unknown group, node or network {m!r}")
+            groups = sorted({g for node in mesh.nodes for g in node.groups})
+            raise ConfigError(
+                f"unknown group, node or network {m!r} "
+                f"({known_names('nodes', [n.name for n in mesh.nodes])}; {known_names('groups', groups)})"
+            )
         out.extend(n for n in nets if n not in out)
     return tuple(out)
 
@@ -172,7 +181,7 @@ def run_policy_tests(mesh: Mesh, acl: AclSpec, policy: AclPolicy | None = None) 
         t = parse_test(text)
         for name in (t.src, t.dst):
             if name not in by_name:
-                raise ConfigError(f"policy test {text!r}: unknown node {name!r}")
+                raise ConfigError(f"policy test {text!r}: {unknown_node(mesh, name)}")
         src = by_name[t.src].vpn_address.packed
         dst = by_name[t.dst].vpn_address.packed
         got = policy.permits(src, dst, t.proto, t.port)
@@ -210,7 +219,7 @@ def check_security(
     names = {n.name for n in mesh.nodes}
     for name in key_expiry or {}:
         if name not in names:
-            problems.append(Problem(("key_expiry", name), f"unknown node {name!r}"))
+            problems.append(Problem(("key_expiry", name), unknown_node(mesh, name)))
     return problems
 
 

@@ -390,6 +390,19 @@ class Problem:
     message: str
 
 
+def known_names(kind: str, names: list[str], limit: int = 20) -> str:
+    """``nodes: a, b, c`` for an 'unknown ...' message; long lists are cut, meshes reach 1,000s of nodes."""
+    if not names:
+        return f"no {kind}"
+    shown = ", ".join(names[:limit])
+    return f"{kind}: {shown}" + (f", and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def unknown_node(mesh: Mesh, name: str) -> str:
+    """The message for a node name that the mesh does not have, naming the ones it has."""
+    return f"unknown node {name!r} ({known_names('nodes', [n.name for n in mesh.nodes])})"
+
+
 def node_port(mesh: Mesh, node: Node) -> int:
     """The UDP port a node listens on."""
     return node.overrides.port or mesh.mesh.port
@@ -498,7 +511,11 @@ def check_mesh(mesh: Mesh) -> list[Problem]:
             )
         if node.websocket_proxy and node.websocket_proxy not in proxies:
             problems.append(
-                Problem(("nodes", i, "websocket_proxy"), f"unknown websocket proxy {node.websocket_proxy!r}")
+                Problem(
+                    ("nodes", i, "websocket_proxy"),
+                    f"unknown websocket proxy {node.websocket_proxy!r} "
+                    f"({known_names('websocket_proxies', sorted(proxies))})",
+                )
             )
         reachable = bool(public_peers(mesh, node)) or (
             not node.behind_nat and any(o is not node for o in mesh.nodes)
