@@ -6,6 +6,7 @@ loader share the code that makes them (vpncloud/mesh/sourcefile.py).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from test_mesh_models import BASE as MESH
 
 from vpncloud.lab import cli as lab_cli
 from vpncloud.lab.lab import LabError, parse_spec
-from vpncloud.mesh.cli import main
+from vpncloud.mesh.cli import build_parser, main
 from vpncloud.mesh.loader import MeshError, load_mesh_text
 from vpncloud.mesh.models import known_names
 
@@ -213,3 +214,29 @@ def test_rotate_of_an_unknown_node_lists_the_nodes(
 
 def test_long_node_lists_are_cut() -> None:
     assert known_names("nodes", [f"n{i}" for i in range(25)], limit=3) == "nodes: n0, n1, n2, and 22 more"
+
+
+# --- help --------------------------------------------------------------------------------------------
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize(
+    ("command", "parser"),
+    [
+        *(("vpncloud " + n, p) for n, p in _subcommands(build_parser()).items()),
+        *(("vpncloud lab " + n, p) for n, p in _subcommands(lab_cli.build_parser()).items()),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_every_subcommand_help_has_a_description_and_an_example(
+    command: str, parser: argparse.ArgumentParser
+) -> None:
+    text = parser.format_help()
+    assert parser.description and parser.description.strip() in text
+    examples = [line.strip() for line in (parser.epilog or "").splitlines() if line.startswith("  ")]
+    assert examples and all(e.startswith(command + " ") for e in examples), parser.epilog
+    assert all(e in text for e in examples)  # kept as written: RawDescriptionHelpFormatter

@@ -84,7 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vpncloud", description="Declarative VpnCloud mesh orchestration")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    plan = sub.add_parser("plan", help="Show what apply would change")
+    plan = sub.add_parser(
+        "plan",
+        help="Show what apply would change",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare mesh description(s) with the applied state and the keystore and show what\n"
+        "apply would create, change, replace or destroy. Nothing is changed. Several files are\n"
+        "checked against each other (ports and mesh names per host).",
+        epilog="examples:\n"
+        "  vpncloud plan inventories/lab/mesh.yaml\n"
+        "  vpncloud plan mesh.yaml -out next.plan     # then: vpncloud apply next.plan\n"
+        "  vpncloud plan mesh.yaml --detailed-exitcode  # exit 2 when there are changes",
+    )
     plan.add_argument("mesh", nargs="+", type=Path, help="mesh.yaml file(s)")
     _common(plan)
     plan.add_argument("--json", action="store_true", help="Print the plan as JSON")
@@ -93,12 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("-out", "--out", type=Path, help="Save the plan for 'apply FILE' (one mesh only)")
 
-    apply = sub.add_parser("apply", help="Apply a mesh file or a saved plan")
+    apply = sub.add_parser(
+        "apply",
+        help="Apply a mesh file or a saved plan",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make the nodes match the mesh description: create missing keys, render and deploy\n"
+        "the configs, restart or reload the nodes and wait until the mesh is healthy. Given a plan\n"
+        "saved with 'plan -out' (any file name), apply exactly that plan, or refuse it when stale.",
+        epilog="examples:\n"
+        "  vpncloud apply inventories/lab/mesh.yaml\n"
+        "  vpncloud apply next.plan\n"
+        "  vpncloud apply inventories/fleet/mesh.yaml --target ansible --ansible-arg=--check",
+    )
     apply.add_argument("source", type=Path, help="mesh.yaml or a plan saved with plan -out")
     _common(apply)
     _target_args(apply)
 
-    rotate = sub.add_parser("rotate", help="Plan (and with --apply run) a phased key rotation")
+    rotate = sub.add_parser(
+        "rotate",
+        help="Plan (and with --apply run) a phased key rotation",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Rotate one node's key in three phases (trust the new key everywhere, switch the\n"
+        "node to it, drop the old key) so the mesh never loses a link. Without --apply only the\n"
+        "phases are shown.",
+        epilog="examples:\n"
+        "  vpncloud rotate inventories/lab/mesh.yaml b\n"
+        "  vpncloud rotate inventories/lab/mesh.yaml b --apply",
+    )
     rotate.add_argument("mesh", type=Path, help="mesh.yaml")
     rotate.add_argument("node", help="Node whose key rotates")
     _common(rotate)
@@ -108,7 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--json", action="store_true", help="Print the rotation plan as JSON")
 
-    schema = sub.add_parser("schema", help="Write the JSON Schema of mesh.yaml")
+    schema = sub.add_parser(
+        "schema",
+        help="Write the JSON Schema of mesh.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write the JSON Schema of the mesh description, generated from the models that\n"
+        "validate it; editors use it for completion and checks.",
+        epilog="examples:\n"
+        "  vpncloud schema                # writes schemas/mesh.schema.json\n"
+        "  vpncloud schema -o - | less",
+    )
     schema.add_argument("-o", "--output", type=Path, default=SCHEMA_PATH, help="Output file ('-' = stdout)")
     return p
 
