@@ -115,6 +115,14 @@ nodes:
             "name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: a, config: {peers: b}}]\n",
             "peers must be",
         ),
+        (
+            "name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: a, config: {peers: [10.0.0.300]}}]\n",
+            "node a: config peers: 10.0.0.300 is not a valid IPv4 address",
+        ),
+        (
+            "name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: a, config: {peers: ['b:99999']}}]\n",
+            "node a: config peers: port '99999' of 'b:99999'",
+        ),
         ("name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: a, address6: 'fd00::1'}]\n", "subnet6"),
         (
             "name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: averyveryverylongname}]\n",

@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vpncloud.lab import netns
 from vpncloud.lab.netns import Netns, NetnsError, SignalGuard, Topology
+from vpncloud.mesh.models import host_port_problem
 from vpncloud.mesh.sourcefile import (
     ErrorItem,
     InputError,
@@ -196,6 +197,11 @@ class LabSpec(BaseModel):
                     raise ValueError(f"node {node.name}: config ip {vpn!r} is not A.B.C.D[/len]") from e
             if not isinstance(cfg.get("peers", []), list):
                 raise ValueError(f"node {node.name}: config peers must be a list")
+            for peer in cfg.get("peers", []):
+                # Names of lab nodes are resolved by now; what is left must be an address or host name.
+                problem = host_port_problem(str(peer), port_required=False)
+                if problem:
+                    raise ValueError(f"node {node.name}: config peers: {problem}")
         return self
 
     def node(self, name: str) -> LabNode:
