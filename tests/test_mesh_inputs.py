@@ -154,7 +154,10 @@ def test_unknown_keys_name_the_closest_key_at_their_level() -> None:
     assert mesh_errors(nested) == [
         "m.yaml:3: mesh.timers.peer_timout: unknown key 'peer_timout'; did you mean 'peer_timeout'?"
     ]
-    assert mesh_errors(MESH + "zzz: 1\n") == ["m.yaml:13: zzz: unknown key 'zzz'"]
+    assert mesh_errors(MESH + "zzz: 1\n") == [
+        "m.yaml:13: zzz: unknown key 'zzz' "
+        "(known keys: mesh, nodes, beacons, websocket_proxies, acl, key_expiry)"
+    ]
     assert lab_errors(LAB + "comon: {}\n") == ["l.yaml:6: comon: unknown key 'comon'; did you mean 'common'?"]
 
 

@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MeshError, PlanError, ApplyError, KeystoreError, StateError) as exc:
         print_errors(err, str(exc))
     except OSError as exc:
-        print_errors(err, f"{exc.filename or ''}: {exc.strerror}")
+        print_errors(err, f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc))
     return EXIT_ERROR
 
 

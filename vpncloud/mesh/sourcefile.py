@@ -190,8 +190,11 @@ def _message(err: Any, model: type[BaseModel], loc: tuple[str | int, ...]) -> st
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        close = difflib.get_close_matches(key, known_keys(model, loc[:-1]), n=1)
-        return f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+        known = known_keys(model, loc[:-1])
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            return f"unknown key {key!r}; did you mean {close[0]!r}?"
+        return f"unknown key {key!r}" + (f" (known keys: {', '.join(known)})" if known else "")
     if kind in _NETWORK_ERRORS and isinstance(err.get("input"), str):
         hint = host_bits_hint(err["input"])
         if hint:
