@@ -17,6 +17,7 @@ from vpncloud.lab.lab import LabError, parse_spec
 from vpncloud.mesh.cli import build_parser, main
 from vpncloud.mesh.loader import MeshError, load_mesh_text
 from vpncloud.mesh.models import known_names
+from vpncloud.mesh.sourcefile import error_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_FILE = ROOT / "inventories" / "lab" / "lab.yaml"
@@ -99,6 +100,16 @@ def test_schema_and_usage_errors_use_the_prefix(tmp_path: Path, capsys: pytest.C
             run(argv, tmp_path, capsys)
         err = capsys.readouterr().err.splitlines()
         assert err[-1].startswith("error: ") and "required" in err[-1], err
+
+
+def test_an_error_with_details_is_one_error_line_and_its_details() -> None:
+    failure = "node a exited early\n--- last lines of a.log ---\nbind: address in use"
+    assert error_lines([failure, "m.yaml:3: mesh.port: bad"]) == [
+        "error: node a exited early",
+        "--- last lines of a.log ---",
+        "bind: address in use",
+        "error: m.yaml:3: mesh.port: bad",
+    ]
 
 
 # --- the kind of file --------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         render(status, out)
         return 0 if status.whole and (args.no_ping or status.ping_ok) else 1
     except LabError as e:
-        print_errors(err, str(e))
+        print_errors(err, e.errors)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -99,7 +99,14 @@ _SUN_PATH_MAX = 107
 
 
 class LabError(RuntimeError):
-    """A lab operation failed; the message says what and, for node failures, shows the log tail."""
+    """A lab operation failed; the message says what and, for node failures, shows the log tail.
+
+    ``errors`` holds one entry per problem (a lab file may have several), each printed as one error.
+    """
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,19 +274,23 @@ def parse_spec(text: str, source: str = "<lab file>") -> LabSpec:
         root = compose(text, source)
         data = construct(root, source) if root is not None else None
     except InputError as e:
-        raise LabError(str(e)) from None
+        raise _file_error(e.items) from None
     if not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else None
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         item = ErrorItem(source, line, "", f"expected a mapping with name, underlay and nodes, got {got}")
-        raise LabError(str(item))
+        raise _file_error([item])
     wrong = wrong_kind(source, data, "lab")
     if wrong is not None:
-        raise LabError(str(wrong))
+        raise _file_error(wrong.items)
     try:
         return LabSpec.model_validate(data)
     except ValidationError as e:
-        raise LabError(str(InputError(validation_items(e, LabSpec, Located(root), source)))) from None
+        raise _file_error(validation_items(e, LabSpec, Located(root), source)) from None
+
+
+def _file_error(items: list[ErrorItem]) -> LabError:
+    return LabError("\n".join(str(i) for i in items), [str(i) for i in items])
 
 
 def load_spec(path: str | Path) -> LabSpec:

@@ -292,10 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "rotate":
             return _rotate(ns, out)
         return _schema(ns)
-    except (MeshError, PlanError, ApplyError, KeystoreError, StateError) as exc:
-        print_errors(err, str(exc))
+    except MeshError as exc:
+        print_errors(err, [str(item) for item in exc.items])
+    except (PlanError, ApplyError, KeystoreError, StateError) as exc:
+        print_errors(err, [str(exc)])
     except OSError as exc:
-        print_errors(err, f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc))
+        print_errors(err, [f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc)])
     return EXIT_ERROR
 
 

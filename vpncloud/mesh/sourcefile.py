@@ -67,14 +67,20 @@ class InputError(Exception):
         super().__init__("\n".join(str(i) for i in self.items))
 
 
-def error_lines(text: str) -> list[str]:
-    """``text`` (one problem per line) as the lines every command prints on stderr."""
-    return [PREFIX + line for line in text.splitlines() if line.strip()] or [PREFIX.strip()]
+def error_lines(errors: Iterable[str]) -> list[str]:
+    """The lines every command prints on stderr: each error's first line gets the prefix; the lines
+    after it (a node's log tail, tool output) are its details and stay as they are."""
+    lines = []
+    for error in errors:
+        first, *details = error.splitlines() or [""]
+        lines.append(PREFIX + first)
+        lines.extend(details)
+    return lines
 
 
-def print_errors(console: Console, text: str) -> None:
-    """Print ``text`` as error lines: never wrapped or marked up, so each problem stays one line."""
-    for line in error_lines(text):
+def print_errors(console: Console, errors: Iterable[str]) -> None:
+    """Print errors (see :func:`error_lines`), never wrapped or marked up: one problem, one line."""
+    for line in error_lines(errors):
         console.print(line, style="red", highlight=False, markup=False, soft_wrap=True)
 
 
