@@ -89,8 +89,8 @@ nodes:
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("name: x\nnodes: [a, b\n", "not valid YAML (line"),
-        ("name: x\n  bad: indent\n", "not valid YAML"),
+        ("name: x\nnodes: [a, b\n", "broken.yaml:3: invalid YAML"),
+        ("name: x\n  bad: indent\n", "invalid YAML"),
         ("- just\n- a list\n", "expected a mapping"),
         ("", "expected a mapping"),
         ("name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: []\n", "nodes"),
@@ -115,10 +115,18 @@ nodes:
             "name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: a, config: {peers: b}}]\n",
             "peers must be",
         ),
+        (
+            "name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: a, config: {peers: [10.0.0.300]}}]\n",
+            "node a: config peers: 10.0.0.300 is not a valid IPv4 address",
+        ),
+        (
+            "name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: a, config: {peers: ['b:99999']}}]\n",
+            "node a: config peers: port '99999' of 'b:99999'",
+        ),
         ("name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: a, address6: 'fd00::1'}]\n", "subnet6"),
         (
             "name: x\nunderlay: {subnet: 10.0.0.0/24}\nnodes: [{name: averyveryverylongname}]\n",
-            "nodes.0.name",
+            "broken.yaml:3: nodes[0].name: String should match pattern",
         ),
         (
             "name: x\nunderlay: {subnet: 10.0.0.0/24}\n"
@@ -143,7 +151,7 @@ def test_missing_file_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text("name: x\nnodes: [a, b\n")
     assert lab_cli.main(["up", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "not valid YAML" in err and "Traceback" not in err
+    assert f"error: {bad}:3: invalid YAML" in err and "Traceback" not in err
     # status/down of a lab that is not up: clear message, not a crash.
     assert lab_cli.main(["--state-dir", str(tmp_path), "status", "nolab"]) == 2
     assert "is not up" in capsys.readouterr().err

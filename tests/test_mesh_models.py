@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import ipaddress
 import json
@@ -95,7 +96,9 @@ def test_broken_yaml_names_file_and_line() -> None:
 
 def test_unknown_key_names_line_and_field() -> None:
     text = BASE.replace("    host: hb\n", "    host: hb\n    vpn_adress: 10.1.0.9\n")
-    assert errors_of(text) == [(11, "nodes[1].vpn_adress", "unknown field")]
+    assert errors_of(text) == [
+        (11, "nodes[1].vpn_adress", "unknown key 'vpn_adress'; did you mean 'vpn_address'?")
+    ]
 
 
 def test_bad_value_names_line_and_field() -> None:
@@ -130,13 +133,54 @@ def test_empty_and_non_mapping_documents() -> None:
         ("vpn_address: 10.1.0.2", "vpn_address: 10.2.0.2", "nodes[1].vpn_address", "outside vpn_network"),
         ("underlay: 192.0.2.2", "underlay: 192.0.2.1", "nodes[1].underlay", "duplicate underlay"),
         ("host: hb", "host: ha", "nodes[1].host", "port 3210 is used twice on host 'ha'"),
+        # addresses, host names and ports, wherever the description holds them
+        ("underlay: 192.0.2.2", "underlay: 10.98.0.300", "nodes[1].underlay", "not a valid IPv4 address"),
+        ("underlay: 192.0.2.2", "underlay: 192.0.2", "nodes[1].underlay", "not a valid IPv4 address"),
+        ("underlay: 192.0.2.2", "underlay: '2001:db8::g'", "nodes[1].underlay", "not a valid IPv6 address"),
+        ("underlay: 192.0.2.2", "underlay: 'b .example'", "nodes[1].underlay", "nor a host name"),
+        ("underlay: 192.0.2.2", "underlay: b..example", "nodes[1].underlay", "nor a host name"),
+        ("host: hb", "host: 192.0.2.256", "nodes[1].host", "not a valid IPv4 address"),
+        ("host: hb", "host: 'h b'", "nodes[1].host", "nor a host name"),
+        ("vpn_address: 10.1.0.2", "vpn_address: 10.1.0.2\n    advertise: [198.51.100.999]",
+         "nodes[1].advertise", "not a valid IPv4 address"),
+        ("vpn_address: 10.1.0.2", "vpn_address: 10.1.0.2\n    advertise: ['198.51.100.9:70000']",
+         "nodes[1].advertise", "port '70000'"),
+        ("vpn_address: 10.1.0.2", "vpn_address: 10.1.0.2\n    advertise: ['[2001:db8::1]:0']",
+         "nodes[1].advertise", "port '0'"),
+        ("vpn_address: 10.1.0.2", "vpn_address: 10.1.0.2\n    overrides: {port: 65536}",
+         "nodes[1].overrides.port", "less than or equal to 65535"),
+        ("vpn_address: 10.1.0.2", "vpn_address: 10.1.0.2\n    overrides: {statsd_server: 'st:8125x'}",
+         "nodes[1].overrides.statsd_server", "port '8125x'"),
+        ("vpn_address: 10.1.0.2", "vpn_address: 10.1.0.2\n    overrides: {statsd_server: statsd.local}",
+         "nodes[1].overrides.statsd_server", "has no port"),
+        ("  vpn_network", "  port: 0\n  vpn_network", "mesh.port", "greater than or equal to 1"),
+        ("  vpn_network", "  defaults: {statsd_server: '1.2.3.4.5:1'}\n  vpn_network",
+         "mesh.defaults.statsd_server", "not a valid IPv4 address"),
+        ("nodes:", "websocket_proxies: [{name: p, host: 'p..x'}]\nnodes:",
+         "websocket_proxies[0].host", "nor a host name"),
+        ("nodes:", "websocket_proxies: [{name: p, host: p.example, port: 99999}]\nnodes:",
+         "websocket_proxies[0].port", "less than or equal to 65535"),
     ],
-)
-def test_cross_field_checks(old: str, new: str, field: str, needle: str) -> None:
+)  # fmt: skip
+def test_field_and_cross_field_checks(old: str, new: str, field: str, needle: str) -> None:
     found = errors_of(BASE.replace(old, new))
     assert any(f == field and needle in m for _, f, m in found), found
     for line, _, _ in found:
         assert line is not None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["192.0.2.7", "2001:db8::7", "b.example.net", "b.example.net.", "node_b", "xn--bcher-kva.example"],
+)
+def test_valid_underlays_pass(value: str) -> None:
+    mesh = load_mesh_text(BASE.replace("underlay: 192.0.2.2", f"underlay: '{value}'"))
+    assert mesh.nodes[1].underlay == value
+    advertised = BASE.replace(
+        "vpn_address: 10.1.0.2",
+        "vpn_address: 10.1.0.2\n    advertise: ['[2001:db8::9]:3210', '198.51.100.1:1', c.example]",
+    )
+    assert len(load_mesh_text(advertised).nodes[1].advertise) == 3
 
 
 def test_same_claim_on_two_nodes_is_an_error() -> None:
@@ -313,3 +357,37 @@ def test_any_valid_mesh_renders_configs_the_daemon_loader_accepts(data: dict[str
         assert config.ip == f"{node.vpn_address}/{mesh.mesh.vpn_network.prefixlen}"
         assert config.mode == mesh.mesh.mode and config.device_type == mesh.mesh.device_type
         assert len(config.peers) == len([o for o in mesh.nodes if o.name != name and not o.behind_nat])
+
+
+# --- the import graph of the mesh package -----------------------------------------------------------
+
+
+def _local_imports(module: Path) -> set[str]:
+    """Sibling modules of vpncloud.mesh that ``module`` imports, at any level (TYPE_CHECKING too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                names.add(node.module.split(".")[0])
+            elif node.level == 1:
+                names.update(a.name for a in node.names)
+            elif node.module and node.module.startswith("vpncloud.mesh."):
+                names.add(node.module.split(".")[2])
+    return names
+
+
+def test_mesh_modules_import_each_other_without_cycles() -> None:
+    package = ROOT / "vpncloud" / "mesh"
+    graph = {p.stem: _local_imports(p) for p in package.glob("*.py")}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name in done:
+            return
+        for dep in graph.get(name, ()):
+            visit(dep, (*path, name))
+        done.add(name)
+
+    for name in graph:
+        visit(name, ())

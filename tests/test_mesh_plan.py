@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vpncloud.core import base62
+from vpncloud.mesh import cli
 from vpncloud.mesh.apply import ApplyError, apply_mesh, apply_rotation
 from vpncloud.mesh.cli import main
 from vpncloud.mesh.keystore import Keystore
@@ -330,8 +332,58 @@ def test_cli_errors_are_one_line_without_traceback(
         main(["plan", str(bad), "--state-dir", str(tmp_path / "s"), "--keystore", str(tmp_path / "k")]) == 1
     )
     err = capsys.readouterr().err
-    assert f"{bad}:13: nodes[1].vpn_adress: unknown field" in err
+    assert f"error: {bad}:13: nodes[1].vpn_adress: unknown key 'vpn_adress'" in err
     assert "Traceback" not in err
+
+
+def test_bad_underlay_is_refused_by_plan_and_apply_before_anything_is_rendered(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, state_dir = env
+    applied(env)
+    before = sorted(p.read_bytes() for p in state_dir.rglob("*") if p.is_file())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MESH.replace("underlay: 192.0.2.2", "underlay: 10.98.0.300"))
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root)]
+    for argv in (["plan", str(bad), "-out", str(tmp_path / "p.plan")], ["apply", str(bad)]):
+        assert main([*argv, *common]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {bad}:12: nodes[1].underlay: "
+            "10.98.0.300 is not a valid IPv4 address (four numbers 0-255)"
+        ]
+    assert not (tmp_path / "p.plan").exists()
+    assert sorted(p.read_bytes() for p in state_dir.rglob("*") if p.is_file()) == before
+
+
+def test_saved_plans_and_mesh_files_are_told_apart_by_content_not_name(
+    env: tuple[Keystore, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, state_dir = env
+    applied(env)
+    applies: list[str | None] = []
+    monkeypatch.setattr(cli, "apply_mesh", lambda *args, **kw: applies.append(kw["expected_hash"]))
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH.replace("  - name: c\n", "  - name: d\n"))
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    assert main(["plan", str(mesh_file), *common, "-out", str(tmp_path / "remove-d.plan")]) == 0
+    assert "vpncloud apply " + str(tmp_path / "remove-d.plan") in capsys.readouterr().out
+    saved = Plan.model_validate_json((tmp_path / "remove-d.plan").read_text())
+    assert main(["apply", str(tmp_path / "remove-d.plan"), *common]) == 0
+    assert applies == [saved.inputs_hash]
+    # a mesh description written as JSON under a .json name is still a mesh description
+    as_json = tmp_path / "mesh.json"
+    as_json.write_text(json.dumps(yaml.safe_load(MESH)))
+    assert main(["apply", str(as_json), *common]) == 0
+    assert applies[1:] == [None]
+    # and a saved plan given to plan says where it belongs
+    assert main(["plan", str(tmp_path / "remove-d.plan"), *common]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {tmp_path / 'remove-d.plan'} is a saved plan, not a mesh description: "
+        f"use `vpncloud apply {tmp_path / 'remove-d.plan'}`"
+    ]
 
 
 def test_ansible_target_without_collection_fails(env: tuple[Keystore, Path], tmp_path: Path) -> None:

@@ -12,30 +12,56 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 from vpncloud.lab.lab import LabError, LabStatus, lab_down, lab_status, lab_up, load_spec
+from vpncloud.mesh.sourcefile import print_errors, usage_error
 
 __all__ = ["build_parser", "main", "render"]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        usage_error(self, message, 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vpncloud lab`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="vpncloud lab", description="Run a VpnCloud mesh in local network namespaces."
-    )
+    p = _Parser(prog="vpncloud lab", description="Run a VpnCloud mesh in local network namespaces.")
     p.add_argument("--state-dir", type=Path, default=None, help="state root (default /run/vpncloud-lab)")
-    sub = p.add_subparsers(dest="action", required=True)
-    up = sub.add_parser("up", help="build the namespaces, start the nodes, wait until the mesh is whole")
+    sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    up = sub.add_parser(
+        "up",
+        help="build the namespaces, start the nodes, wait until the mesh is whole",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build one network namespace per node of a lab file (original-format node configs)\n"
+        "on a shared bridge, start the nodes and wait until every node sees every other (as root).",
+        epilog="example:\n  vpncloud lab up inventories/lab/lab.yaml --timeout 90",
+    )
     up.add_argument("file", help="lab file (YAML)")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the mesh (default 60)")
-    for name, text in (
-        ("down", "stop the nodes, delete namespaces and state"),
-        ("status", "show a running lab"),
+    for name, text, description in (
+        (
+            "down",
+            "stop the nodes, delete namespaces and state",
+            "Stop the nodes of a lab, delete its namespaces and state; nothing to do is no error.",
+        ),
+        (
+            "status",
+            "show a running lab",
+            "Show the nodes of a running lab, their peers and a ping matrix over the VPN.",
+        ),
     ):
-        sp = sub.add_parser(name, help=text)
+        sp = sub.add_parser(
+            name,
+            help=text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=description,
+            epilog=f"examples:\n  vpncloud lab {name} inventories/lab/lab.yaml\n  vpncloud lab {name} lab",
+        )
         sp.add_argument("file", help="lab file (YAML) or lab name")
     sub.choices["status"].add_argument("--no-ping", action="store_true", help="skip the ping matrix")
     return p
@@ -121,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         render(status, out)
         return 0 if status.whole and (args.no_ping or status.ping_ok) else 1
     except LabError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        print_errors(err, e.errors)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -57,6 +57,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vpncloud.lab import netns
 from vpncloud.lab.netns import Netns, NetnsError, SignalGuard, Topology
+from vpncloud.mesh.models import host_port_problem
+from vpncloud.mesh.sourcefile import (
+    ErrorItem,
+    InputError,
+    Located,
+    compose,
+    construct,
+    validation_items,
+    wrong_kind,
+)
 
 __all__ = [
     "DEFAULT_STATE_ROOT",
@@ -89,7 +99,14 @@ _SUN_PATH_MAX = 107
 
 
 class LabError(RuntimeError):
-    """A lab operation failed; the message says what and, for node failures, shows the log tail."""
+    """A lab operation failed; the message says what and, for node failures, shows the log tail.
+
+    ``errors`` holds one entry per problem (a lab file may have several), each printed as one error.
+    """
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,6 +204,11 @@ class LabSpec(BaseModel):
                     raise ValueError(f"node {node.name}: config ip {vpn!r} is not A.B.C.D[/len]") from e
             if not isinstance(cfg.get("peers", []), list):
                 raise ValueError(f"node {node.name}: config peers must be a list")
+            for peer in cfg.get("peers", []):
+                # Names of lab nodes are resolved by now; what is left must be an address or host name.
+                problem = host_port_problem(str(peer), port_required=False)
+                if problem:
+                    raise ValueError(f"node {node.name}: config peers: {problem}")
         return self
 
     def node(self, name: str) -> LabNode:
@@ -244,26 +266,31 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_spec(text: str, source: str = "<lab file>") -> LabSpec:
-    """Parse lab-file YAML text; :class:`LabError` names the file, line or field that is wrong."""
+    """Parse lab-file YAML text; :class:`LabError` names the file, line and field that are wrong.
+
+    The message has one problem per line in the style of the mesh loader (``FILE:LINE: FIELD: MESSAGE``).
+    """
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise LabError(f"{source}: not valid YAML{where}: {problem}") from None
+        root = compose(text, source)
+        data = construct(root, source) if root is not None else None
+    except InputError as e:
+        raise _file_error(e.items) from None
     if not isinstance(data, dict):
-        raise LabError(
-            f"{source}: expected a mapping with name, underlay and nodes, got {type(data).__name__}"
-        )
+        line = root.start_mark.line + 1 if root is not None else None
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        item = ErrorItem(source, line, "", f"expected a mapping with name, underlay and nodes, got {got}")
+        raise _file_error([item])
+    wrong = wrong_kind(source, data, "lab")
+    if wrong is not None:
+        raise _file_error(wrong.items)
     try:
         return LabSpec.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise LabError(f"{source}: invalid lab file:\n" + "\n".join(lines)) from None
+        raise _file_error(validation_items(e, LabSpec, Located(root), source)) from None
+
+
+def _file_error(items: list[ErrorItem]) -> LabError:
+    return LabError("\n".join(str(i) for i in items), [str(i) for i in items])
 
 
 def load_spec(path: str | Path) -> LabSpec:
@@ -272,7 +299,7 @@ def load_spec(path: str | Path) -> LabSpec:
     try:
         text = p.read_text()
     except OSError as e:
-        raise LabError(f"cannot read lab file {p}: {e.strerror}") from None
+        raise LabError(f"{p}: cannot read lab file: {e.strerror}") from None
     return parse_spec(text, str(p))
 
 

@@ -1,7 +1,7 @@
 """ACLs, policy tests and key expiry in the mesh description; the per-node security file.
 
-The models here are meant to be referenced from ``MeshFile`` (``vpncloud/mesh/models.py``) as two
-optional top-level keys of ``mesh.yaml``::
+The models (:class:`~vpncloud.mesh.models.AclSpec`) live in ``vpncloud/mesh/models.py`` beside
+``MeshFile``; they are two optional top-level keys of ``mesh.yaml``::
 
     acl:
       rules:
@@ -18,7 +18,7 @@ Rule members are group names (``groups`` of nodes), node names, ``*`` (every nod
 denied once an ``acl`` section exists; without one, nodes allow everything (the original's behaviour).
 
 Where this goes: :func:`check_security` returns :class:`~vpncloud.mesh.models.Problem` s (unknown
-members, malformed tests, *failing* tests) for the loader/plan to report as errors;
+members, malformed tests, *failing* tests) that the loader reports with those of ``check_mesh``;
 :func:`expiry_warnings` returns ``(kind, message)`` pairs for plan warnings; :func:`security_file`
 renders the per-node file ``/etc/vpncloud/<mesh>.security.yaml`` that the daemon loads with
 ``vpncloud/daemon/security_file.py`` (the original's config file rejects unknown keys, so this cannot
@@ -32,16 +32,17 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
 from vpncloud.core.acl import AclPolicy, AclRule, parse_port_range
 from vpncloud.core.errors import ConfigError
 
-if TYPE_CHECKING:  # models.py imports this module (MeshFile.acl), so no runtime import here
-    from .models import Mesh, Node, Problem
+# models.py owns the ACL's pydantic models (MeshFile.acl needs them), so this module depends on it and
+# never the other way round.
+from .models import AclRuleSpec, AclSpec, Mesh, Node, Problem, known_names, unknown_node
+from .sourcefile import host_bits_hint
 
 __all__ = [
     "AclRuleSpec",
@@ -60,35 +61,6 @@ __all__ = [
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 KeyExpiry = dict[str, dt.date | dt.datetime]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class AclRuleSpec(_Model):
-    """One allow rule: traffic from any ``from`` member to any ``to`` member."""
-
-    from_: list[str] = Field(
-        alias="from", min_length=1, description="Sources: group names, node names, '*' or networks."
-    )
-    to: list[str] = Field(min_length=1, description="Destinations: group names, node names, '*' or networks.")
-    proto: Literal["any", "tcp", "udp", "icmp"] = Field("any", description="IP protocol (icmp: v4 and v6).")
-    ports: list[int | str] = Field(
-        default_factory=list, description="Destination ports or ranges ('8000-8100'); tcp/udp only."
-    )
-    name: str | None = Field(default=None, description="Shown in errors and the node's status.")
-
-
-class AclSpec(_Model):
-    """Allow rules (default deny once present) and policy tests checked by ``vpncloud plan``."""
-
-    rules: list[AclRuleSpec] = Field(default_factory=list, description="Allow rules.")
-    tests: list[str] = Field(
-        default_factory=list,
-        description="Policy tests like 'a -> b:22 allowed', 'c -> b denied', 'a -> b:53/udp allowed'.",
-    )
-    allow_non_ip: bool = Field(default=True, description="TAP mode: let ARP and other non-IP frames pass.")
 
 
 # --- members and compilation ----------------------------------------------------------------------
@@ -123,9 +95,16 @@ def _resolve(mesh: Mesh, member: str) -> list[IPNet] | None:
 def _members(mesh: Mesh, members: Iterable[str]) -> tuple[IPNet, ...]:
     out: list[IPNet] = []
     for m in members:
+        hint = host_bits_hint(m)
+        if hint:
+            raise ConfigError(hint)
         nets = _resolve(mesh, m)
         if nets is None:
-            raise ConfigError(f"unknown group, node or network {m!r}")
+            groups = sorted({g for node in mesh.nodes for g in node.groups})
+            raise ConfigError(
+                f"unknown group, node or network {m!r} "
+                f"({known_names('nodes', [n.name for n in mesh.nodes])}; {known_names('groups', groups)})"
+            )
         out.extend(n for n in nets if n not in out)
     return tuple(out)
 
@@ -201,7 +180,7 @@ def run_policy_tests(mesh: Mesh, acl: AclSpec, policy: AclPolicy | None = None) 
         t = parse_test(text)
         for name in (t.src, t.dst):
             if name not in by_name:
-                raise ConfigError(f"policy test {text!r}: unknown node {name!r}")
+                raise ConfigError(f"policy test {text!r}: {unknown_node(mesh, name)}")
         src = by_name[t.src].vpn_address.packed
         dst = by_name[t.dst].vpn_address.packed
         got = policy.permits(src, dst, t.proto, t.port)
@@ -218,8 +197,6 @@ def check_security(
     mesh: Mesh, acl: AclSpec | None, key_expiry: Mapping[str, Any] | None = None
 ) -> list[Problem]:
     """Plan-time errors: unknown members, malformed or failing policy tests, expiry of unknown nodes."""
-    from .models import Problem
-
     problems: list[Problem] = []
     if acl is not None:
         policy: AclPolicy | None = None
@@ -241,7 +218,7 @@ def check_security(
     names = {n.name for n in mesh.nodes}
     for name in key_expiry or {}:
         if name not in names:
-            problems.append(Problem(("key_expiry", name), f"unknown node {name!r}"))
+            problems.append(Problem(("key_expiry", name), unknown_node(mesh, name)))
     return problems
 
 

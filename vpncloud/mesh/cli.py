@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -21,6 +22,7 @@ from .keystore import Keystore, KeystoreError
 from .loader import MeshError, load_meshes
 from .models import Mesh, MeshFile
 from .plan import Plan, PlanError, compute_plan, compute_rotation, print_lines, print_plan, rotation_lines
+from .sourcefile import file_kind, print_errors, usage_error
 from .state import StateError, load_state
 
 __all__ = ["main", "mesh_schema"]
@@ -35,9 +37,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "mesh.schema.jso
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> NoReturn:
+        usage_error(self, message, EXIT_ERROR)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -83,7 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vpncloud", description="Declarative VpnCloud mesh orchestration")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    plan = sub.add_parser("plan", help="Show what apply would change")
+    plan = sub.add_parser(
+        "plan",
+        help="Show what apply would change",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare mesh description(s) with the applied state and the keystore and show what\n"
+        "apply would create, change, replace or destroy. Nothing is changed. Several files are\n"
+        "checked against each other (ports and mesh names per host).",
+        epilog="examples:\n"
+        "  vpncloud plan inventories/lab/mesh.yaml\n"
+        "  vpncloud plan mesh.yaml -out next.plan     # then: vpncloud apply next.plan\n"
+        "  vpncloud plan mesh.yaml --detailed-exitcode  # exit 2 when there are changes",
+    )
     plan.add_argument("mesh", nargs="+", type=Path, help="mesh.yaml file(s)")
     _common(plan)
     plan.add_argument("--json", action="store_true", help="Print the plan as JSON")
@@ -92,12 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("-out", "--out", type=Path, help="Save the plan for 'apply FILE' (one mesh only)")
 
-    apply = sub.add_parser("apply", help="Apply a mesh file or a saved plan")
+    apply = sub.add_parser(
+        "apply",
+        help="Apply a mesh file or a saved plan",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make the nodes match the mesh description: create missing keys, render and deploy\n"
+        "the configs, restart or reload the nodes and wait until the mesh is healthy. Given a plan\n"
+        "saved with 'plan -out' (any file name), apply exactly that plan, or refuse it when stale.",
+        epilog="examples:\n"
+        "  vpncloud apply inventories/lab/mesh.yaml\n"
+        "  vpncloud apply next.plan\n"
+        "  vpncloud apply inventories/fleet/mesh.yaml --target ansible --ansible-arg=--check",
+    )
     apply.add_argument("source", type=Path, help="mesh.yaml or a plan saved with plan -out")
     _common(apply)
     _target_args(apply)
 
-    rotate = sub.add_parser("rotate", help="Plan (and with --apply run) a phased key rotation")
+    rotate = sub.add_parser(
+        "rotate",
+        help="Plan (and with --apply run) a phased key rotation",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Rotate one node's key in three phases (trust the new key everywhere, switch the\n"
+        "node to it, drop the old key) so the mesh never loses a link. Without --apply only the\n"
+        "phases are shown.",
+        epilog="examples:\n"
+        "  vpncloud rotate inventories/lab/mesh.yaml b\n"
+        "  vpncloud rotate inventories/lab/mesh.yaml b --apply",
+    )
     rotate.add_argument("mesh", type=Path, help="mesh.yaml")
     rotate.add_argument("node", help="Node whose key rotates")
     _common(rotate)
@@ -107,7 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--json", action="store_true", help="Print the rotation plan as JSON")
 
-    schema = sub.add_parser("schema", help="Write the JSON Schema of mesh.yaml")
+    schema = sub.add_parser(
+        "schema",
+        help="Write the JSON Schema of mesh.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write the JSON Schema of the mesh description, generated from the models that\n"
+        "validate it; editors use it for completion and checks.",
+        epilog="examples:\n"
+        "  vpncloud schema                # writes schemas/mesh.schema.json\n"
+        "  vpncloud schema -o - | less",
+    )
     schema.add_argument("-o", "--output", type=Path, default=SCHEMA_PATH, help="Output file ('-' = stdout)")
     return p
 
@@ -153,24 +195,32 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
         for plan in plans:
             print_plan(plan, out)
         if ns.out is not None:
+            # soft_wrap: a wrapped command line cannot be copied and pasted
             out.print(f"\nSaved the plan to {ns.out}. To perform exactly these actions, run:\n"
-                      f"    vpncloud apply {ns.out}", highlight=False)  # fmt: skip
+                      f"    vpncloud apply {ns.out}", highlight=False, soft_wrap=True)  # fmt: skip
     if ns.detailed_exitcode and any(p.has_changes for p in plans):
         return EXIT_CHANGES
     return EXIT_OK
 
 
 def _load_source(source: Path) -> tuple[Mesh, str, str | None]:
-    """A mesh file, or a saved plan pointing at one: (mesh, mesh file, expected inputs hash)."""
-    if source.suffix == ".json":
-        try:
-            saved = Plan.model_validate_json(source.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise PlanError(f"{source}: not a saved plan") from None
-        if not saved.mesh_file:
-            raise PlanError(f"{source}: the saved plan does not name its mesh file")
-        return load_meshes([saved.mesh_file])[0], saved.mesh_file, saved.inputs_hash
-    return load_meshes([source])[0], str(source), None
+    """A mesh file, or a saved plan pointing at one: (mesh, mesh file, expected inputs hash).
+
+    Which of the two is judged by content, not by name: ``plan -out`` takes any file name.
+    """
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None  # not JSON, so not a saved plan; the mesh loader says what is wrong with it
+    if file_kind(data) != "plan":
+        return load_meshes([source])[0], str(source), None
+    try:
+        saved = Plan.model_validate(data)
+    except ValueError:
+        raise PlanError(f"{source}: not a valid saved plan (made by another version?)") from None
+    if not saved.mesh_file:
+        raise PlanError(f"{source}: the saved plan does not name its mesh file")
+    return load_meshes([saved.mesh_file])[0], saved.mesh_file, saved.inputs_hash
 
 
 def _apply(ns: argparse.Namespace, out: Console) -> int:
@@ -243,18 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _rotate(ns, out)
         return _schema(ns)
     except MeshError as exc:
-        for item in exc.items:
-            err.print(f"Error: {item}", style="red", highlight=False, markup=False, soft_wrap=True)
+        print_errors(err, [str(item) for item in exc.items])
     except (PlanError, ApplyError, KeystoreError, StateError) as exc:
-        err.print(f"Error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+        print_errors(err, [str(exc)])
     except OSError as exc:
-        err.print(
-            f"Error: {exc.filename or ''}: {exc.strerror}",
-            style="red",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        print_errors(err, [f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc)])
     return EXIT_ERROR
 
 

@@ -8,8 +8,8 @@ the descriptions become ``schemas/mesh.schema.json``, which editors use for comp
 ``SecretStr`` so they are masked in ``repr``, dumps, plans and logs.
 
 Single-field rules live in the models; rules that relate several fields or nodes live in
-:func:`check_mesh`, which returns problems with a location (``loc``) so the loader can point at the
-YAML line of the offending field.
+:func:`check_mesh` (ACL rules and tests in :func:`vpncloud.mesh.acl.check_security`), which return
+problems with a location (``loc``) so the loader can point at the YAML line of the offending field.
 """
 
 from __future__ import annotations
@@ -17,15 +17,25 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import itertools
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
-
-from .acl import AclSpec, check_security
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
+    "AclRuleSpec",
+    "AclSpec",
     "Beacons",
     "Mesh",
     "MeshFile",
@@ -60,6 +70,61 @@ Seconds = Annotated[int, Field(ge=1, le=4294967295)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Letters, digits, '-' (and '_', which inventories and /etc/hosts accept) between dots, 1-63 each.
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def host_problem(value: str) -> str | None:
+    """Why ``value`` is neither an IP address nor a host name; None when it is one of them.
+
+    A name whose last label is a number was meant as an IPv4 address (``10.98.0.300``): resolvers would
+    try it as a name and fail only at apply time, on the node.
+    """
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+            return None
+        except ValueError:
+            return f"{value} is not a valid IPv6 address"
+    labels = value.removesuffix(".").split(".")
+    if labels[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(value)
+            return None
+        except ValueError:
+            return f"{value} is not a valid IPv4 address (four numbers 0-255)"
+    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        return f"{value!r} is neither an IP address nor a host name (labels of letters, digits and '-')"
+    return None
+
+
+def host_port_problem(value: str, *, port_required: bool) -> str | None:
+    """Like :func:`host_problem` for ``HOST``, ``HOST:PORT``, ``IPV6`` or ``[IPV6]:PORT``."""
+    host, port = value, None
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return f"{value!r} is not HOST:PORT or [IPV6]:PORT"
+        port = rest[1:] if rest else None
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if port is None and port_required:
+        return f"{value!r} has no port (HOST:PORT)"
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return f"port {port!r} of {value!r} is not a number from 1 to 65535"
+    return host_problem(host) if host else f"{value!r} has no host"
+
+
+def _valid_host(value: str) -> str:
+    problem = host_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Host = Annotated[str, AfterValidator(_valid_host)]
 
 
 class Timers(_Model):
@@ -100,6 +165,14 @@ class NodeSettings(_Model):
     hooks: dict[HookEvent, str] | None = Field(
         default=None, description="Per-event shell commands (event -> command)."
     )
+
+    @field_validator("statsd_server")
+    @classmethod
+    def _statsd_host_port(cls, value: str | None) -> str | None:
+        problem = value and host_port_problem(value, port_required=True)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("device_name")
     @classmethod
@@ -180,11 +253,11 @@ class Node(_Model):
     """One member of the mesh: where it runs, how it is reached, what it routes."""
 
     name: Name = Field(description="Node name, unique in the mesh; also its name in the hosts block.")
-    host: str = Field(
+    host: Host = Field(
         min_length=1,
         description="Where the node runs: SSH address / inventory host (lab: the namespace name).",
     )
-    underlay: str | None = Field(
+    underlay: Host | None = Field(
         default=None,
         description="Address other nodes connect to (IP or DNS name); required unless behind_nat.",
     )
@@ -219,9 +292,40 @@ class Node(_Model):
     @classmethod
     def _advertise_form(cls, values: list[str]) -> list[str]:
         for value in values:
-            if not value or any(c.isspace() for c in value):
-                raise ValueError(f"invalid address {value!r}")
+            problem = host_port_problem(value, port_required=False)
+            if problem:
+                raise ValueError(problem)
         return values
+
+
+class _AclModel(BaseModel):
+    # populate_by_name: code builds rules with from_=..., files spell it "from"
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class AclRuleSpec(_AclModel):
+    """One allow rule: traffic from any ``from`` member to any ``to`` member."""
+
+    from_: list[str] = Field(
+        alias="from", min_length=1, description="Sources: group names, node names, '*' or networks."
+    )
+    to: list[str] = Field(min_length=1, description="Destinations: group names, node names, '*' or networks.")
+    proto: Literal["any", "tcp", "udp", "icmp"] = Field("any", description="IP protocol (icmp: v4 and v6).")
+    ports: list[int | str] = Field(
+        default_factory=list, description="Destination ports or ranges ('8000-8100'); tcp/udp only."
+    )
+    name: str | None = Field(default=None, description="Shown in errors and the node's status.")
+
+
+class AclSpec(_AclModel):
+    """Allow rules (default deny once present) and policy tests checked by ``vpncloud plan``."""
+
+    rules: list[AclRuleSpec] = Field(default_factory=list, description="Allow rules.")
+    tests: list[str] = Field(
+        default_factory=list,
+        description="Policy tests like 'a -> b:22 allowed', 'c -> b denied', 'a -> b:53/udp allowed'.",
+    )
+    allow_non_ip: bool = Field(default=True, description="TAP mode: let ARP and other non-IP frames pass.")
 
 
 class Beacons(_Model):
@@ -241,7 +345,7 @@ class WebSocketProxy(_Model):
     """A ``vpncloud ws-proxy`` instance that nodes without UDP can connect through."""
 
     name: Name = Field(description="Proxy name, referenced by nodes' websocket_proxy.")
-    host: str = Field(min_length=1, description="Host the proxy runs on (and the URL host).")
+    host: Host = Field(min_length=1, description="Host the proxy runs on (and the URL host).")
     port: Port = Field(default=3210, description="TCP port the proxy listens on.")
 
 
@@ -284,6 +388,19 @@ class Problem:
 
     loc: tuple[str | int, ...]
     message: str
+
+
+def known_names(kind: str, names: list[str], limit: int = 20) -> str:
+    """``nodes: a, b, c`` for an 'unknown ...' message; long lists are cut, meshes reach 1,000s of nodes."""
+    if not names:
+        return f"no {kind}"
+    shown = ", ".join(names[:limit])
+    return f"{kind}: {shown}" + (f", and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def unknown_node(mesh: Mesh, name: str) -> str:
+    """The message for a node name that the mesh does not have, naming the ones it has."""
+    return f"unknown node {name!r} ({known_names('nodes', [n.name for n in mesh.nodes])})"
 
 
 def node_port(mesh: Mesh, node: Node) -> int:
@@ -394,7 +511,11 @@ def check_mesh(mesh: Mesh) -> list[Problem]:
             )
         if node.websocket_proxy and node.websocket_proxy not in proxies:
             problems.append(
-                Problem(("nodes", i, "websocket_proxy"), f"unknown websocket proxy {node.websocket_proxy!r}")
+                Problem(
+                    ("nodes", i, "websocket_proxy"),
+                    f"unknown websocket proxy {node.websocket_proxy!r} "
+                    f"({known_names('websocket_proxies', sorted(proxies))})",
+                )
             )
         reachable = bool(public_peers(mesh, node)) or (
             not node.behind_nat and any(o is not node for o in mesh.nodes)
@@ -419,7 +540,6 @@ def check_mesh(mesh: Mesh) -> list[Problem]:
                     f"one instance vpncloud@{mesh.mesh.name} per host",
                 )
             )
-    problems += check_security(mesh, mesh.acl, mesh.key_expiry)
     return problems
 
 

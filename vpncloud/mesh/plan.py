@@ -29,7 +29,7 @@ from rich.text import Text
 
 from .acl import expiry_warnings, security_file
 from .keystore import Keystore
-from .models import Mesh, overlapping_claims, public_peers
+from .models import Mesh, overlapping_claims, public_peers, unknown_node
 from .render import UNKNOWN, KeyView, Sensitive, Unknown, flatten, hosts_block, render_mesh
 from .state import MeshState, decode_attrs
 
@@ -436,7 +436,7 @@ def compute_rotation(mesh: Mesh, keystore: Keystore, state: MeshState, node: str
     if mesh.mesh.auth != "keys":
         raise PlanError("key rotation needs auth: keys (password meshes have no per-node keys)")
     if node not in {n.name for n in mesh.nodes}:
-        raise PlanError(f"unknown node {node!r}")
+        raise PlanError(unknown_node(mesh, node))
     if f"node.{node}" not in state.resources:
         raise PlanError(f"node {node!r} is not applied yet; apply the mesh first")
     progress = state.rotation
