@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=stage.sh
 . scripts/stage.sh
 
-APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv)
+# prometheus: only for promtool (the metrics test lints the exposition with `promtool check metrics`)
+APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv
+    prometheus)
 
 t0=$(date +%s)
 missing=()
