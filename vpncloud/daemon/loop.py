@@ -870,7 +870,9 @@ class Daemon:
             self.node.remove_configured_peer(name)
         new.routes = self.config.routes
         new.control_socket = self.config.control_socket
-        new.metrics_listen = self.config.metrics_listen  # the server keeps running; a restart moves it
+        if new.metrics_listen != self.config.metrics_listen:
+            log.warning("metrics-listen changed: the metrics endpoint moves at the next restart")
+        new.metrics_listen = self.config.metrics_listen
         new.stats_interval = self.config.stats_interval
         self.config = new
         for name in new_peers:
