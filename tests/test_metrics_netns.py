@@ -14,6 +14,7 @@ from reach_support import in_netns, wait_for
 from test_daemon_netns import PASSWORD, PY, SNIFF, SPOOF, VNode, full_mesh, ping
 from test_metrics import Samples, parse
 
+from vpncloud.daemon.metrics import FAMILIES
 from vpncloud.lab.netns import Netns
 
 pytestmark = pytest.mark.netns
@@ -46,6 +47,7 @@ def test_metrics_endpoint_of_a_real_daemon(lan3: Any, tmp_path: Path) -> None:
     peer = b.node_id()
 
     m = parse(fetch(a_ns, 9100))
+    assert set(m) == set(FAMILIES)  # the declaration the dashboard test checks against
     assert m["vpncloud_peers_connected"][()] == 1
     assert m["vpncloud_handshakes_total"][(("result", "completed"),)] >= 1
     (info,) = m["vpncloud_info"]
