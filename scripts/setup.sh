@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 # shellcheck source=stage.sh
 . scripts/stage.sh
 
-# prometheus: only for promtool (the metrics test lints the exposition with `promtool check metrics`)
+# prometheus: only for promtool (the metrics tests lint the exposition and the dashboard queries);
+# graphviz: `dot` renders `vpncloud lab status --dot` as SVG
 APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv
-    prometheus)
+    prometheus graphviz)
 
 t0=$(date +%s)
 missing=()

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from vpncloud.lab.dot import write_dot
 from vpncloud.lab.lab import LabError, LabStatus, lab_down, lab_status, lab_up, load_spec
 
 __all__ = ["build_parser", "main", "render"]
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("file", help="lab file (YAML) or lab name")
     sub.choices["status"].add_argument("--no-ping", action="store_true", help="skip the ping matrix")
+    sub.choices["status"].add_argument(
+        "--dot",
+        type=Path,
+        metavar="FILE",
+        help="also write the mesh as Graphviz DOT (and FILE.svg with `dot`)",
+    )
     return p
 
 
@@ -119,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         status = lab_status(name, args.state_dir, ping=not args.no_ping)
         render(status, out)
+        if args.dot is not None:
+            out.print("wrote " + ", ".join(str(p) for p in write_dot(status, args.dot)))
         return 0 if status.whole and (args.no_ping or status.ping_ok) else 1
     except LabError as e:
         err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
