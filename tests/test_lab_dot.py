@@ -7,9 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import test_lab
+from test_lab import _example, _lab_cli, needs_daemon
 
 from vpncloud.lab import lab
 from vpncloud.lab.dot import lab_dot, write_dot
+
+# the lab tests' fixtures: a short private state root and a lab name cleaned up afterwards
+lab_root = test_lab.lab_root
+lab_name = test_lab.lab_name
 
 
 def three_nodes() -> lab.LabStatus:
@@ -58,3 +64,19 @@ def test_dot_renders_to_svg(tmp_path: Path) -> None:
     # what dot itself parses back: the same graph
     plain = subprocess.run([dot, "-Tplain", str(written[0])], capture_output=True, text=True, check=True)
     assert plain.stdout.count("\nedge ") == 3
+
+
+@pytest.mark.netns
+@needs_daemon
+def test_dot_of_a_running_lab(lab_root: Path, lab_name: str, tmp_path: Path) -> None:
+    try:
+        assert lab.lab_up(_example(lab_name), lab_root, timeout=60).whole
+        out = tmp_path / "mesh.dot"
+        res = _lab_cli(lab_root, "status", lab_name, "--no-ping", "--dot", str(out))
+        assert res.returncode == 0, res.stdout + res.stderr
+        text = out.read_text()
+        assert text.count(" -- ") == 3 and "red" not in text  # the example lab is a whole mesh of 3
+        if shutil.which("dot"):
+            assert "<svg" in (tmp_path / "mesh.dot.svg").read_text()
+    finally:
+        lab.lab_down(lab_name, lab_root)
