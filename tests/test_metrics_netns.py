@@ -3,7 +3,9 @@ traffic through the tunnel and real dropped datagrams, agree with ``status``, an
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -106,6 +108,12 @@ def test_metrics_endpoint_of_a_real_daemon(lan3: Any, tmp_path: Path) -> None:
     wait_for(replayed, 20, interval=0.5, what="replay counted")
     assert a.alive() and "Traceback" not in a.log_text()
 
+    # a second daemon asking for the same endpoint stops at startup with one clear line
+    dup = VNode(lan3.topo, a_ns, "dup", tmp_path, ["-p", PASSWORD, "-l", "3299", "--metrics-listen", "9100"])
+    assert dup.proc is not None and dup.proc.wait(timeout=20) == 255
+    assert "Failed to open metrics endpoint 127.0.0.1:9100: Address already in use" in dup.log_text()
+    assert a.alive()
+
 
 def test_promtool_accepts_the_exposition(lan3: Any, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
@@ -116,3 +124,37 @@ def test_promtool_accepts_the_exposition(lan3: Any, tmp_path: Path) -> None:
     assert "vpncloud_peer_traffic_bytes_total{" in text
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_daemonized_unprivileged_node_serves_a_low_port(lan3: Any, tmp_path: Path) -> None:
+    # the socket is bound before the privilege drop and the fork; the thread starts in the child
+    a_ns = lan3.nodes["a"]
+    a_ns.link_up("lo")
+    os.chmod(tmp_path, 0o755)
+    pid_file = tmp_path / "a.pid"
+    r = a_ns.run(
+        [PY, "-m", "vpncloud", "--no-port-forwarding", "-p", PASSWORD, "--ip", "10.100.0.1/24",
+         "--daemon", "--pid-file", str(pid_file), "--log-file", str(tmp_path / "a.log"),
+         "--control-socket", str(tmp_path / "a.sock"), "--user", "nobody", "--group", "nogroup",
+         "--metrics-listen", "127.0.0.1:91"],
+        check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, what="pid file"))
+    try:
+        text = wait_for(lambda: _try_fetch(a_ns, 91), 10, interval=0.2, what="metrics of the daemon")
+        assert parse(text)["vpncloud_peers_connected"][()] == 0
+        status_line = next(
+            x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Uid:")
+        )
+        assert status_line.split()[1] == "65534"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, interval=0.1, what="daemon exit")
+
+
+def _try_fetch(ns: Netns, port: int) -> str | None:
+    try:
+        return fetch(ns, port)
+    except OSError:
+        return None

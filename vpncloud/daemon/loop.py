@@ -222,6 +222,7 @@ class Daemon:
         self._set_own_addresses()
         self._start_port_forwarding()
         self._open_control()
+        self._open_metrics()
         if self.routes is None and self._routing_wanted():
             own = []
             if cfg.ip:
@@ -363,7 +364,6 @@ class Daemon:
         log.debug("Control socket at %s", path)
 
     def _open_metrics(self) -> None:
-        # Here, not in setup(): after --daemon's fork, whose child would not inherit the thread.
         if not self.config.metrics_listen:
             return
         from .metrics import LoopSnapshot, MetricsServer
@@ -374,7 +374,6 @@ class Daemon:
             self.metrics = MetricsServer(host, port, snapshot)
         except OSError as exc:
             raise Fatal(f"Failed to open metrics endpoint {host}:{port}: {exc.strerror or exc}") from None
-        log.info("Serving metrics on http://%s:%d/metrics", *self.metrics.address)
 
     def _start_port_forwarding(self) -> None:
         """UPnP port mapping (spec 17), UDP socket mode only; discovery runs on a helper thread."""
@@ -425,12 +424,10 @@ class Daemon:
         self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         if self.control is not None:
             self.sel.register(self.control.fileno(), selectors.EVENT_READ, self._on_control_accept)
-        try:
-            self._open_metrics()
-        except Fatal as exc:
-            log.error("%s", exc)
-            self.close()
-            return EXIT_FATAL
+        if self.metrics is not None:
+            # the serving thread starts here, in the process that runs the loop (after --daemon's fork)
+            self.metrics.start()
+            log.info("Serving metrics on http://%s:%d/metrics", *self.metrics.address)
         old = self._install_signals()
         try:
             self.hooks.fire("vpn_started", self._env())

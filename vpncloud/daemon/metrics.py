@@ -12,11 +12,14 @@ exists, so a flood from spoofed addresses cannot create series.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
@@ -223,20 +226,44 @@ class LoopSnapshot:
         return box[0]
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every few seconds must not end up on stderr (the daemon's log)
+
+
 class MetricsServer:
-    """prometheus_client's HTTP server on its own thread, with a registry of just our collector."""
+    """prometheus_client's WSGI app on a threaded HTTP server, with a registry of just our collector.
+
+    The socket is bound when this is made (in ``Daemon.setup``, before ``--daemon`` forks and before
+    the privilege drop, so a port below 1024 works); requests are served once :meth:`start` runs.
+    """
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(snapshot))
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        server = _Server6 if ":" in host else _Server
+        self._server = make_server(host, port, make_wsgi_app(self.registry), server, _QuietHandler)
+        self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(2.0)
         self._server.server_close()
-        self._thread.join(2.0)
