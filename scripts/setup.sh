@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 # shellcheck source=stage.sh
 . scripts/stage.sh
 
-APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv)
+# prometheus: only for promtool (the metrics tests lint the exposition and the dashboard queries);
+# graphviz: `dot` renders `vpncloud lab status --dot` as SVG
+APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv
+    prometheus graphviz)
 
 t0=$(date +%s)
 missing=()

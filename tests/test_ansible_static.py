@@ -12,6 +12,7 @@ import yaml
 from test_ansible_support import COLLECTION, PLAYBOOKS, REPO, ansible_env, ansible_missing, playbook, tool
 
 from vpncloud import ansible_specs
+from vpncloud.config import Config, load_config_text
 from vpncloud.mesh.keystore import Keystore
 from vpncloud.mesh.models import MeshFile
 
@@ -227,6 +228,38 @@ def test_node_config_rotation_phases(tmp_path: Path) -> None:
     beta3 = yaml.safe_load(mesh_filters.node_config(_mesh(), "beta", keys, "alpha", 3))
     assert new.private_key.get_secret_value() not in str(beta3)
     assert new.public_key in beta3["crypto"]["trusted-keys"]
+
+
+def test_metrics_listen_from_the_mesh_and_the_role_variable(tmp_path: Path) -> None:
+    store = Keystore(tmp_path / "keys")
+    for n in ("alpha", "beta", "gamma"):
+        store.ensure("testnet", n)
+    keys = str(tmp_path / "keys")
+    assert "metrics-listen" not in yaml.safe_load(mesh_filters.node_config(_mesh(), "alpha", keys))
+    mesh = _mesh()
+    mesh["mesh"] = {**mesh["mesh"], "defaults": {"metrics_listen": "9100"}}  # type: ignore[dict-item]
+    nodes = list(mesh["nodes"])  # type: ignore[call-overload]
+    nodes[1] = {**nodes[1], "overrides": {"metrics_listen": "0.0.0.0:9200"}}
+    mesh["nodes"] = nodes
+
+    def listen(node: str, role_var: str = "") -> object:
+        text = mesh_filters.node_config(mesh, node, keys, "", 0, False, role_var)
+        cfg = load_config_text(text)  # the daemon reads what the role writes
+        config = Config()
+        config.merge(cfg)
+        config.validate()
+        return config.metrics_listen
+
+    assert listen("alpha") == "9100"
+    assert listen("beta") == "0.0.0.0:9200"
+    assert listen("alpha", "[::1]:9300") == "[::1]:9300"  # the role variable wins
+    with pytest.raises(Exception, match="metrics_listen"):
+        MeshFile.model_validate(_mesh(mesh={"name": "x", "vpn_network": "10.1.0.0/24",
+                                            "defaults": {"metrics_listen": "somewhere"}}))  # fmt: skip
+    # moving the endpoint needs a restart (the daemon keeps it over a reload)
+    plain = mesh_filters.node_config(_mesh(), "alpha", keys)
+    with_metrics = mesh_filters.node_config(mesh, "alpha", keys)
+    assert mesh_filters.restart_fingerprint(plain) != mesh_filters.restart_fingerprint(with_metrics)
 
 
 def test_missing_key_fails_clearly(tmp_path: Path) -> None:

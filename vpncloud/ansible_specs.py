@@ -251,6 +251,14 @@ NODE_VARS = [
         True,
     ),
     RoleVar("vpncloud_hosts_file", "The hosts file that gets the mesh's block.", "str", "/etc/hosts"),
+    RoleVar(
+        "vpncloud_metrics_listen",
+        "Prometheus metrics endpoint of this node ([ADDR]:PORT; a port alone = 127.0.0.1:PORT); "
+        "overrides the mesh's metrics_listen (defaults/overrides); '' = the mesh's setting, which is "
+        "off unless set. Not applied to vpncloud_config_src, which is copied as rendered.",
+        "str",
+        "",
+    ),
 ]
 HEALTH_VARS = [
     RoleVar("vpncloud_mesh", "", "dict", required=True),

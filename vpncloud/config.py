@@ -136,10 +136,15 @@ class ConfigFile:
     group: str | None = None
     hook: str | None = None
     hooks: dict[str, str] = field(default_factory=dict)
+    # ours
+    metrics_listen: str | None = None
 
     def to_yaml(self) -> str:
         """Serialise every field with kebab-case keys, unset ones as null (like ``migrate-config``)."""
         return yaml.safe_dump(_kebab(self), sort_keys=False, default_flow_style=False)
+
+
+_OURS_OPTIONAL = frozenset({"metrics_listen"})
 
 
 def _kebab(obj: Any) -> dict[str, Any]:
@@ -147,6 +152,8 @@ def _kebab(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        if value is None and f.name in _OURS_OPTIONAL:
+            continue  # an unset key of ours stays out: the file reads like the original's
         if dataclasses.is_dataclass(value):
             value = _kebab(value)
         elif isinstance(value, list | dict):
@@ -210,6 +217,7 @@ _TOP_SCHEMA: Schema = {
     "group": ("group", _STR),
     "hook": ("hook", _STR),
     "hooks": ("hooks", _STRMAP),
+    "metrics-listen": ("metrics_listen", _STR),
 }
 
 
@@ -554,6 +562,7 @@ class Config:
     # ours
     control_socket: str | None = None
     security_file: str | None = None
+    metrics_listen: str | None = None
     routes: bool = True
     stats_interval: int = 60
     config_path: str | None = None
@@ -599,6 +608,7 @@ class Config:
         self.group = _pick(src.group, self.group)
         self.hook = _pick(src.hook, self.hook)
         self.hooks = {**self.hooks, **src.hooks}
+        self.metrics_listen = _pick(src.metrics_listen, self.metrics_listen)
 
     def get_keepalive(self) -> int:
         """Configured keepalive or max(peer_timeout/2 - 60, 1) (spec 13)."""
@@ -629,6 +639,8 @@ class Config:
             raise ConfigError("statsd prefix given without a statsd server")
         for name in self.crypto.algorithms:
             _parse_algorithm(name)
+        if self.metrics_listen:
+            parse_metrics_listen(self.metrics_listen)
 
 
 def _pick(new: Any, old: Any) -> Any:
@@ -641,6 +653,27 @@ def parse_listen_addr(text: str) -> SocketAddr:
         return parse_listen(text, DEFAULT_PORT)
     except DecodeError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def parse_metrics_listen(text: str) -> tuple[str, int]:
+    """``[HOST]:PORT`` or ``PORT`` of the metrics endpoint -> (host, port); no host = 127.0.0.1.
+
+    Unlike the VPN socket, the default is loopback: metrics say who talks to whom, and exposing them
+    must be a decision (``0.0.0.0:9100``, ``[::]:9100``).
+    """
+    raw = text.strip()
+    host, sep, port = raw.rpartition(":")
+    if not sep:
+        host, port = "", raw
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"invalid metrics address {text!r}: expected [IP]:PORT or PORT") from None
+    if not 0 < number < 65536:
+        raise ConfigError(f"invalid metrics address {text!r}: port out of range")
+    return host, number
 
 
 def parse_claim(text: str) -> Range:
@@ -818,6 +851,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-routes", action="store_true", help="Do not program kernel routes for remote claims")
     p.add_argument(
+        "--metrics-listen",
+        metavar="[ADDR]:PORT",
+        help="Serve Prometheus metrics over HTTP on this address (off by default); a port alone or "
+        "':PORT' means 127.0.0.1:PORT, e.g. 9100; use 0.0.0.0:PORT to expose them",
+    )
+    p.add_argument(
         "--security-file",
         metavar="FILE",
         help="ACL and key expiry written by `vpncloud apply` (default: NAME.security.yaml beside "
@@ -897,6 +936,7 @@ def overlay_from_args(ns: argparse.Namespace) -> ConfigFile:
         pid_file=ns.pid_file,
         stats_file=ns.stats_file,
         statsd=StatsdSection(server=ns.statsd_server, prefix=ns.statsd_prefix),
+        metrics_listen=getattr(ns, "metrics_listen", None),
         user=ns.user,
         group=ns.group,
         hook=hook,

@@ -35,7 +35,7 @@ from .superpacket import (
     whole_message,
 )
 from .superpacket import _np as _np  # numpy or None, as there
-from .traffic import TrafficEntry, TrafficStats
+from .traffic import TrafficEntry, TrafficStats, drop_reason
 from .types import DeviceType, SocketAddr, mapped
 
 if TYPE_CHECKING:
@@ -453,7 +453,7 @@ def receive_slice(node: Node, data: bytes, addr: SocketAddr, now: float) -> None
     """One super-packet slice from ``addr`` (already counted as received traffic)."""
     peer = node._peers.get(addr)
     if peer is None or not peer.crypto.is_ready:
-        node.traffic.count_invalid_protocol(len(data))
+        node.traffic.count_invalid_protocol(len(data), "unknown_peer")
         return
     if peer.reassembly is None:
         peer.reassembly = Reassembler()
@@ -471,7 +471,7 @@ def _deliver_super(node: Node, peer: Peer, frame: bytes | memoryview, addr: Sock
     try:
         payload = peer.crypto.open_payload(frame, MSG_SUPER)
     except CryptoError as err:
-        node.traffic.count_invalid_protocol(len(frame))
+        node.traffic.count_invalid_protocol(len(frame), drop_reason(err))
         log.debug("Dropping a super-packet from %s: %s", addr, err)
         return
     try:
@@ -483,7 +483,7 @@ def _deliver_super(node: Node, peer: Peer, frame: bytes | memoryview, addr: Sock
         return
     acl = node.acl
     if acl is not None and not acl.check(bytes(payload[VNET_HDR_LEN:]), now, outbound=False, frame=False):
-        node.traffic.count_dropped_payload(len(payload) - VNET_HDR_LEN)
+        node.traffic.count_dropped_payload(len(payload) - VNET_HDR_LEN, "acl")
         return
     node.traffic.count_in_payload(src, dst, len(payload) - VNET_HDR_LEN)
     node._device_out.append(SuperPacketView(payload))

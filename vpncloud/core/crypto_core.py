@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import CryptoError
+from .errors import CryptoError, ReplayError
 from .primitives import TAG_LEN, Aead, Algorithm, Rng, TagError
 from .rows import PacketRows, Train
 
@@ -138,7 +138,7 @@ class CryptoCore:
         slot = self._slots[frame[0] & 3]
         nonce = self._peer_half | int.from_bytes(frame[1:8], "big")
         if nonce < slot.min_nonce:
-            raise CryptoError("Old nonce rejected")
+            raise ReplayError("Old nonce rejected")
         # a super-packet frame is 64 KB: slicing bytes would copy it once more before the AEAD
         body = frame[8:] if len(frame) < _VIEW_FROM else memoryview(frame)[8:]
         plaintext = slot.aead.open(nonce.to_bytes(12, "big"), body)

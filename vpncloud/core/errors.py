@@ -20,6 +20,10 @@ class CryptoError(VpnCloudError):
     """A message that fails authentication: bad tag, old nonce, untrusted key, bad signature."""
 
 
+class ReplayError(CryptoError):
+    """A session frame whose nonce is behind the replay window (a replayed or very late datagram)."""
+
+
 class InitError(CryptoError):
     """A recoverable handshake error: the datagram is dropped, the handshake goes on."""
 

@@ -49,7 +49,7 @@ from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
 from .rows import PacketRows, Train
 from .superpacket import SLICE_MARK_BYTE, SuperPacket, SuperPacketView, add_features, decode_features
 from .table import ClaimTable
-from .traffic import TrafficStats
+from .traffic import TrafficStats, drop_reason
 from .types import (
     NODE_ID_BYTES,
     DeviceType,
@@ -66,6 +66,9 @@ log = logging.getLogger("vpncloud.node")
 
 #: Housekeeping period. The original intends 1 s (and ticks every ~2 s by accident, spec 2.2).
 TICK = 1.0
+#: ``completed``: a new session; ``failed``: a pending handshake given up (fatal error, timeout, bad
+#: node info); ``rejected``: a handshake message that did not verify (untrusted key, bad signature).
+HANDSHAKE_RESULTS = ("completed", "failed", "rejected")
 #: How often own addresses are recomputed and configured peers re-resolved (spec 10.4, 10.5).
 OWN_ADDRESS_RESET = 300.0
 RESOLVE_INTERVAL = 300.0
@@ -311,6 +314,8 @@ class Node:
         self._next_expiry_log = 0.0
         self._next_unknown_log = 0.0
         self.expired_key_refusals = 0
+        #: handshakes by result since start (a fixed key set: ``HANDSHAKE_RESULTS``)
+        self.handshakes: dict[str, int] = dict.fromkeys(HANDSHAKE_RESULTS, 0)
 
     # ------------------------------------------------------------------ outputs
 
@@ -401,7 +406,7 @@ class Node:
         if peer is not None:
             self._handle_peer(peer, data, addr, now)
             return
-        self.traffic.count_invalid_protocol(len(data))
+        self.traffic.count_invalid_protocol(len(data), "unknown_peer")
         if now >= self._next_unknown_log:
             # At most one line per 10 s: junk from unknown (spoofable) sources must not flood the log.
             self._next_unknown_log = now + 10.0
@@ -430,7 +435,7 @@ class Node:
             and identity.find_trusted(bytes(data[1:5]), bytes(data[5:9]), wall) is None
         ):
             self.expired_key_refusals += 1
-            self.traffic.count_invalid_protocol(len(data))
+            self.traffic.count_invalid_protocol(len(data), "expired_key")
             if now >= self._next_expiry_log:
                 self._next_expiry_log = now + 10.0
                 log.warning("Refusing handshake from %s: its trusted key has expired", _fmt(addr))
@@ -445,7 +450,7 @@ class Node:
         return True
 
     def _note_guard_drop(self, now: float) -> None:
-        self.traffic.count_invalid_protocol(0)
+        self.traffic.count_invalid_protocol(0, "flood_guard")
         if now >= self._next_guard_log:
             # At most one line per 10 s: a flood must not turn into a log flood.
             self._next_guard_log = now + 10.0
@@ -468,7 +473,8 @@ class Node:
             result = crypto.handle_message(data)
         except InitFatal as err:
             # The original counts these (stray PENGs, quirk 17) as one packet of 0 bytes.
-            self.traffic.count_invalid_protocol(0)
+            self.traffic.count_invalid_protocol(0, "authentication")
+            self.handshakes["rejected"] += 1
             log.debug("Fatal crypto init error from %s: %s", format_sockaddr(addr), err)
             if not established:
                 # Quirk 17 guard: only a source without a session is reported as disconnected.
@@ -476,7 +482,8 @@ class Node:
                 self._events.append(PeerDisconnected(nice(addr), None))
             return
         except (CryptoError, DecodeError) as err:
-            self.traffic.count_invalid_protocol(len(data))
+            self.traffic.count_invalid_protocol(len(data), drop_reason(err))
+            self.handshakes["rejected"] += 1
             log.error("Crypto error: %s", err)
             return
         if isinstance(result, Reply):
@@ -505,11 +512,11 @@ class Node:
         try:
             result = crypto.handle_message(data)
         except InitFatal as err:
-            self.traffic.count_invalid_protocol(len(data))
+            self.traffic.count_invalid_protocol(len(data), "authentication")
             self._drop_pending(addr, str(err))
             return
         except (CryptoError, DecodeError) as err:
-            self.traffic.count_invalid_protocol(len(data))
+            self.traffic.count_invalid_protocol(len(data), drop_reason(err))
             log.error("Crypto error: %s", err)
             return
         if isinstance(result, Reply):
@@ -524,11 +531,11 @@ class Node:
         try:
             result = peer.crypto.handle_message(data)
         except InitFatal as err:
-            self.traffic.count_invalid_protocol(len(data))
+            self.traffic.count_invalid_protocol(len(data), "authentication")
             log.debug("Fatal crypto init error from %s: %s", format_sockaddr(addr), err)
             return
         except (CryptoError, DecodeError) as err:
-            self.traffic.count_invalid_protocol(len(data))
+            self.traffic.count_invalid_protocol(len(data), drop_reason(err))
             log.error("Crypto error: %s", err)
             return
         if isinstance(result, Message):
@@ -581,6 +588,7 @@ class Node:
             info = NodeInfo.decode(result.node_info)
         except DecodeError as err:
             log.error("Invalid node info in handshake from %s: %s", _fmt(addr), err)
+            self.handshakes["failed"] += 1
             self._pending.pop(addr, None)
             self._inbound.pop(addr, None)
             return
@@ -605,6 +613,7 @@ class Node:
         if existing is not None:
             self.table.remove_claims(addr)
         log.info("Added peer %s", _fmt(addr))
+        self.handshakes["completed"] += 1
         self._events.append(PeerConnected(nice(addr), info.node_id, list(info.claims)))
         self._peers[addr] = peer
         peer.features = decode_features(result.node_info)
@@ -680,6 +689,7 @@ class Node:
         return peer
 
     def _drop_pending(self, addr: SocketAddr, reason: str) -> None:
+        self.handshakes["failed"] += 1
         self._pending.pop(addr, None)
         self._inbound.pop(addr, None)
         log.info("Closing pending connection to %s due to error in crypto init (%s)", _fmt(addr), reason)
@@ -786,7 +796,7 @@ class Node:
         assert self.acl is not None
         if self.acl.check(data, now, outbound=outbound, frame=self.config.device_type is DeviceType.TAP):
             return False
-        self.traffic.count_dropped_payload(len(data))
+        self.traffic.count_dropped_payload(len(data), "acl")
         return True
 
     def receive_packet(self, packet: bytes, now: float) -> None:
@@ -1083,6 +1093,7 @@ class Node:
                 ],
             },
             "traffic": self.traffic.snapshot(),
+            "handshakes": dict(self.handshakes),
             "security": {
                 "handshake_guard": self.guard.snapshot(),
                 "expired_key_refusals": self.expired_key_refusals,

@@ -92,6 +92,8 @@ class PeerCrypto:
         self.peer_timeout: int | None = None  # decoded by node.py from the handshake NODE_INFO
         self.handshake_initiator: bool | None = None
         self.ticks_since_key_switch = 0
+        #: sending-key switches since the session started (rotation, spec 8)
+        self.key_rotations = 0
         #: The peer's trusted public key, known once the handshake succeeded (key expiry, reload).
         self.peer_public_key: bytes | None = None
 
@@ -135,6 +137,7 @@ class PeerCrypto:
         return {
             "send_slot": self._core.send_slot,
             "ticks_since_key_switch": self.ticks_since_key_switch,
+            "key_rotations": self.key_rotations,
             "ticks_to_next_cycle": ROTATE_INTERVAL - self._rotate_counter,
             "rotation_initiator": not self.handshake_initiator,
             "message_id": self._rotation.message_id,
@@ -227,6 +230,7 @@ class PeerCrypto:
             self._core.rotate(install.key, install.message_id, install.send)
             if install.send:
                 self.ticks_since_key_switch = 0
+                self.key_rotations += 1
 
     # --- sending ---------------------------------------------------------------------------
 

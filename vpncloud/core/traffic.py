@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
+from .errors import DecodeError, ReplayError
 from .types import Range, SocketAddr, address_to_str, format_sockaddr, nice
 
 #: An entry without traffic for this many consecutive periods is forgotten (spec 18.1).
@@ -19,6 +20,28 @@ IDLE_PERIODS = 5
 _UNITS = ("KiB", "MiB", "GiB", "TiB")
 
 _K = TypeVar("_K")
+
+#: Why a datagram or payload packet was dropped. A fixed set, so a metrics label built from it stays
+#: bounded whatever arrives; ``count_invalid_protocol``/``count_dropped_payload`` take one of these.
+DROP_REASONS = (
+    "malformed",
+    "authentication",
+    "replay",
+    "unknown_peer",
+    "flood_guard",
+    "expired_key",
+    "acl",
+    "no_route",
+)
+
+
+def drop_reason(err: Exception) -> str:
+    """The ``DROP_REASONS`` entry for an error that made a datagram invalid."""
+    if isinstance(err, ReplayError):
+        return "replay"
+    if isinstance(err, DecodeError):
+        return "malformed"
+    return "authentication"
 
 
 class TrafficEntry:
@@ -91,6 +114,11 @@ class TrafficStats:
         self.payload: dict[tuple[bytes, bytes], TrafficEntry] = {}
         #: "in" side = invalid protocol traffic, "out" side = payload dropped for lack of a route
         self.dropped = TrafficEntry()
+        #: totals of entries forgotten as idle, so that sums over all entries never go down
+        self.retired_peers = TrafficEntry()
+        self.retired_payload = TrafficEntry()
+        #: packets dropped per reason since start (never reset by ``period``)
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
     # --- hot path --------------------------------------------------------------------------------
 
@@ -128,22 +156,24 @@ class TrafficStats:
         entry.out_bytes += nbytes
         entry.out_packets += 1
 
-    def count_invalid_protocol(self, nbytes: int) -> None:
+    def count_invalid_protocol(self, nbytes: int, reason: str = "malformed") -> None:
         """A datagram that was dropped as invalid (bad, unknown, undecryptable)."""
         self.dropped.in_bytes += nbytes
         self.dropped.in_packets += 1
+        self.drops[reason] += 1
 
-    def count_dropped_payload(self, nbytes: int) -> None:
-        """A payload packet that had no route."""
+    def count_dropped_payload(self, nbytes: int, reason: str = "no_route") -> None:
+        """A payload packet that had no route (or that the ACL refused)."""
         self.dropped.out_bytes += nbytes
         self.dropped.out_packets += 1
+        self.drops[reason] += 1
 
     # --- periods ---------------------------------------------------------------------------------
 
     def period(self) -> None:
         """Close the period: add to totals, reset, forget entries idle for 5 periods."""
-        _period(self.peers)
-        _period(self.payload)
+        _period(self.peers, self.retired_peers)
+        _period(self.payload, self.retired_payload)
         self.dropped.period()
 
     def total_peer_traffic(self) -> TrafficEntry:
@@ -164,6 +194,8 @@ class TrafficStats:
             ],
             "invalid_protocol": {"bytes": self.dropped.in_bytes, "packets": self.dropped.in_packets},
             "dropped_payload": {"bytes": self.dropped.out_bytes, "packets": self.dropped.out_packets},
+            "retired": {"peers": self.retired_peers.as_dict(), "payload": self.retired_payload.as_dict()},
+            "drops": dict(self.drops),
         }
 
     # --- renderers -------------------------------------------------------------------------------
@@ -265,14 +297,18 @@ def _by_volume(table: dict[_K, TrafficEntry]) -> list[tuple[_K, TrafficEntry]]:
     return sorted(table.items(), key=lambda item: item[1].in_bytes + item[1].out_bytes, reverse=True)
 
 
-def _period(table: dict[_K, TrafficEntry]) -> None:
+def _period(table: dict[_K, TrafficEntry], retired: TrafficEntry) -> None:
     idle = []
     for key, entry in table.items():
         entry.period()
         if entry.idle_periods >= IDLE_PERIODS:
             idle.append(key)
     for key in idle:
-        del table[key]
+        entry = table.pop(key)
+        retired.in_bytes_total += entry.in_bytes_total
+        retired.in_packets_total += entry.in_packets_total
+        retired.out_bytes_total += entry.out_bytes_total
+        retired.out_packets_total += entry.out_packets_total
 
 
 def _sum(entries: Iterable[TrafficEntry]) -> TrafficEntry:

@@ -32,6 +32,7 @@ from vpncloud.config import (
     build_node_config,
     parse_ip,
     parse_listen_addr,
+    parse_metrics_listen,
 )
 from vpncloud.core.rows import PacketRows, Train
 from vpncloud.core.superpacket import SuperPacketView
@@ -123,6 +124,7 @@ class Daemon:
         self.device: devmod.Device | None = None
         self.node: Any = None
         self.control: ControlServer | None = None
+        self.metrics: Any = None  # vpncloud.daemon.metrics.MetricsServer with --metrics-listen
         self.routes: devmod.RouteManager | None = None
         self.stats_file: StatsFile | None = None
         self.security = Security()
@@ -220,6 +222,7 @@ class Daemon:
         self._set_own_addresses()
         self._start_port_forwarding()
         self._open_control()
+        self._open_metrics()
         if self.routes is None and self._routing_wanted():
             own = []
             if cfg.ip:
@@ -360,6 +363,18 @@ class Daemon:
             return
         log.debug("Control socket at %s", path)
 
+    def _open_metrics(self) -> None:
+        if not self.config.metrics_listen:
+            return
+        from .metrics import LoopSnapshot, MetricsServer
+
+        host, port = parse_metrics_listen(self.config.metrics_listen)
+        snapshot = LoopSnapshot(self.post, lambda: self._control_request({"cmd": "status"})["status"], 5.0)
+        try:
+            self.metrics = MetricsServer(host, port, snapshot)
+        except OSError as exc:
+            raise Fatal(f"Failed to open metrics endpoint {host}:{port}: {exc.strerror or exc}") from None
+
     def _start_port_forwarding(self) -> None:
         """UPnP port mapping (spec 17), UDP socket mode only; discovery runs on a helper thread."""
         if not self.config.port_forwarding or getattr(self.sock, "own_address", None) is not None:
@@ -409,6 +424,10 @@ class Daemon:
         self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         if self.control is not None:
             self.sel.register(self.control.fileno(), selectors.EVENT_READ, self._on_control_accept)
+        if self.metrics is not None:
+            # the serving thread starts here, in the process that runs the loop (after --daemon's fork)
+            self.metrics.start()
+            log.info("Serving metrics on http://%s:%d/metrics", *self.metrics.address)
         old = self._install_signals()
         try:
             self.hooks.fire("vpn_started", self._env())
@@ -848,6 +867,9 @@ class Daemon:
             self.node.remove_configured_peer(name)
         new.routes = self.config.routes
         new.control_socket = self.config.control_socket
+        if new.metrics_listen != self.config.metrics_listen:
+            log.warning("metrics-listen changed: the metrics endpoint moves at the next restart")
+        new.metrics_listen = self.config.metrics_listen
         new.stats_interval = self.config.stats_interval
         self.config = new
         for name in new_peers:
@@ -901,6 +923,9 @@ class Daemon:
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.stats_file is not None:
             self.stats_file.close()
             self.stats_file = None

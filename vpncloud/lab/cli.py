@@ -17,6 +17,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.table import Table
 
+from vpncloud.lab.dot import write_dot
 from vpncloud.lab.lab import LabError, LabStatus, lab_down, lab_status, lab_up, load_spec
 from vpncloud.mesh.sourcefile import print_errors, usage_error
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("file", help="lab file (YAML) or lab name")
     sub.choices["status"].add_argument("--no-ping", action="store_true", help="skip the ping matrix")
+    sub.choices["status"].add_argument(
+        "--dot",
+        type=Path,
+        metavar="FILE",
+        help="also write the mesh as Graphviz DOT (and FILE.svg with `dot`)",
+    )
     return p
 
 
@@ -145,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         status = lab_status(name, args.state_dir, ping=not args.no_ping)
         render(status, out)
+        if args.dot is not None:
+            out.print("wrote " + ", ".join(str(p) for p in write_dot(status, args.dot)))
         return 0 if status.whole and (args.no_ping or status.ping_ok) else 1
     except LabError as e:
         print_errors(err, e.errors)

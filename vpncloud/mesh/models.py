@@ -165,6 +165,12 @@ class NodeSettings(_Model):
     hooks: dict[HookEvent, str] | None = Field(
         default=None, description="Per-event shell commands (event -> command)."
     )
+    metrics_listen: str | None = Field(
+        default=None,
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]:|[0-9.]*:)?[0-9]{1,5}$",
+        description="Serve Prometheus metrics on [ADDR]:PORT (metrics-listen); a port alone or ':PORT' "
+        "means 127.0.0.1:PORT. Unset = no metrics endpoint.",
+    )
 
     @field_validator("statsd_server")
     @classmethod

@@ -192,6 +192,9 @@ def render_node(mesh: Mesh, node: Node, keys: KeyView) -> RenderedNode:
         "hook": s.hook,
         "hooks": dict(s.hooks or {}),
     }
+    if s.metrics_listen:
+        # only when set: configs of meshes without metrics stay as they were
+        config["metrics-listen"] = s.metrics_listen
     return RenderedNode(node.name, node.host, unit_name(mesh), config_path(mesh), config)
 
 

@@ -99,11 +99,13 @@ def node_config(
     rotation_node: str = "",
     rotation_phase: int = 0,
     check_mode: bool = False,
+    metrics_listen: str = "",
 ) -> str:
     """The node's config file text, secrets included: write it 0600 with no_log, never print it.
 
     Only ``node``'s own private key is read from the keystore (public keys of the others). In check
     mode, keys the run would create first are shown as "(known after apply)" instead of failing.
+    ``metrics_listen`` (the role's vpncloud_metrics_listen) overrides the mesh's metrics_listen.
     """
     _models, render, plan, keystore_mod = _vpncloud()
     mesh = _mesh(data)
@@ -131,6 +133,8 @@ def node_config(
     if target is None:
         raise AnsibleFilterError(f"{node!r} is not a node of mesh {mesh.mesh.name!r}")
     rendered = render.render_node(mesh, target, keys)
+    if metrics_listen:
+        rendered.config["metrics-listen"] = str(metrics_listen)
     try:
         return str(render.config_text(mesh, rendered))
     except ValueError:
@@ -161,6 +165,8 @@ def restart_fingerprint(text: str) -> dict[str, Any]:
         "mode": config.get("mode"),
         "identity": hashlib.sha256(b"vpncloud-ansible\0" + secret).hexdigest()[:16],
         **{key: config.get(key) for key in _START_ONLY},
+        # only when set, so that fingerprints of nodes without metrics stay as they were
+        **({"metrics-listen": config["metrics-listen"]} if config.get("metrics-listen") else {}),
     }
 
 
