@@ -21,8 +21,10 @@ from vpncloud.mesh.keystore import Keystore
 from vpncloud.mesh.loader import load_mesh_text
 from vpncloud.mesh.models import Mesh
 from vpncloud.mesh.plan import (
+    Drift,
     Plan,
     PlanError,
+    Refresh,
     ResourceChange,
     compute_plan,
     compute_rotation,
@@ -145,6 +147,35 @@ def test_golden_change_is_a_reload(env: tuple[Keystore, Path]) -> None:
         "node.c": "update",
     }
     golden("plan_change.txt", plan_text(plan))
+
+
+def test_golden_drift_section_comes_first_and_becomes_changes(env: tuple[Keystore, Path]) -> None:
+    store, state_dir = env
+    applied(env)
+    mesh = load_mesh_text(MESH.replace("claims: [10.6.0.0/24]", "claims: [10.6.0.0/24, 10.7.0.0/24]"))
+    drift = [
+        Drift(address="node.b", reason="daemon not running", action="replace"),
+        Drift(address="node.c", reason="config edited outside vpncloud", action="replace"),
+    ]
+    plan = compute_plan(mesh, store, load_state(state_dir, "g"), refresh=Refresh(drift=drift))
+    # c's pending reload becomes the restart that also repairs it; b is restarted for the drift alone.
+    assert {c.address: (c.action, c.reason) for c in plan.changes} == {
+        "node.b": ("replace", "daemon not running"),
+        "node.c": ("replace", "config edited outside vpncloud"),
+    }
+    assert plan.model_dump(mode="json")["drift"][0] == {
+        "address": "node.b",
+        "reason": "daemon not running",
+        "action": "replace",
+    }
+    offline = compute_plan(mesh, store, load_state(state_dir, "g"), refresh=Refresh(skipped="-refresh=false"))
+    assert plan.inputs_hash != offline.inputs_hash  # a saved plan is stale once reality changes
+    golden("plan_drift.txt", plan_text(plan))
+    lab_down = Refresh(drift=[Drift(address="lab.g", reason="lab not running", action="create")])
+    golden(
+        "plan_lab_down.txt",
+        plan_text(compute_plan(load_mesh_text(MESH), store, load_state(state_dir, "g"), refresh=lab_down)),
+    )
 
 
 def test_golden_replace_when_port_changes(env: tuple[Keystore, Path]) -> None:

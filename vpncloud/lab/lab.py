@@ -62,8 +62,10 @@ __all__ = [
     "DEFAULT_STATE_ROOT",
     "LabError",
     "LabNode",
+    "LabReality",
     "LabSpec",
     "LabStatus",
+    "NodeReality",
     "NodeStatus",
     "PeerStatus",
     "Underlay",
@@ -72,6 +74,7 @@ __all__ = [
     "lab_up",
     "load_spec",
     "parse_spec",
+    "read_lab",
     "reload_node",
     "restart_node",
 ]
@@ -753,14 +756,7 @@ def lab_up(spec: LabSpec, state_dir: Path | None = None, *, timeout: float = 60.
             }
             topo.switch(SWITCH)
             for node in spec.nodes:
-                addrs = [f"{node.address}/{spec.underlay.subnet.prefixlen}"]
-                if node.address6 is not None and spec.underlay.subnet6 is not None:
-                    addrs.append(f"{node.address6}/{spec.underlay.subnet6.prefixlen}")
-                ns = topo.node(node.name, *addrs, switch=SWITCH, ifname=UNDERLAY_IF)
-                if spec.hosts:
-                    netns.write_netns_etc(
-                        ns.name, "hosts", "127.0.0.1 localhost\n::1 localhost\n" + spec.hosts
-                    )
+                ns = _plug_node(topo, spec, node)
                 state["nodes"][node.name] = {"namespace": ns.name, "pid": None}
             _write_state(d, state)
             for node in spec.nodes:
@@ -775,6 +771,21 @@ def lab_up(spec: LabSpec, state_dir: Path | None = None, *, timeout: float = 60.
                     topo.close()
                 shutil.rmtree(d, ignore_errors=True)
             raise
+
+
+def _plug_node(topo: Topology, spec: LabSpec, node: LabNode) -> Netns:
+    """The node's namespace on the lab's switch, with its underlay addresses and hosts file."""
+    addrs = [f"{node.address}/{spec.underlay.subnet.prefixlen}"]
+    if node.address6 is not None and spec.underlay.subnet6 is not None:
+        addrs.append(f"{node.address6}/{spec.underlay.subnet6.prefixlen}")
+    ns = topo.node(node.name, *addrs, switch=SWITCH, ifname=UNDERLAY_IF)
+    _write_hosts(ns.name, spec)
+    return ns
+
+
+def _write_hosts(namespace: str, spec: LabSpec) -> None:
+    if spec.hosts:
+        netns.write_netns_etc(namespace, "hosts", "127.0.0.1 localhost\n::1 localhost\n" + spec.hosts)
 
 
 def _teardown(name: str, d: Path, prefix: str) -> bool:
@@ -831,6 +842,91 @@ def lab_status(name: str, state_dir: Path | None = None, *, ping: bool = True) -
     """Status table data and (with ``ping``) the ping matrix of a running lab."""
     state, d = _load_state(name, state_dir)
     return _collect(state, d, ping=ping)
+
+
+class NodeReality(BaseModel):
+    """What one node of a lab really is, read without changing anything."""
+
+    name: str
+    namespace: str
+    namespace_present: bool
+    running: bool
+    pid: int | None = None
+    socket: str
+    socket_answers: bool = False
+    device: str | None = Field(default=None, description="Interface the daemon reports.")
+    device_present: bool = False
+    config_matches: bool = Field(description="The config file on disk is the one the lab wrote.")
+    public_key: str | None = Field(default=None, description="Public key the daemon uses.")
+    version: str | None = None
+    error: str | None = None
+
+
+class LabReality(BaseModel):
+    """A lab as it is: whether its state exists, its switch and every recorded node."""
+
+    name: str
+    state_dir: str
+    up: bool = Field(description="The lab's state directory exists.")
+    switch_present: bool = False
+    nodes: dict[str, NodeReality] = Field(default_factory=dict)
+
+
+def _read_node(spec: LabSpec, entry: dict[str, Any], d: Path, node: LabNode, names: set[str]) -> NodeReality:
+    ns_name = entry.get("namespace", "")
+    pid = entry.get("pid")
+    present = ns_name in names
+    running = present and _pid_alive(pid) and pid in netns.netns_pids(ns_name)
+    expected = yaml.safe_dump(spec.node_config(node), sort_keys=False)
+    try:
+        on_disk = (d / f"{node.name}.net").read_text()
+    except OSError:
+        on_disk = None
+    sock = d / f"{node.name}.sock"
+    reality = NodeReality(
+        name=node.name,
+        namespace=ns_name,
+        namespace_present=present,
+        running=running,
+        pid=pid,
+        socket=str(sock),
+        # Digests, so the key inside the config never sits in a comparison that might be printed.
+        config_matches=on_disk is not None
+        and hashlib.sha256(on_disk.encode()).digest() == hashlib.sha256(expected.encode()).digest(),
+    )
+    if not running:
+        return reality
+    try:
+        data = _query(sock)
+    except LabError as e:
+        reality.error = str(e)
+        return reality
+    reality.socket_answers = True
+    reality.public_key = data.get("public_key") if isinstance(data.get("public_key"), str) else None
+    reality.version = str(data.get("version")) if data.get("version") else None
+    device = data.get("interface")
+    if isinstance(device, str):
+        reality.device = device
+        reality.device_present = device in Netns(ns_name).links()
+    return reality
+
+
+def read_lab(name: str, state_dir: Path | None = None) -> LabReality:
+    """Read what lab ``name`` really is (processes, namespaces, devices, sockets, config files)."""
+    d = _lab_dir(name, state_dir)
+    state = _read_state(d)
+    if state is None:
+        return LabReality(name=name, state_dir=str(d), up=False)
+    names = set(netns.list_netns())
+    spec = LabSpec.model_validate(state["spec"])
+    nodes = {
+        node.name: _read_node(spec, state["nodes"][node.name], d, node, names)
+        for node in spec.nodes
+        if node.name in state.get("nodes", {})
+    }
+    return LabReality(
+        name=name, state_dir=str(d), up=True, switch_present=state.get("switch") in names, nodes=nodes
+    )
 
 
 def _replace_node(state: dict[str, Any], d: Path, node: LabNode | str) -> str:

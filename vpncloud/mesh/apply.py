@@ -28,13 +28,16 @@ from .acl import security_file, security_file_text
 from .keystore import Keystore
 from .models import Mesh
 from .plan import (
+    Drift,
     Plan,
+    Refresh,
     ResourceChange,
     compute_plan,
     compute_rotation,
     desired_resources,
     diff_resources,
     key_view,
+    merge_drift,
 )
 from .render import KeyView, RenderedNode, Unknown, config_text, hosts_block, render_mesh
 from .state import MeshState, RotationProgress, decode_attrs, encode_attrs, load_state, save_state
@@ -46,6 +49,7 @@ __all__ = [
     "Target",
     "apply_mesh",
     "apply_rotation",
+    "refresh_target",
     "write_configs",
 ]
 
@@ -57,9 +61,15 @@ class ApplyError(Exception):
 
 
 class Target(Protocol):
-    """Where configs go. ``deploy`` gets every node's rendering and the changes of this run."""
+    """Where configs go, terraform-provider style: ``read`` what is, ``deploy`` (apply) the changes.
+
+    ``deploy`` gets every node's rendering and the changes of this run, including the repairs of
+    whatever ``read`` found drifted.
+    """
 
     name: str
+
+    def read(self, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh: ...
 
     def deploy(self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange],
                progress: Progress) -> None: ...  # fmt: skip
@@ -188,6 +198,10 @@ class AnsibleTarget:
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
         return None
 
+    def read(self, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh:
+        # Not faked: without reading the hosts, reality is unknown and the plan says so.
+        return Refresh(skipped="the ansible target cannot read the hosts yet; reality is unknown")
+
 
 class LabTarget:
     """This machine: one network namespace per node through :mod:`vpncloud.lab.lab`."""
@@ -255,6 +269,30 @@ class LabTarget:
             )
             raise ApplyError(f"mesh {mesh.mesh.name}: step lab spec: {detail}") from None
 
+    def read(self, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh:
+        """Drift of the applied nodes: lab, namespaces, daemons, sockets, devices, configs, keys."""
+        applied = sorted(a.split(".", 1)[1] for a in state.resources if a.startswith("node."))
+        if not applied:
+            return Refresh()
+        lab = self._lab()
+        try:
+            reality = lab.read_lab(mesh.mesh.name, self.lab_dir)
+        except lab.LabError as exc:
+            raise ApplyError(f"mesh {mesh.mesh.name}: step refresh: {exc}") from None
+        whole = f"lab.{mesh.mesh.name}"
+        if not reality.up:
+            return Refresh(drift=[Drift(address=whole, reason="lab not running", action="create")])
+        missing = [n for n in applied if n not in reality.nodes or not reality.nodes[n].namespace_present]
+        if not reality.switch_present or missing:
+            what = f"namespace of {', '.join(missing)} missing" if missing else "switch namespace missing"
+            return Refresh(drift=[Drift(address=whole, reason=what, action="replace")])
+        drift = []
+        for name in applied:
+            reason = _node_drift(reality.nodes[name], _accepted_keys(mesh, keystore, name))
+            if reason:
+                drift.append(Drift(address=f"node.{name}", reason=reason, action="replace"))
+        return Refresh(drift=drift)
+
     def _is_up(self, mesh: Mesh) -> bool:
         lab = self._lab()
         try:
@@ -270,11 +308,12 @@ class LabTarget:
         spec = self.spec(mesh, rendered)
         node_changes = [c for c in changes if c.address.startswith("node.")]
         topology = any(c.action in ("create", "delete") for c in node_changes)
+        rebuild = any(c.address.startswith("lab.") for c in changes)
         up = self._is_up(mesh)
         try:
-            if not up or topology:
-                if up:
-                    progress(f"mesh {mesh.mesh.name}: nodes added or removed, rebuilding the lab")
+            if not up or topology or rebuild:
+                if up or rebuild:
+                    progress(f"mesh {mesh.mesh.name}: rebuilding the lab")
                     lab.lab_down(mesh.mesh.name, self.lab_dir)
                 progress(f"mesh {mesh.mesh.name}: starting {len(spec.nodes)} nodes in the lab")
                 lab.lab_up(spec, self.lab_dir, timeout=self.timeout)
@@ -319,6 +358,29 @@ class LabTarget:
             time.sleep(0.5)  # polling interval of a bounded wait, not a synchronisation sleep
 
 
+def _accepted_keys(mesh: Mesh, keystore: Keystore, node: str) -> set[str]:
+    # Mid-rotation a node legitimately runs on its next key.
+    if mesh.mesh.auth != "keys":
+        return set()
+    pairs = (keystore.get(mesh.mesh.name, node), keystore.get(mesh.mesh.name, node, next_key=True))
+    return {p.public_key for p in pairs if p is not None}
+
+
+def _node_drift(node: Any, keys: set[str]) -> str | None:
+    """Why a lab node differs from what apply left, or None."""
+    if not node.running:
+        return "daemon not running"
+    if not node.socket_answers:
+        return "control socket not answering"
+    if node.device and not node.device_present:
+        return f"device {node.device} missing"
+    if not node.config_matches:
+        return "config edited outside vpncloud"
+    if keys and node.public_key not in keys:
+        return "uses a key that is not its key in the keystore"
+    return None
+
+
 def _revealed(mesh: Mesh, rendered: RenderedNode) -> dict[str, Any]:
     import yaml
 
@@ -330,9 +392,21 @@ def _revealed(mesh: Mesh, rendered: RenderedNode) -> dict[str, Any]:
 # --- apply -------------------------------------------------------------------------------------
 
 
+def refresh_target(target: Any, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh:
+    """What ``target`` reads as drift; targets without ``read`` say that they cannot."""
+    read = getattr(target, "read", None)
+    if read is None:
+        return Refresh(skipped=f"the {getattr(target, 'name', '?')} target cannot read reality")
+    result = read(mesh, state, keystore)
+    assert isinstance(result, Refresh)
+    return result
+
+
 def _record(state: MeshState, desired: dict[str, dict[str, Any]], changes: list[ResourceChange]) -> MeshState:
     resources = dict(state.resources)
     for change in changes:
+        if change.address not in desired and change.action != "delete":
+            continue  # the lab as a whole is not an applied resource
         if change.action == "delete":
             resources.pop(change.address, None)
         else:
@@ -358,13 +432,19 @@ def apply_mesh(
     expected_hash: str | None = None,
     progress: Progress = lambda _msg: None,
     mesh_file: str | None = None,
+    refresh: bool | Refresh = True,
 ) -> Plan:
     """Apply the mesh; with ``expected_hash`` (a saved plan) refuse if the inputs changed since.
 
-    Returns the plan that was applied.
+    With ``refresh`` the target is read first and drifted resources are repaired too. Returns the
+    plan that was applied.
     """
     state = load_state(state_dir, mesh.mesh.name)
-    plan = compute_plan(mesh, keystore, state, mesh_file=mesh_file)
+    if isinstance(refresh, Refresh):
+        found: Refresh | None = refresh  # already read (and shown) by the caller
+    else:
+        found = refresh_target(target, mesh, state, keystore) if refresh else None
+    plan = compute_plan(mesh, keystore, state, mesh_file=mesh_file, refresh=found)
     if expected_hash is not None and plan.inputs_hash != expected_hash:
         raise ApplyError(
             f"mesh {mesh.mesh.name}: step check plan: the saved plan is stale (the mesh, the keys or the "
@@ -383,7 +463,7 @@ def apply_mesh(
     desired = desired_resources(mesh, keys)
     # 2. recompute the changes with the real keys (public keys are now known).
     before = {a: decode_attrs(v) for a, v in state.resources.items()}
-    changes = diff_resources(before, desired)
+    changes = merge_drift(diff_resources(before, desired), plan.drift)
     write_configs(mesh, rendered, state_dir, _public_keys(keys))
     # 3. deploy, 4. record.
     target.deploy(mesh, rendered, changes, progress)
@@ -392,7 +472,9 @@ def apply_mesh(
         # A check-mode deployment changed nothing: recording it would hide the changes from plan.
         progress(f"mesh {mesh.mesh.name}: check mode, applied state not recorded")
         return plan
-    save_state(state_dir, _record(state, desired, changes).model_copy(update={"target": target.name}))
+    lab_dir = getattr(target, "lab_dir", None)
+    recorded = {"target": target.name, "lab_dir": str(lab_dir.resolve()) if lab_dir else None}
+    save_state(state_dir, _record(state, desired, changes).model_copy(update=recorded))
     progress(f"mesh {mesh.mesh.name}: applied")
     return plan
 

@@ -16,12 +16,21 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .apply import AnsibleTarget, ApplyError, LabTarget, Target, apply_mesh, apply_rotation
+from .apply import AnsibleTarget, ApplyError, LabTarget, Target, apply_mesh, apply_rotation, refresh_target
 from .keystore import Keystore, KeystoreError
 from .loader import MeshError, load_meshes
 from .models import Mesh, MeshFile
-from .plan import Plan, PlanError, compute_plan, compute_rotation, print_lines, print_plan, rotation_lines
-from .state import StateError, load_state
+from .plan import (
+    Plan,
+    PlanError,
+    Refresh,
+    compute_plan,
+    compute_rotation,
+    print_lines,
+    print_plan,
+    rotation_lines,
+)
+from .state import MeshState, StateError, load_state
 
 __all__ = ["main", "mesh_schema"]
 
@@ -58,7 +67,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--target", choices=("lab", "ansible"), default="lab", help="Where to deploy (default lab)"
+        "--target",
+        choices=("lab", "ansible"),
+        default=None,
+        help="Where to deploy (default: the target of the last apply, else lab)",
     )
     p.add_argument("--lab-dir", type=Path, default=None, help="Lab state root (default: the lab's own)")
     p.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for a healthy mesh")
@@ -78,6 +90,25 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _refresh_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--refresh",
+        "-refresh",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="Read what runs on the target before planning (default true; false for offline plans)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Parser of the four subcommands."""
     p = _Parser(prog="vpncloud", description="Declarative VpnCloud mesh orchestration")
@@ -91,11 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--detailed-exitcode", "-detailed-exitcode", action="store_true", help="Exit 2 when there are changes"
     )
     plan.add_argument("-out", "--out", type=Path, help="Save the plan for 'apply FILE' (one mesh only)")
+    _target_args(plan)
+    _refresh_arg(plan)
 
     apply = sub.add_parser("apply", help="Apply a mesh file or a saved plan")
     apply.add_argument("source", type=Path, help="mesh.yaml or a plan saved with plan -out")
     _common(apply)
     _target_args(apply)
+    _refresh_arg(apply)
 
     rotate = sub.add_parser("rotate", help="Plan (and with --apply run) a phased key rotation")
     rotate.add_argument("mesh", type=Path, help="mesh.yaml")
@@ -119,12 +153,15 @@ def mesh_schema() -> str:
     return json.dumps(schema, indent=2, sort_keys=False) + "\n"
 
 
-def _target(ns: argparse.Namespace) -> Target:
-    if ns.target == "ansible":
+def _target(ns: argparse.Namespace, state: MeshState | None = None) -> Target:
+    # Refresh must read where the mesh was applied, so the last apply's target is the default.
+    recorded = state.target if state is not None and state.target in ("lab", "ansible") else None
+    if (ns.target or recorded) == "ansible":
         return AnsibleTarget(
             state_dir=ns.state_dir, keystore=ns.keystore, inventory=ns.inventory, extra_args=ns.ansible_arg
         )
-    return LabTarget(ns.lab_dir, timeout=ns.timeout)
+    lab_dir = ns.lab_dir or (Path(state.lab_dir) if state is not None and state.lab_dir else None)
+    return LabTarget(lab_dir, timeout=ns.timeout)
 
 
 def _consoles(ns: argparse.Namespace) -> tuple[Console, Console]:
@@ -139,9 +176,9 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
     keystore = Keystore(ns.keystore)
     plans: list[Plan] = []
     for path, mesh in zip(ns.mesh, meshes, strict=True):
-        plans.append(
-            compute_plan(mesh, keystore, load_state(ns.state_dir, mesh.mesh.name), mesh_file=str(path))
-        )
+        state = load_state(ns.state_dir, mesh.mesh.name)
+        found = _refresh(ns, mesh, state, keystore)
+        plans.append(compute_plan(mesh, keystore, state, mesh_file=str(path), refresh=found))
     if ns.out is not None:
         if len(plans) != 1:
             raise PlanError("-out saves the plan of exactly one mesh file")
@@ -158,6 +195,14 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
     if ns.detailed_exitcode and any(p.has_changes for p in plans):
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _refresh(ns: argparse.Namespace, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh:
+    if not ns.refresh:
+        return Refresh(skipped="-refresh=false: compared with the recorded state only")
+    if ns.target is None and state.target not in (None, "lab", "ansible"):
+        return Refresh(skipped=f"applied with target {state.target!r}, which cannot be read from here")
+    return refresh_target(_target(ns, state), mesh, state, keystore)
 
 
 def _load_source(source: Path) -> tuple[Mesh, str, str | None]:
@@ -178,12 +223,12 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
         mesh, mesh_file, expected = _load_source(ns.source)
     except MeshError:
         raise
+    state = load_state(ns.state_dir, mesh.mesh.name)
+    target = _target(ns, state)
+    found = _refresh(ns, mesh, state, Keystore(ns.keystore))
     if expected is None:
-        plan = compute_plan(
-            mesh, Keystore(ns.keystore), load_state(ns.state_dir, mesh.mesh.name), mesh_file=mesh_file
-        )
+        plan = compute_plan(mesh, Keystore(ns.keystore), state, mesh_file=mesh_file, refresh=found)
         print_plan(plan, out)
-    target = _target(ns)
     if isinstance(target, AnsibleTarget):
         target.mesh_file = mesh_file
     apply_mesh(
@@ -194,6 +239,7 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
         expected_hash=expected,
         progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
         mesh_file=mesh_file,
+        refresh=found,
     )
     out.print("Apply complete.", style="bold green", highlight=False)
     return EXIT_OK
@@ -212,7 +258,7 @@ def _rotate(ns: argparse.Namespace, out: Console) -> int:
             mesh,
             keystore,
             ns.state_dir,
-            _target(ns),
+            _target(ns, load_state(ns.state_dir, mesh.mesh.name)),
             ns.node,
             progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
         )

@@ -35,10 +35,12 @@ from .state import MeshState, decode_attrs
 
 __all__ = [
     "AttributeChange",
+    "Drift",
     "Phase",
     "Plan",
     "PlanError",
     "PlanWarning",
+    "Refresh",
     "ResourceChange",
     "RotationPlan",
     "compute_plan",
@@ -46,6 +48,7 @@ __all__ = [
     "desired_resources",
     "diff_resources",
     "key_view",
+    "merge_drift",
     "plan_text",
     "print_plan",
 ]
@@ -92,6 +95,28 @@ class ResourceChange(BaseModel):
         description="Changed attributes (all of them on create/delete)."
     )
     unchanged: int = Field(default=0, description="Number of unchanged attributes (hidden).")
+    reason: str | None = Field(
+        default=None, description="Why, when the resource changed outside vpncloud (see Plan.drift)."
+    )
+
+
+class Drift(BaseModel):
+    """A resource whose reality differs from the applied state, and what apply does about it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(description="node.<name>, or lab.<mesh> for the lab as a whole.")
+    reason: str = Field(description="What changed outside vpncloud (daemon not running, ...).")
+    action: Action = Field(description="What apply does to repair it (create or replace).")
+
+
+class Refresh(BaseModel):
+    """What the target's read (refresh) found."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drift: list[Drift] = Field(default_factory=list)
+    skipped: str | None = Field(default=None, description="Why reality was not read (null: it was).")
 
 
 class PlanWarning(BaseModel):
@@ -113,6 +138,12 @@ class Plan(BaseModel):
     mesh_file: str | None = Field(default=None, description="The mesh description the plan was made from.")
     inputs_hash: str = Field(
         description="Digest of the inputs (mesh, keys, state); a saved plan is stale when it differs."
+    )
+    drift: list[Drift] = Field(
+        default_factory=list, description="Objects changed outside vpncloud, found by the refresh."
+    )
+    refresh_skipped: str | None = Field(
+        default=None, description="Why reality was not read before planning (null: it was read)."
     )
     changes: list[ResourceChange] = Field(default_factory=list, description="Resources that change.")
     warnings: list[PlanWarning] = Field(default_factory=list, description="Plan-time warnings.")
@@ -386,13 +417,17 @@ def _mesh_fingerprint(mesh: Mesh) -> Any:
     return [data, secrets]
 
 
-def _inputs_hash(mesh: Mesh, keys: KeyView, state: MeshState) -> str:
+def _inputs_hash(mesh: Mesh, keys: KeyView, state: MeshState, drift: list[Drift] | None = None) -> str:
     # The desired configs are a function of the mesh and the keys, so hashing those (not the large
-    # rendered attributes) is enough; the state is hashed as stored.
+    # rendered attributes) is enough; the state is hashed as stored. Drift is part of the inputs: a
+    # saved plan that restarts b is stale once b runs again (or a drifts).
     key_digests = {
         name: [str(keys.public.get(name)), _digest(private)] for name, private in sorted(keys.private.items())
     }
-    return _digest(_mesh_fingerprint(mesh), key_digests, state.model_dump_json())
+    parts: list[Any] = [_mesh_fingerprint(mesh), key_digests, state.model_dump_json()]
+    if drift:
+        parts.append([d.model_dump() for d in drift])
+    return _digest(*parts)
 
 
 def _check_keys_not_lost(mesh: Mesh, state: MeshState, keys: KeyView) -> None:
@@ -405,17 +440,54 @@ def _check_keys_not_lost(mesh: Mesh, state: MeshState, keys: KeyView) -> None:
             )
 
 
-def compute_plan(mesh: Mesh, keystore: Keystore, state: MeshState, *, mesh_file: str | None = None) -> Plan:
-    """The plan of one mesh against its applied state (reads the keystore, never writes it)."""
+def _address_order(address: str) -> tuple[int, str]:
+    return ({"lab": 0, "node": 1}.get(address.split(".", 1)[0], 2), address)
+
+
+def merge_drift(changes: list[ResourceChange], drift: list[Drift]) -> list[ResourceChange]:
+    """The changes plus the repairs of drifted resources.
+
+    A drifted node that also changes in the mesh file is replaced once (a restart covers a reload);
+    one that is created or destroyed anyway needs no repair.
+    """
+    merged = [c.model_copy(deep=True) for c in changes]
+    by_address = {c.address: c for c in merged}
+    for item in drift:
+        change = by_address.get(item.address)
+        if change is None:
+            merged.append(
+                ResourceChange(address=item.address, action=item.action, attributes=[], reason=item.reason)
+            )
+        elif change.action in ("update", "replace"):
+            change.action = "replace"
+            change.reason = item.reason
+    return sorted(merged, key=lambda c: _address_order(c.address))
+
+
+def compute_plan(
+    mesh: Mesh,
+    keystore: Keystore,
+    state: MeshState,
+    *,
+    mesh_file: str | None = None,
+    refresh: Refresh | None = None,
+) -> Plan:
+    """The plan of one mesh against its applied state (reads the keystore, never writes it).
+
+    ``refresh`` is what the target read: drifted resources become changes that repair them.
+    """
     keys = key_view(mesh, keystore)
     _check_keys_not_lost(mesh, state, keys)
     desired = desired_resources(mesh, keys)
     before = {address: decode_attrs(attrs) for address, attrs in state.resources.items()}
+    drift = refresh.drift if refresh else []
     return Plan(
         mesh=mesh.mesh.name,
         mesh_file=mesh_file,
-        inputs_hash=_inputs_hash(mesh, keys, state),
-        changes=diff_resources(before, desired),
+        inputs_hash=_inputs_hash(mesh, keys, state, drift),
+        drift=drift,
+        refresh_skipped=refresh.skipped if refresh else None,
+        changes=merge_drift(diff_resources(before, desired), drift),
         warnings=plan_warnings(mesh),
     )
 
@@ -532,9 +604,27 @@ def _attr_lines(change: ResourceChange, attr: AttributeChange) -> Iterable[tuple
     yield "yellow", f"{pad}~ {attr.name} = {before} -> {after}{note}"
 
 
+def drift_lines(plan: Plan) -> list[tuple[str, str]]:
+    """The refresh section: objects changed outside vpncloud (or why reality was not read)."""
+    lines: list[tuple[str, str]] = []
+    if plan.refresh_skipped:
+        lines += [("dim", f"Refresh skipped: {plan.refresh_skipped}"), ("", "")]
+    if plan.drift:
+        lines.append(("bold", "Note: Objects have changed outside of vpncloud"))
+        lines.append(("", ""))
+        lines.append(("", "Reality differs from what the last apply left:"))
+        for item in plan.drift:
+            lines.append(("", ""))
+            lines.append(("bold", f"  # {item.address} has changed outside vpncloud: {item.reason}"))
+        lines.append(("", ""))
+        lines.append(("", "Apply repairs them with the actions below."))
+        lines.append(("", ""))
+    return lines
+
+
 def plan_lines(plan: Plan) -> list[tuple[str, str]]:
     """The plan as (style, text) lines; styles are rich style names, the text carries all meaning."""
-    lines: list[tuple[str, str]] = []
+    lines: list[tuple[str, str]] = drift_lines(plan)
     if not plan.changes:
         lines.append(("green", f"No changes. Mesh {plan.mesh!r} matches the applied state."))
     else:
@@ -545,6 +635,8 @@ def plan_lines(plan: Plan) -> list[tuple[str, str]]:
             title = _TITLE[change.action]
             if not change.address.startswith("node."):
                 title = title.split(" (")[0]  # only nodes are reloaded or restarted
+            if change.reason:
+                title += f": {change.reason}"
             lines.append(("bold", f"  # {change.address} {title}"))
             lines.append((style, f"  {_SYMBOL[change.action]} {change.address} {{"))
             for attr in change.attributes:

@@ -1,0 +1,144 @@
+"""Refresh before plan on the lab target: drift made outside vpncloud is planned and repaired.
+
+Real namespaces and daemons: the drift is made the way a user makes it (``lab down``, ``kill``,
+editing a config file) and ``plan``/``apply`` must see and repair exactly that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vpncloud.lab import lab
+from vpncloud.mesh.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "inventories" / "lab" / "mesh.yaml"
+
+
+@dataclass
+class LabMesh:
+    mesh_file: Path
+    name: str
+    lab_dir: Path
+    common: list[str]
+    target: list[str]
+
+    def pids(self) -> dict[str, int | None]:
+        return {n.name: n.pid for n in lab.lab_status(self.name, self.lab_dir, ping=False).nodes}
+
+
+@pytest.fixture
+def lab_mesh(tmp_path: Path) -> Iterator[LabMesh]:
+    # Unique per test: other lab tests may run at the same time on this machine.
+    name = "mr" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:10]
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(EXAMPLE.read_text().replace("  name: lab\n", f"  name: {name}\n"))
+    lab_dir = tmp_path / "lab"
+    common = ["--state-dir", str(tmp_path / "state"), "--keystore", str(tmp_path / "keys"), "--no-color"]
+    target = ["--lab-dir", str(lab_dir), "--timeout", "60"]
+    try:
+        yield LabMesh(mesh_file, name, lab_dir, common, target)
+    finally:
+        lab.lab_down(name, lab_dir)
+
+
+def _kill_and_wait(pid: int) -> None:
+    # What the user did: plain kill (SIGTERM); a pidfd tells when the process is gone.
+    fd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        assert select.select([fd], [], [], 10)[0], f"pid {pid} did not exit"
+    finally:
+        os.close(fd)
+
+
+def _plan(m: LabMesh, *extra: str) -> int:
+    return main(["plan", str(m.mesh_file), *m.common, *m.target, "--detailed-exitcode", *extra])
+
+
+def _apply(m: LabMesh) -> int:
+    return main(["apply", str(m.mesh_file), *m.common, *m.target])
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_refresh_plans_and_repairs_drift(lab_mesh: LabMesh, capsys: pytest.CaptureFixture[str]) -> None:
+    m = lab_mesh
+    assert _apply(m) == 0
+    capsys.readouterr()
+    assert _plan(m) == 0
+    assert "No changes." in capsys.readouterr().out
+
+    # 1. lab down, then apply: the lab comes back (it used to say "No changes").
+    assert lab.lab_down(m.name, m.lab_dir)
+    assert _plan(m) == 2
+    out = capsys.readouterr().out
+    assert f"# lab.{m.name} has changed outside vpncloud: lab not running" in out
+    assert f"# lab.{m.name} will be created: lab not running" in out
+    assert out.index("Objects have changed outside of vpncloud") < out.index("will perform")
+    assert _apply(m) == 0
+    assert "Apply complete." in capsys.readouterr().out
+    status = lab.lab_status(m.name, m.lab_dir)
+    assert status.whole and status.ping_ok
+
+    # 2. kill b's daemon: plan shows it, apply restarts b and only b.
+    before = m.pids()
+    b_pid = before["b"]
+    assert b_pid is not None
+    _kill_and_wait(b_pid)
+    assert _plan(m) == 2
+    out = capsys.readouterr().out
+    assert "# node.b has changed outside vpncloud: daemon not running" in out
+    assert "# node.b must be replaced (restart): daemon not running" in out
+    assert "Plan: 0 to add, 0 to change, 1 to replace, 0 to destroy." in out
+    # Offline plans skip the refresh and say so.
+    assert _plan(m, "-refresh=false") == 0
+    out = capsys.readouterr().out
+    assert "Refresh skipped" in out and "No changes." in out
+    # The JSON plan carries the drift section.
+    assert main(["plan", str(m.mesh_file), *m.common, *m.target, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["drift"] == [{"address": "node.b", "reason": "daemon not running", "action": "replace"}]
+    assert _apply(m) == 0
+    assert "node b: restart" in capsys.readouterr().out
+    after = m.pids()
+    assert after["a"] == before["a"] and after["c"] == before["c"] and after["b"] != b_pid
+    assert lab.lab_status(m.name, m.lab_dir).whole
+
+    # 3. a config edited on disk is drift too, repaired by restarting with the rendered config.
+    config = Path(lab.lab_status(m.name, m.lab_dir).state_dir) / "c.net"
+    config.write_text(config.read_text().replace("peer-timeout: 300", "peer-timeout: 301"))
+    assert _plan(m) == 2
+    assert "# node.c has changed outside vpncloud: config edited outside vpncloud" in capsys.readouterr().out
+    assert _apply(m) == 0
+    capsys.readouterr()
+    assert "peer-timeout: 300" in config.read_text()
+    assert _plan(m) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_refresh_sees_a_node_running_with_another_key(
+    lab_mesh: LabMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = lab_mesh
+    assert _apply(m) == 0
+    capsys.readouterr()
+    # The keystore's key of a is replaced behind vpncloud's back: a now runs with a foreign key.
+    key = tmp_path / "keys" / m.name / "a.key"
+    replacement = tmp_path / "keys" / m.name / "b.key"
+    os.replace(key, tmp_path / "a.key.old")
+    key.write_text(replacement.read_text())
+    os.chmod(key, 0o600)
+    assert _plan(m) == 2
+    out = capsys.readouterr().out
+    assert "# node.a has changed outside vpncloud: uses a key that is not its key in the keystore" in out
