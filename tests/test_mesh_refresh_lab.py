@@ -142,3 +142,48 @@ def test_refresh_sees_a_node_running_with_another_key(
     assert _plan(m) == 2
     out = capsys.readouterr().out
     assert "# node.a has changed outside vpncloud: uses a key that is not its key in the keystore" in out
+
+
+NODE_D = """  - name: d
+    host: lab-d
+    underlay: 10.98.0.4
+    vpn_address: 10.99.0.4
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_adding_and_removing_a_node_reloads_the_others(
+    lab_mesh: LabMesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = lab_mesh
+    assert _apply(m) == 0
+    capsys.readouterr()
+    before = m.pids()
+
+    m.mesh_file.write_text(m.mesh_file.read_text() + NODE_D)
+    assert _plan(m) == 2
+    out = capsys.readouterr().out
+    assert "# node.d will be created" in out
+    for other in "abc":
+        assert f"# node.{other} will be updated in place (reload)" in out
+    assert _apply(m) == 0
+    out = capsys.readouterr().out
+    assert "rebuilding" not in out and "node d: add" in out and "node a: reload" in out
+    status = lab.lab_status(m.name, m.lab_dir)
+    assert {n.name: n.pid for n in status.nodes if n.name != "d"} == before
+    assert status.whole and status.ping_ok  # a, b and c are connected to d (and d to them)
+    ns_a = next(n.namespace for n in status.nodes if n.name == "a")
+    hosts = Path("/etc/netns", ns_a, "hosts").read_text()
+    assert f"d.{m.name}" in hosts  # the others' hosts files name the new node
+    assert _plan(m) == 0
+    capsys.readouterr()
+
+    m.mesh_file.write_text(m.mesh_file.read_text().replace(NODE_D, ""))
+    assert _apply(m) == 0
+    assert "node d: remove" in capsys.readouterr().out
+    status = lab.lab_status(m.name, m.lab_dir)
+    assert [n.name for n in status.nodes] == ["a", "b", "c"]
+    assert {n.name: n.pid for n in status.nodes} == before
+    assert status.whole and status.ping_ok
+    assert _plan(m) == 0

@@ -69,14 +69,18 @@ __all__ = [
     "NodeStatus",
     "PeerStatus",
     "Underlay",
+    "add_node",
     "lab_down",
+    "lab_spec",
     "lab_status",
     "lab_up",
     "load_spec",
     "parse_spec",
     "read_lab",
     "reload_node",
+    "remove_node",
     "restart_node",
+    "set_hosts",
 ]
 
 DEFAULT_STATE_ROOT = Path("/run/vpncloud-lab")
@@ -788,6 +792,79 @@ def _write_hosts(namespace: str, spec: LabSpec) -> None:
         netns.write_netns_etc(namespace, "hosts", "127.0.0.1 localhost\n::1 localhost\n" + spec.hosts)
 
 
+def add_node(name: str, node: LabNode, state_dir: Path | None = None, hosts: str | None = None) -> int:
+    """Plug a new node into running lab ``name`` and start it; the other nodes keep running.
+
+    ``hosts`` replaces the lab's hosts lines (in every namespace). Returns the new daemon's pid; the
+    caller reloads the other nodes so they learn the new peer, then waits for the mesh.
+    """
+    state, d = _load_state(name, state_dir)
+    data = state["spec"]
+    if any(n["name"] == node.name for n in data["nodes"]):
+        raise LabError(f"lab {name!r} already has a node {node.name!r}")
+    data = dict(data, nodes=[*data["nodes"], node.model_dump(mode="json")])
+    if hosts is not None:
+        data["hosts"] = hosts
+    try:
+        spec = LabSpec.model_validate(data)
+    except ValidationError as e:
+        raise LabError(f"node {node.name}: invalid node: {e.errors()[0]['msg']}") from None
+    topo = Topology(state["prefix"])
+    # The switch exists already: register it so the node is plugged into it, not into a new one.
+    topo.namespaces[SWITCH] = Netns(state["switch"])
+    with SignalGuard():
+        try:
+            ns = _plug_node(topo, spec, spec.node(node.name))
+            state["spec"] = spec.model_dump(mode="json")
+            state["nodes"][node.name] = {"namespace": ns.name, "pid": None}
+            _write_state(d, state)
+            _write_node_files(d, spec, spec.node(node.name))
+            state["nodes"][node.name]["pid"] = _start_node(ns, d, node.name)
+        except NetnsError as e:
+            raise LabError(f"node {node.name}: could not add it to lab {name!r}: {e}") from None
+        finally:
+            _write_state(d, state)
+    if hosts is not None:
+        set_hosts(name, hosts, state_dir)
+    pid = state["nodes"][node.name]["pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+def remove_node(name: str, node: str, state_dir: Path | None = None) -> None:
+    """Stop ``node`` of running lab ``name``, delete its namespace and files; the others keep running."""
+    state, d = _load_state(name, state_dir)
+    entry = state["nodes"].get(node)
+    if entry is None:
+        return
+    pid = entry.get("pid")
+    with SignalGuard(), netns.signals_deferred():
+        if _pid_alive(pid) and pid in netns.netns_pids(entry["namespace"]):
+            # SIGTERM first: the daemon says goodbye to its peers, so they drop it at once.
+            netns.kill_pids([pid], grace=5.0)
+        try:
+            netns.delete_netns(entry["namespace"])
+        except NetnsError as e:
+            raise LabError(f"node {node}: could not remove its namespace: {e}") from None
+        data = state["spec"]
+        state["spec"] = dict(data, nodes=[n for n in data["nodes"] if n["name"] != node])
+        del state["nodes"][node]
+        _write_state(d, state)
+        for suffix in (".net", ".security.yaml", ".sock", ".log", ".stderr"):
+            with contextlib.suppress(FileNotFoundError):
+                (d / f"{node}{suffix}").unlink()
+
+
+def set_hosts(name: str, hosts: str, state_dir: Path | None = None) -> None:
+    """Replace the hosts lines of every namespace of running lab ``name``."""
+    state, d = _load_state(name, state_dir)
+    state["spec"] = dict(state["spec"], hosts=hosts)
+    spec = LabSpec.model_validate(state["spec"])
+    for entry in state["nodes"].values():
+        _write_hosts(entry["namespace"], spec)
+    _write_state(d, state)
+
+
 def _teardown(name: str, d: Path, prefix: str) -> bool:
     """Kill nodes, delete namespaces and the state dir. Returns whether anything was there."""
     found = False
@@ -836,6 +913,12 @@ def _load_state(name: str, state_dir: Path | None) -> tuple[dict[str, Any], Path
     if state is None:
         raise LabError(f"lab {name!r} is not up (no state in {d})")
     return state, d
+
+
+def lab_spec(name: str, state_dir: Path | None = None) -> LabSpec:
+    """The spec running lab ``name`` was built from (with every later node change)."""
+    state, _ = _load_state(name, state_dir)
+    return LabSpec.model_validate(state["spec"])
 
 
 def lab_status(name: str, state_dir: Path | None = None, *, ping: bool = True) -> LabStatus:

@@ -306,20 +306,24 @@ class LabTarget:
     ) -> None:
         lab = self._lab()
         spec = self.spec(mesh, rendered)
+        name = mesh.mesh.name
         node_changes = [c for c in changes if c.address.startswith("node.")]
-        topology = any(c.action in ("create", "delete") for c in node_changes)
         rebuild = any(c.address.startswith("lab.") for c in changes)
         up = self._is_up(mesh)
         try:
-            if not up or topology or rebuild:
+            if up and not rebuild and lab.lab_spec(name, self.lab_dir).underlay != spec.underlay:
+                # The bridge LAN itself changes: no node can keep its place on it.
+                progress(f"mesh {name}: the underlay network changes to {spec.underlay.subnet}")
+                rebuild = True
+            if not up or rebuild:
                 if up or rebuild:
-                    progress(f"mesh {mesh.mesh.name}: rebuilding the lab")
-                    lab.lab_down(mesh.mesh.name, self.lab_dir)
-                progress(f"mesh {mesh.mesh.name}: starting {len(spec.nodes)} nodes in the lab")
+                    progress(f"mesh {name}: rebuilding the lab")
+                    lab.lab_down(name, self.lab_dir)
+                progress(f"mesh {name}: starting {len(spec.nodes)} nodes in the lab")
                 lab.lab_up(spec, self.lab_dir, timeout=self.timeout)
                 return
         except lab.LabError as exc:
-            raise ApplyError(f"mesh {mesh.mesh.name}: step lab up: {exc}") from None
+            raise ApplyError(f"mesh {name}: step lab up: {exc}") from None
         if any(c.address.startswith("security.") for c in changes):
             # ACL or key expiry changed: every node re-reads its security file on SIGHUP.
             changed = {c.address.split(".", 1)[1] for c in node_changes}
@@ -328,17 +332,31 @@ class LabTarget:
                 for n in mesh.nodes
                 if n.name not in changed
             ]
-        for change in node_changes:
+        # Removed nodes go first, new ones next, then reloads (so the others learn the new peers)
+        # and restarts last, since a restart waits for the whole mesh.
+        order = {"delete": 0, "create": 1, "update": 2, "replace": 3}
+        for change in sorted(node_changes, key=lambda c: order[c.action]):
             node = change.address.split(".", 1)[1]
-            step = "reload" if change.action == "update" else "restart"
+            step = {"delete": "remove", "create": "add", "update": "reload", "replace": "restart"}[
+                change.action
+            ]
             progress(f"node {node}: {step}")
             try:
-                if change.action == "update":
-                    lab.reload_node(mesh.mesh.name, spec.node(node), self.lab_dir)
+                if change.action == "delete":
+                    lab.remove_node(name, node, self.lab_dir)
+                elif change.action == "create":
+                    lab.add_node(name, spec.node(node), self.lab_dir, hosts=spec.hosts)
+                elif change.action == "update":
+                    lab.reload_node(name, spec.node(node), self.lab_dir)
                 else:
-                    lab.restart_node(mesh.mesh.name, spec.node(node), self.lab_dir, timeout=self.timeout)
+                    lab.restart_node(name, spec.node(node), self.lab_dir, timeout=self.timeout)
             except lab.LabError as exc:
                 raise ApplyError(f"node {node}: step {step}: {exc}") from None
+        if any(c.address.startswith("hosts.") and c.action != "create" for c in changes):
+            try:
+                lab.set_hosts(name, spec.hosts or "", self.lab_dir)
+            except lab.LabError as exc:
+                raise ApplyError(f"mesh {name}: step hosts: {exc}") from None
 
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
         """Poll the lab until every node sees every other and all pings answer (bounded)."""
