@@ -436,3 +436,57 @@ def test_entry_points_module_and_top_level_dispatch(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert "Plan: 4 to add, 0 to change, 0 to replace, 0 to destroy." in res.stdout
     assert not (tmp_path / "k").exists()  # plan never writes keys
+
+
+def test_removed_node_leaves_no_rendered_files_and_its_key_is_archived(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, state_dir = env
+    applied(env)
+    assert (state_dir / "g" / "b.net").exists()
+    # A retired key left by an earlier rotation (e.g. by the Ansible keystore module).
+    fixed_key(store, "g", "spare")
+    os.replace(store.path("g", "spare"), store.root / "g" / "a.retired.key")
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(
+        MESH.replace("  - name: b\n    host: hb\n    underlay: 192.0.2.2\n    vpn_address: 10.5.0.2\n", "")
+    )
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    assert main(["plan", str(mesh_file), *common, "--detailed-exitcode", "-refresh=false"]) == 2
+    out = capsys.readouterr().out
+    assert "# key of removed node b will be archived: b.key" in out
+    assert "# retired key of a (replaced by a rotation) will be archived: a.retired.key" in out
+    apply_mesh(load_mesh_text(mesh_file.read_text()), store, state_dir, FakeTarget())
+    assert not (state_dir / "g" / "b.net").exists()
+    archived = sorted(
+        p.relative_to(store.root / "g").parts[2:] for p in (store.root / "g" / "archive").rglob("*.key")
+    )
+    assert archived == [("a.retired.key",), ("b.key",)]
+    assert store.get("g", "b") is None and store.get("g", "a") is not None
+    # Only the retired key moved: a still has its own key, and nothing is left to do.
+    assert (
+        compute_plan(load_mesh_text(mesh_file.read_text()), store, load_state(state_dir, "g")).has_changes
+        is False
+    )
+
+
+def test_replace_and_destroy_on_the_command_line(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, state_dir = env
+    applied(env)
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH)
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    plan = ["plan", str(mesh_file), *common, "--detailed-exitcode", "-refresh=false"]
+    assert main([*plan, "-replace", "a"]) == 2
+    out = capsys.readouterr().out
+    assert "# node.a must be replaced (restart): replacement requested" in out
+    assert "Plan: 0 to add, 0 to change, 1 to replace, 0 to destroy." in out
+    assert main([*plan, "-replace", "zz"]) == 1
+    assert "no node 'zz'" in capsys.readouterr().err
+    # Without a terminal and without -auto-approve, destroy refuses and removes nothing.
+    assert main(["destroy", str(mesh_file), *common, "--lab-dir", str(tmp_path / "lab")]) == 1
+    err = capsys.readouterr().err
+    assert "destroy needs confirmation" in err and "-auto-approve" in err
+    assert (state_dir / "g" / "a.net").exists() and store.get("g", "a") is not None

@@ -187,3 +187,32 @@ def test_adding_and_removing_a_node_reloads_the_others(
     assert {n.name: n.pid for n in status.nodes} == before
     assert status.whole and status.ping_ok
     assert _plan(m) == 0
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_replace_restarts_one_node_and_destroy_removes_everything(
+    lab_mesh: LabMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = lab_mesh
+    assert _apply(m) == 0
+    capsys.readouterr()
+    before = m.pids()
+    assert main(["apply", str(m.mesh_file), *m.common, *m.target, "-replace", "b"]) == 0
+    assert "node b: restart" in capsys.readouterr().out
+    after = m.pids()
+    assert after["b"] != before["b"] and (after["a"], after["c"]) == (before["a"], before["c"])
+    assert lab.lab_status(m.name, m.lab_dir).whole
+
+    assert main(["destroy", str(m.mesh_file), *m.common, *m.target, "-auto-approve"]) == 0
+    out = capsys.readouterr().out
+    assert f"# lab.{m.name} will be destroyed" in out and "Destroy complete." in out
+    assert not lab.read_lab(m.name, m.lab_dir).up
+    assert not any(m.name in ns for ns in lab.netns.list_netns())
+    keys = tmp_path / "keys" / m.name
+    assert not list(keys.glob("*.key"))
+    assert sorted(p.name for p in keys.glob("archive/*/*.key")) == ["a.key", "b.key", "c.key"]
+    assert not (tmp_path / "state" / m.name).exists()  # rendered configs removed
+    # The next plan starts from nothing (the keys are archived, so new ones will be made).
+    assert _plan(m) == 2
+    assert "Plan: 4 to add" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,12 +33,14 @@ from .plan import (
     Plan,
     Refresh,
     ResourceChange,
+    compute_destroy,
     compute_plan,
     compute_rotation,
     desired_resources,
     diff_resources,
     key_view,
     merge_drift,
+    requested_replacements,
 )
 from .render import KeyView, RenderedNode, Unknown, config_text, hosts_block, render_mesh
 from .state import MeshState, RotationProgress, decode_attrs, encode_attrs, load_state, save_state
@@ -49,6 +52,7 @@ __all__ = [
     "Target",
     "apply_mesh",
     "apply_rotation",
+    "destroy_mesh",
     "refresh_target",
     "write_configs",
 ]
@@ -70,6 +74,8 @@ class Target(Protocol):
     name: str
 
     def read(self, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh: ...
+
+    def destroy(self, mesh: Mesh, progress: Progress) -> None: ...
 
     def deploy(self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange],
                progress: Progress) -> None: ...  # fmt: skip
@@ -202,6 +208,11 @@ class AnsibleTarget:
         # Not faked: without reading the hosts, reality is unknown and the plan says so.
         return Refresh(skipped="the ansible target cannot read the hosts yet; reality is unknown")
 
+    def destroy(self, mesh: Mesh, progress: Progress) -> None:
+        raise ApplyError(
+            f"mesh {mesh.mesh.name}: step destroy: the ansible target cannot remove nodes from hosts yet"
+        )
+
 
 class LabTarget:
     """This machine: one network namespace per node through :mod:`vpncloud.lab.lab`."""
@@ -292,6 +303,14 @@ class LabTarget:
             if reason:
                 drift.append(Drift(address=f"node.{name}", reason=reason, action="replace"))
         return Refresh(drift=drift)
+
+    def destroy(self, mesh: Mesh, progress: Progress) -> None:
+        lab = self._lab()
+        progress(f"mesh {mesh.mesh.name}: removing the lab")
+        try:
+            lab.lab_down(mesh.mesh.name, self.lab_dir)
+        except lab.LabError as exc:
+            raise ApplyError(f"mesh {mesh.mesh.name}: step destroy: {exc}") from None
 
     def _is_up(self, mesh: Mesh) -> bool:
         lab = self._lab()
@@ -410,6 +429,46 @@ def _revealed(mesh: Mesh, rendered: RenderedNode) -> dict[str, Any]:
 # --- apply -------------------------------------------------------------------------------------
 
 
+def _requested_drift(plan: Plan) -> list[Drift]:
+    return [
+        Drift(address=f"node.{n}", reason="replacement requested", action="replace") for n in plan.replace
+    ]
+
+
+def _remove_rendered(state_dir: Path, mesh: str, nodes: list[str]) -> None:
+    for node in nodes:
+        for suffix in (".net", ".security.yaml"):
+            (state_dir / mesh / f"{node}{suffix}").unlink(missing_ok=True)
+
+
+def _archive_keys(keystore: Keystore, mesh: str, plan: Plan, progress: Progress) -> None:
+    for item in plan.key_archives:
+        path = keystore.archive(mesh, item.file)
+        progress(f"{item.reason}: archived to {path}")
+
+
+def destroy_mesh(
+    mesh: Mesh,
+    keystore: Keystore,
+    state_dir: Path,
+    target: Target,
+    *,
+    progress: Progress = lambda _msg: None,
+) -> Plan:
+    """Remove everything the mesh made on its target and the rendered files; archive every key."""
+    state = load_state(state_dir, mesh.mesh.name)
+    plan = compute_destroy(mesh, keystore, state, target=target.name)
+    target.destroy(mesh, progress)
+    directory = state_dir / mesh.mesh.name
+    if directory.is_dir():
+        progress(f"mesh {mesh.mesh.name}: removing the rendered configs in {directory}")
+        shutil.rmtree(directory)
+    _archive_keys(keystore, mesh.mesh.name, plan, progress)
+    save_state(state_dir, state.model_copy(update={"resources": {}, "rotation": None}))
+    progress(f"mesh {mesh.mesh.name}: destroyed")
+    return plan
+
+
 def refresh_target(target: Any, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh:
     """What ``target`` reads as drift; targets without ``read`` say that they cannot."""
     read = getattr(target, "read", None)
@@ -451,6 +510,7 @@ def apply_mesh(
     progress: Progress = lambda _msg: None,
     mesh_file: str | None = None,
     refresh: bool | Refresh = True,
+    replace: list[str] | None = None,
 ) -> Plan:
     """Apply the mesh; with ``expected_hash`` (a saved plan) refuse if the inputs changed since.
 
@@ -462,7 +522,7 @@ def apply_mesh(
         found: Refresh | None = refresh  # already read (and shown) by the caller
     else:
         found = refresh_target(target, mesh, state, keystore) if refresh else None
-    plan = compute_plan(mesh, keystore, state, mesh_file=mesh_file, refresh=found)
+    plan = compute_plan(mesh, keystore, state, mesh_file=mesh_file, refresh=found, replace=replace)
     if expected_hash is not None and plan.inputs_hash != expected_hash:
         raise ApplyError(
             f"mesh {mesh.mesh.name}: step check plan: the saved plan is stale (the mesh, the keys or the "
@@ -481,11 +541,24 @@ def apply_mesh(
     desired = desired_resources(mesh, keys)
     # 2. recompute the changes with the real keys (public keys are now known).
     before = {a: decode_attrs(v) for a, v in state.resources.items()}
-    changes = merge_drift(diff_resources(before, desired), plan.drift)
+    requested = requested_replacements(mesh, plan.replace)
+    changes = merge_drift(merge_drift(diff_resources(before, desired), plan.drift), requested)
     write_configs(mesh, rendered, state_dir, _public_keys(keys))
     # 3. deploy, 4. record.
-    target.deploy(mesh, rendered, changes, progress)
-    target.wait_healthy(mesh, progress)
+    if changes:
+        target.deploy(mesh, rendered, changes, progress)
+        target.wait_healthy(mesh, progress)
+    _remove_rendered(
+        state_dir,
+        mesh.mesh.name,
+        [
+            c.address.split(".", 1)[1]
+            for c in changes
+            if c.address.startswith("node.") and c.action == "delete"
+        ],
+    )
+    # Keys of removed nodes only after the nodes are gone: until then they still use them.
+    _archive_keys(keystore, mesh.mesh.name, plan, progress)
     if getattr(target, "dry_run", False):
         # A check-mode deployment changed nothing: recording it would hide the changes from plan.
         progress(f"mesh {mesh.mesh.name}: check mode, applied state not recorded")
@@ -529,5 +602,8 @@ def apply_rotation(
         )
     if keystore.get(mesh.mesh.name, node, next_key=True) is not None:  # not yet promoted by a prior run
         keystore.promote(mesh.mesh.name, node)
+        retired = f"{node}.retired.key"
+        if (keystore.root / mesh.mesh.name / retired).exists():
+            progress(f"node {node}: old key archived to {keystore.archive(mesh.mesh.name, retired)}")
     save_state(state_dir, state.model_copy(update={"rotation": None}))
     progress(f"node {node}: key rotated")

@@ -16,7 +16,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .apply import AnsibleTarget, ApplyError, LabTarget, Target, apply_mesh, apply_rotation, refresh_target
+from .apply import (
+    AnsibleTarget,
+    ApplyError,
+    LabTarget,
+    Target,
+    apply_mesh,
+    apply_rotation,
+    destroy_mesh,
+    refresh_target,
+)
 from .keystore import Keystore, KeystoreError
 from .loader import MeshError, load_meshes
 from .models import Mesh, MeshFile
@@ -24,6 +33,7 @@ from .plan import (
     Plan,
     PlanError,
     Refresh,
+    compute_destroy,
     compute_plan,
     compute_rotation,
     print_lines,
@@ -109,6 +119,17 @@ def _refresh_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _replace_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-replace",
+        "--replace",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="Restart NODE with a fresh render even if nothing changed (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Parser of the four subcommands."""
     p = _Parser(prog="vpncloud", description="Declarative VpnCloud mesh orchestration")
@@ -124,12 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("-out", "--out", type=Path, help="Save the plan for 'apply FILE' (one mesh only)")
     _target_args(plan)
     _refresh_arg(plan)
+    _replace_arg(plan)
 
     apply = sub.add_parser("apply", help="Apply a mesh file or a saved plan")
     apply.add_argument("source", type=Path, help="mesh.yaml or a plan saved with plan -out")
     _common(apply)
     _target_args(apply)
     _refresh_arg(apply)
+    _replace_arg(apply)
+
+    destroy = sub.add_parser("destroy", help="Remove everything the mesh made on its target")
+    destroy.add_argument("mesh", type=Path, help="mesh.yaml")
+    _common(destroy)
+    _target_args(destroy)
+    destroy.add_argument(
+        "-auto-approve", "--auto-approve", action="store_true", help="Destroy without asking for 'yes'"
+    )
 
     rotate = sub.add_parser("rotate", help="Plan (and with --apply run) a phased key rotation")
     rotate.add_argument("mesh", type=Path, help="mesh.yaml")
@@ -178,7 +209,9 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
     for path, mesh in zip(ns.mesh, meshes, strict=True):
         state = load_state(ns.state_dir, mesh.mesh.name)
         found = _refresh(ns, mesh, state, keystore)
-        plans.append(compute_plan(mesh, keystore, state, mesh_file=str(path), refresh=found))
+        plans.append(
+            compute_plan(mesh, keystore, state, mesh_file=str(path), refresh=found, replace=ns.replace)
+        )
     if ns.out is not None:
         if len(plans) != 1:
             raise PlanError("-out saves the plan of exactly one mesh file")
@@ -226,9 +259,14 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
     state = load_state(ns.state_dir, mesh.mesh.name)
     target = _target(ns, state)
     found = _refresh(ns, mesh, state, Keystore(ns.keystore))
+    replace = list(ns.replace)
     if expected is None:
-        plan = compute_plan(mesh, Keystore(ns.keystore), state, mesh_file=mesh_file, refresh=found)
+        plan = compute_plan(
+            mesh, Keystore(ns.keystore), state, mesh_file=mesh_file, refresh=found, replace=replace
+        )
         print_plan(plan, out)
+    else:
+        replace = _saved_replacements(ns.source) + replace
     if isinstance(target, AnsibleTarget):
         target.mesh_file = mesh_file
     apply_mesh(
@@ -240,8 +278,41 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
         progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
         mesh_file=mesh_file,
         refresh=found,
+        replace=replace,
     )
     out.print("Apply complete.", style="bold green", highlight=False)
+    return EXIT_OK
+
+
+def _saved_replacements(source: Path) -> list[str]:
+    # A saved plan made with -replace must replace the same nodes when applied.
+    try:
+        return list(json.loads(source.read_text(encoding="utf-8")).get("replace") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _destroy(ns: argparse.Namespace, out: Console) -> int:
+    mesh = load_meshes([ns.mesh])[0]
+    keystore = Keystore(ns.keystore)
+    state = load_state(ns.state_dir, mesh.mesh.name)
+    target = _target(ns, state)
+    print_plan(compute_destroy(mesh, keystore, state, target=target.name), out)
+    if not ns.auto_approve:
+        if not sys.stdin.isatty():
+            raise PlanError("destroy needs confirmation: run it on a terminal or pass -auto-approve")
+        out.print(f"\nDo you really want to destroy mesh {mesh.mesh.name!r}? Only 'yes' is accepted.")
+        if input("  Enter a value: ").strip() != "yes":
+            out.print("Destroy cancelled.", highlight=False)
+            return EXIT_ERROR
+    destroy_mesh(
+        mesh,
+        keystore,
+        ns.state_dir,
+        target,
+        progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
+    )
+    out.print("Destroy complete.", style="bold green", highlight=False)
     return EXIT_OK
 
 
@@ -287,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _apply(ns, out)
         if ns.command == "rotate":
             return _rotate(ns, out)
+        if ns.command == "destroy":
+            return _destroy(ns, out)
         return _schema(ns)
     except MeshError as exc:
         for item in exc.items:

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .acl import expiry_warnings, security_file
-from .keystore import Keystore
+from .keystore import ARCHIVE, Keystore
 from .models import Mesh, overlapping_claims, public_peers
 from .render import UNKNOWN, KeyView, Sensitive, Unknown, flatten, hosts_block, render_mesh
 from .state import MeshState, decode_attrs
@@ -36,6 +36,7 @@ from .state import MeshState, decode_attrs
 __all__ = [
     "AttributeChange",
     "Drift",
+    "KeyArchive",
     "Phase",
     "Plan",
     "PlanError",
@@ -43,6 +44,7 @@ __all__ = [
     "Refresh",
     "ResourceChange",
     "RotationPlan",
+    "compute_destroy",
     "compute_plan",
     "compute_rotation",
     "desired_resources",
@@ -51,6 +53,7 @@ __all__ = [
     "merge_drift",
     "plan_text",
     "print_plan",
+    "requested_replacements",
 ]
 
 #: Attributes a running node picks up on reload; a change of anything else means a restart.
@@ -128,6 +131,15 @@ class PlanWarning(BaseModel):
     message: str = Field(description="Human-readable explanation.")
 
 
+class KeyArchive(BaseModel):
+    """A key file no node uses any more: apply moves it to the keystore's dated archive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="Key file name in the mesh's keystore directory (never its content).")
+    reason: str = Field(description="Whose key it is and why it is no longer used.")
+
+
 class Plan(BaseModel):
     """The plan of one mesh."""
 
@@ -146,6 +158,11 @@ class Plan(BaseModel):
         default=None, description="Why reality was not read before planning (null: it was read)."
     )
     changes: list[ResourceChange] = Field(default_factory=list, description="Resources that change.")
+    replace: list[str] = Field(default_factory=list, description="Nodes to restart as requested (-replace).")
+    destroy: bool = Field(default=False, description="A plan of 'vpncloud destroy': remove everything.")
+    key_archives: list[KeyArchive] = Field(
+        default_factory=list, description="Unused key files apply moves to the keystore's archive."
+    )
     warnings: list[PlanWarning] = Field(default_factory=list, description="Plan-time warnings.")
 
     @model_validator(mode="before")
@@ -173,7 +190,7 @@ class Plan(BaseModel):
     @property
     def has_changes(self) -> bool:
         """Whether apply would do anything."""
-        return bool(self.changes)
+        return bool(self.changes or self.key_archives)
 
 
 class Phase(BaseModel):
@@ -464,6 +481,19 @@ def merge_drift(changes: list[ResourceChange], drift: list[Drift]) -> list[Resou
     return sorted(merged, key=lambda c: _address_order(c.address))
 
 
+def requested_replacements(mesh: Mesh, replace: list[str]) -> list[Drift]:
+    """``-replace NODE``: restarts planned like repairs (the node must exist)."""
+    names = {n.name for n in mesh.nodes}
+    for node in replace:
+        if node not in names:
+            raise PlanError(f"-replace {node}: the mesh has no node {node!r}")
+    return [Drift(address=f"node.{n}", reason="replacement requested", action="replace") for n in replace]
+
+
+def _key_archives(keystore: Keystore, mesh: str, nodes: set[str]) -> list[KeyArchive]:
+    return [KeyArchive(file=f, reason=why) for f, why in keystore.unused(mesh, nodes).items()]
+
+
 def compute_plan(
     mesh: Mesh,
     keystore: Keystore,
@@ -471,24 +501,45 @@ def compute_plan(
     *,
     mesh_file: str | None = None,
     refresh: Refresh | None = None,
+    replace: list[str] | None = None,
 ) -> Plan:
     """The plan of one mesh against its applied state (reads the keystore, never writes it).
 
-    ``refresh`` is what the target read: drifted resources become changes that repair them.
+    ``refresh`` is what the target read: drifted resources become changes that repair them;
+    ``replace`` names nodes to restart (with a fresh render) although nothing changed.
     """
     keys = key_view(mesh, keystore)
     _check_keys_not_lost(mesh, state, keys)
     desired = desired_resources(mesh, keys)
     before = {address: decode_attrs(attrs) for address, attrs in state.resources.items()}
     drift = refresh.drift if refresh else []
+    requested = requested_replacements(mesh, replace or [])
+    changes = merge_drift(merge_drift(diff_resources(before, desired), drift), requested)
     return Plan(
         mesh=mesh.mesh.name,
         mesh_file=mesh_file,
-        inputs_hash=_inputs_hash(mesh, keys, state, drift),
+        inputs_hash=_inputs_hash(mesh, keys, state, drift + requested),
         drift=drift,
         refresh_skipped=refresh.skipped if refresh else None,
-        changes=merge_drift(diff_resources(before, desired), drift),
+        changes=changes,
+        replace=sorted(replace or []),
+        key_archives=_key_archives(keystore, mesh.mesh.name, {n.name for n in mesh.nodes}),
         warnings=plan_warnings(mesh),
+    )
+
+
+def compute_destroy(mesh: Mesh, keystore: Keystore, state: MeshState, *, target: str | None) -> Plan:
+    """``vpncloud destroy``: remove every applied resource (and the lab), archive every key."""
+    before = {address: decode_attrs(attrs) for address, attrs in state.resources.items()}
+    changes = diff_resources(before, {})
+    if target == "lab":
+        changes.insert(0, ResourceChange(address=f"lab.{mesh.mesh.name}", action="delete", attributes=[]))
+    return Plan(
+        mesh=mesh.mesh.name,
+        inputs_hash=_digest("destroy", state.model_dump_json()),
+        changes=changes,
+        destroy=True,
+        key_archives=_key_archives(keystore, mesh.mesh.name, set()),
     )
 
 
@@ -625,7 +676,7 @@ def drift_lines(plan: Plan) -> list[tuple[str, str]]:
 def plan_lines(plan: Plan) -> list[tuple[str, str]]:
     """The plan as (style, text) lines; styles are rich style names, the text carries all meaning."""
     lines: list[tuple[str, str]] = drift_lines(plan)
-    if not plan.changes:
+    if not plan.has_changes:
         lines.append(("green", f"No changes. Mesh {plan.mesh!r} matches the applied state."))
     else:
         lines.append(("", f"VpnCloud will perform the following actions on mesh {plan.mesh!r}:"))
@@ -645,6 +696,9 @@ def plan_lines(plan: Plan) -> list[tuple[str, str]]:
                 s = "s" if change.unchanged != 1 else ""
                 lines.append(("dim", f"        # ({change.unchanged} unchanged attribute{s} hidden)"))
             lines.append(("", "    }"))
+    for item in plan.key_archives:
+        lines.append(("", ""))
+        lines.append(("bold", f"  # {item.reason} will be archived: {item.file} -> {ARCHIVE}/<UTC date>/"))
     for warning in plan.warnings:
         lines.append(("", ""))
         lines.append(("bold yellow", f"Warning: {warning.message}"))
@@ -654,7 +708,8 @@ def plan_lines(plan: Plan) -> list[tuple[str, str]]:
         (
             "bold",
             f"Plan: {counts['add']} to add, {counts['change']} to change, "
-            f"{counts['replace']} to replace, {counts['destroy']} to destroy.",
+            f"{counts['replace']} to replace, {counts['destroy']} to destroy."
+            + (f" {len(plan.key_archives)} key(s) to archive." if plan.key_archives else ""),
         )
     )
     return lines
