@@ -11,14 +11,19 @@ import json
 import os
 import select
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from vpncloud.daemon.control import netns_socket_link
 from vpncloud.lab import lab
+from vpncloud.lab.cli import main as lab_main
 from vpncloud.mesh.cli import main
+from vpncloud.mesh.keystore import Keystore
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "inventories" / "lab" / "mesh.yaml"
 
@@ -48,6 +53,14 @@ def lab_mesh(tmp_path: Path) -> Iterator[LabMesh]:
         yield LabMesh(mesh_file, name, lab_dir, common, target)
     finally:
         lab.lab_down(name, lab_dir)
+
+
+@pytest.fixture
+def applied(lab_mesh: LabMesh, capsys: pytest.CaptureFixture[str]) -> LabMesh:
+    """The example mesh applied to a fresh lab of its own."""
+    assert _apply(lab_mesh) == 0
+    capsys.readouterr()
+    return lab_mesh
 
 
 def _kill_and_wait(pid: int) -> None:
@@ -128,11 +141,9 @@ def test_refresh_plans_and_repairs_drift(lab_mesh: LabMesh, capsys: pytest.Captu
 @pytest.mark.netns
 @pytest.mark.timeout(300)
 def test_refresh_sees_a_node_running_with_another_key(
-    lab_mesh: LabMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    applied: LabMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    m = lab_mesh
-    assert _apply(m) == 0
-    capsys.readouterr()
+    m = applied
     # The keystore's key of a is replaced behind vpncloud's back: a now runs with a foreign key.
     key = tmp_path / "keys" / m.name / "a.key"
     replacement = tmp_path / "keys" / m.name / "b.key"
@@ -154,11 +165,9 @@ NODE_D = """  - name: d
 @pytest.mark.netns
 @pytest.mark.timeout(300)
 def test_adding_and_removing_a_node_reloads_the_others(
-    lab_mesh: LabMesh, capsys: pytest.CaptureFixture[str]
+    applied: LabMesh, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    m = lab_mesh
-    assert _apply(m) == 0
-    capsys.readouterr()
+    m = applied
     before = m.pids()
 
     m.mesh_file.write_text(m.mesh_file.read_text() + NODE_D)
@@ -192,11 +201,9 @@ def test_adding_and_removing_a_node_reloads_the_others(
 @pytest.mark.netns
 @pytest.mark.timeout(300)
 def test_replace_restarts_one_node_and_destroy_removes_everything(
-    lab_mesh: LabMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    applied: LabMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    m = lab_mesh
-    assert _apply(m) == 0
-    capsys.readouterr()
+    m = applied
     before = m.pids()
     assert main(["apply", str(m.mesh_file), *m.common, *m.target, "-replace", "b"]) == 0
     assert "node b: restart" in capsys.readouterr().out
@@ -216,3 +223,40 @@ def test_replace_restarts_one_node_and_destroy_removes_everything(
     # The next plan starts from nothing (the keys are archived, so new ones will be made).
     assert _plan(m) == 2
     assert "Plan: 4 to add" in capsys.readouterr().out
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_status_finds_the_lab_node_of_its_namespace(
+    applied: LabMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    m = applied
+    status = lab.lab_status(m.name, m.lab_dir, ping=False)
+    b = next(n for n in status.nodes if n.name == "b")
+    # Plain "vpncloud status" inside b's namespace: no --socket, no -d.
+    root = str(Path(__file__).resolve().parents[1])
+    res = subprocess.run(
+        ["ip", "netns", "exec", b.namespace, sys.executable, "-m", "vpncloud", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=root),
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    keys = Keystore(tmp_path / "keys").public_keys(m.name)
+    assert data["pid"] == b.pid and data["public_key"] == keys["b"]
+
+    assert lab_main(["--state-dir", str(m.lab_dir), "status", m.name, "--no-ping"]) == 0
+    out = capsys.readouterr().out
+    assert f"control socket of b: {b.socket}" in out
+    assert lab_main(["--state-dir", str(m.lab_dir), "status", m.name, "b"]) == 0
+    out = capsys.readouterr().out
+    assert f"control socket: {b.socket}" in out and f"namespace {b.namespace}" in out
+    assert "Peers" in out and "10.98.0.1:3210" in out  # the daemon's own status: its peers
+
+    # Down, the registration is gone too.
+    lab.lab_down(m.name, m.lab_dir)
+    assert not os.path.lexists(netns_socket_link(b.namespace))

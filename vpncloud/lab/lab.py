@@ -75,6 +75,7 @@ __all__ = [
     "lab_status",
     "lab_up",
     "load_spec",
+    "node_status",
     "parse_spec",
     "read_lab",
     "reload_node",
@@ -309,6 +310,7 @@ class NodeStatus(BaseModel):
     vpn_ip: str | None = None
     node_id: str | None = None
     peers: list[PeerStatus] = Field(default_factory=list)
+    socket: str | None = None  # the node's control socket (vpncloud status --socket PATH)
     error: str | None = None  # why the status could not be read
 
 
@@ -452,6 +454,18 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
+def _register_socket(namespace: str, sock: Path | None) -> None:
+    """Link (or unlink) ``vpncloud status``'s way from a namespace to its node's socket."""
+    from vpncloud.daemon.control import NETNS_DIR, netns_socket_link
+
+    link = Path(netns_socket_link(namespace))
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    if sock is not None:
+        Path(NETNS_DIR).mkdir(parents=True, exist_ok=True)
+        link.symlink_to(sock.resolve())
+
+
 def _start_node(ns: Netns, d: Path, node: str) -> int:
     """Start the daemon for ``node`` in ``ns``, detached; return its pid.
 
@@ -475,6 +489,7 @@ def _start_node(ns: Netns, d: Path, node: str) -> int:
     )
     if res.returncode != 0 or not res.stdout.strip().isdigit():
         raise LabError(f"could not start node {node}: {res.stderr.strip() or res.stdout.strip()}")
+    _register_socket(ns.name, sock)
     return int(res.stdout.strip())
 
 
@@ -626,6 +641,7 @@ def _collect(state: dict[str, Any], d: Path, *, ping: bool) -> LabStatus:
             underlay=str(node.address),
             underlay6=str(node.address6) if node.address6 else None,
             vpn_ip=spec.vpn_ip(node),
+            socket=str(d / f"{node.name}.sock"),
         )
         by_host[str(node.address)] = node.name
         if node.address6:
@@ -846,6 +862,7 @@ def remove_node(name: str, node: str, state_dir: Path | None = None) -> None:
             netns.delete_netns(entry["namespace"])
         except NetnsError as e:
             raise LabError(f"node {node}: could not remove its namespace: {e}") from None
+        _register_socket(entry["namespace"], None)
         data = state["spec"]
         state["spec"] = dict(data, nodes=[n for n in data["nodes"] if n["name"] != node])
         del state["nodes"][node]
@@ -882,6 +899,8 @@ def _teardown(name: str, d: Path, prefix: str) -> bool:
         pids = [e.get("pid") for e in state.get("nodes", {}).values()]
         while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
             time.sleep(0.05)
+    for entry in (state or {}).get("nodes", {}).values():
+        _register_socket(str(entry.get("namespace", "")), None)
     try:
         gone = netns.cleanup_stale(prefix)
         # Also whatever the state file recorded (it may name a prefix of an older version).
@@ -919,6 +938,16 @@ def lab_spec(name: str, state_dir: Path | None = None) -> LabSpec:
     """The spec running lab ``name`` was built from (with every later node change)."""
     state, _ = _load_state(name, state_dir)
     return LabSpec.model_validate(state["spec"])
+
+
+def node_status(name: str, node: str, state_dir: Path | None = None) -> tuple[NodeStatus, dict[str, Any]]:
+    """One node of a running lab: its lab entry and the daemon's full status object."""
+    state, d = _load_state(name, state_dir)
+    LabSpec.model_validate(state["spec"]).node(node)
+    entry = next(n for n in _collect(state, d, ping=False).nodes if n.name == node)
+    if not entry.running:
+        raise LabError(_node_failure(d, node, f"node {node} is not running"))
+    return entry, _query(d / f"{node}.sock")
 
 
 def lab_status(name: str, state_dir: Path | None = None, *, ping: bool = True) -> LabStatus:
