@@ -260,3 +260,24 @@ def test_status_finds_the_lab_node_of_its_namespace(
     # Down, the registration is gone too.
     lab.lab_down(m.name, m.lab_dir)
     assert not os.path.lexists(netns_socket_link(b.namespace))
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_a_node_outside_the_underlay_network_plans_a_rebuild(
+    applied: LabMesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = applied
+    before = m.pids()
+    m.mesh_file.write_text(m.mesh_file.read_text() + NODE_D.replace("10.98.0.4", "10.98.1.4"))
+    assert _plan(m) == 2
+    out = capsys.readouterr().out
+    reason = "the underlay network changes from 10.98.0.0/24 to 10.98.0.0/23"
+    assert f"# lab.{m.name} must be replaced: {reason}" in out
+    assert "Objects have changed outside" not in out  # a consequence of the mesh file, not drift
+    assert _apply(m) == 0
+    assert "rebuilding the lab" in capsys.readouterr().out
+    status = lab.lab_status(m.name, m.lab_dir)
+    assert [n.name for n in status.nodes] == ["a", "b", "c", "d"] and status.whole
+    assert all(status_pid != before[n] for n, status_pid in m.pids().items() if n != "d")
+    assert _plan(m) == 0

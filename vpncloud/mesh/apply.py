@@ -234,20 +234,7 @@ class LabTarget:
     def spec(self, mesh: Mesh, rendered: dict[str, RenderedNode]) -> Any:
         """The lab spec: underlay = the smallest network (at most /24) holding every node's underlay."""
         lab = self._lab()
-        addresses = []
-        for node in mesh.nodes:
-            try:
-                addresses.append(ipaddress.IPv4Address(node.underlay or ""))
-            except ValueError:
-                raise ApplyError(
-                    f"node {node.name}: step lab spec: the lab needs an IPv4 underlay address"
-                ) from None
-        prefix = 24
-        while (
-            prefix > 8 and len({ipaddress.ip_network(f"{a}/{prefix}", strict=False) for a in addresses}) > 1
-        ):
-            prefix -= 1
-        subnet = ipaddress.ip_network(f"{addresses[0]}/{prefix}", strict=False)
+        addresses, subnet = _lab_underlay(mesh)
         configs = {node.name: _revealed(mesh, rendered[node.name]) for node in mesh.nodes}
         security = None
         if mesh.acl is not None or mesh.key_expiry:
@@ -302,7 +289,11 @@ class LabTarget:
             reason = _node_drift(reality.nodes[name], _accepted_keys(mesh, keystore, name))
             if reason:
                 drift.append(Drift(address=f"node.{name}", reason=reason, action="replace"))
-        return Refresh(drift=drift)
+        running = lab.lab_spec(mesh.mesh.name, self.lab_dir).underlay.subnet
+        wanted = _lab_underlay(mesh)[1]
+        # Nodes cannot move to another bridge LAN one by one: the plan must say the lab is rebuilt.
+        rebuild = f"the underlay network changes from {running} to {wanted}" if running != wanted else None
+        return Refresh(drift=drift, rebuild=rebuild)
 
     def destroy(self, mesh: Mesh, progress: Progress) -> None:
         lab = self._lab()
@@ -393,6 +384,24 @@ class LabTarget:
                 missing = ", ".join(f"{a}->{b}" for a, b in status.missing_links()) or "ping failed"
                 raise ApplyError(f"mesh {mesh.mesh.name}: step health check: not healthy ({missing})")
             time.sleep(0.5)  # polling interval of a bounded wait, not a synchronisation sleep
+
+
+def _lab_underlay(
+    mesh: Mesh,
+) -> tuple[list[ipaddress.IPv4Address], ipaddress.IPv4Network]:
+    """Every node's underlay address and the smallest network (at most /24) holding them all."""
+    addresses = []
+    for node in mesh.nodes:
+        try:
+            addresses.append(ipaddress.IPv4Address(node.underlay or ""))
+        except ValueError:
+            raise ApplyError(
+                f"node {node.name}: step lab spec: the lab needs an IPv4 underlay address"
+            ) from None
+    prefix = 24
+    while prefix > 8 and len({ipaddress.ip_network(f"{a}/{prefix}", strict=False) for a in addresses}) > 1:
+        prefix -= 1
+    return addresses, ipaddress.IPv4Network(f"{addresses[0]}/{prefix}", strict=False)
 
 
 def _accepted_keys(mesh: Mesh, keystore: Keystore, node: str) -> set[str]:
@@ -543,6 +552,10 @@ def apply_mesh(
     before = {a: decode_attrs(v) for a, v in state.resources.items()}
     requested = requested_replacements(mesh, plan.replace)
     changes = merge_drift(merge_drift(diff_resources(before, desired), plan.drift), requested)
+    # Target-level changes (the lab as a whole) come from the refresh, not from the resources.
+    changes = [c for c in plan.changes if c.address.startswith("lab.")] + [
+        c for c in changes if not c.address.startswith("lab.")
+    ]
     write_configs(mesh, rendered, state_dir, _public_keys(keys))
     # 3. deploy, 4. record.
     if changes:

@@ -120,6 +120,9 @@ class Refresh(BaseModel):
 
     drift: list[Drift] = Field(default_factory=list)
     skipped: str | None = Field(default=None, description="Why reality was not read (null: it was).")
+    rebuild: str | None = Field(
+        default=None, description="Why the target must be rebuilt as a whole to apply the mesh."
+    )
 
 
 class PlanWarning(BaseModel):
@@ -515,6 +518,9 @@ def compute_plan(
     drift = refresh.drift if refresh else []
     requested = requested_replacements(mesh, replace or [])
     changes = merge_drift(merge_drift(diff_resources(before, desired), drift), requested)
+    if refresh is not None and refresh.rebuild and not any(c.address.startswith("lab.") for c in changes):
+        rebuild = ResourceChange(address=f"lab.{mesh.mesh.name}", action="replace", attributes=[])
+        changes.insert(0, rebuild.model_copy(update={"reason": refresh.rebuild}))
     return Plan(
         mesh=mesh.mesh.name,
         mesh_file=mesh_file,
