@@ -281,3 +281,32 @@ def test_a_node_outside_the_underlay_network_plans_a_rebuild(
     assert [n.name for n in status.nodes] == ["a", "b", "c", "d"] and status.whole
     assert all(status_pid != before[n] for n, status_pid in m.pids().items() if n != "d")
     assert _plan(m) == 0
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_mesh_status_reports_health_and_the_connection_matrix(
+    applied: LabMesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vpncloud.cli import main as vpncloud_main
+
+    m = applied
+    cmd = ["status", str(m.mesh_file), *m.common, "--lab-dir", str(m.lab_dir)]
+    assert vpncloud_main([*cmd, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["whole"] and data["problems"] == []
+    assert [n["name"] for n in data["nodes"]] == ["a", "b", "c"]
+    for node in data["nodes"]:
+        assert node["up"] and node["public_key_matches"] is True and node["peers"] == 2
+        assert node["version"] and node["dataplane"] and node["last_handshake_secs"] is not None
+    assert data["connected"] == data["expected"]
+    assert vpncloud_main(cmd) == 0
+    assert "whole" in capsys.readouterr().out
+
+    c_pid = m.pids()["c"]
+    assert c_pid is not None
+    _kill_and_wait(c_pid)
+    assert vpncloud_main([*cmd, "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert not data["whole"] and "c: not running" in data["problems"]
+    assert "c -> a: not connected" in data["problems"]

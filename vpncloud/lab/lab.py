@@ -311,6 +311,8 @@ class NodeStatus(BaseModel):
     node_id: str | None = None
     peers: list[PeerStatus] = Field(default_factory=list)
     socket: str | None = None  # the node's control socket (vpncloud status --socket PATH)
+    #: The daemon's own status object (not part of the lab's JSON: callers pick what they show).
+    daemon: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
     error: str | None = None  # why the status could not be read
 
 
@@ -649,6 +651,7 @@ def _collect(state: dict[str, Any], d: Path, *, ping: bool) -> LabStatus:
         if running:
             try:
                 data = _query(d / f"{node.name}.sock")
+                ns_status.daemon = data
                 ns_status.node_id = _norm_id(data.get("node_id") or data.get("node-id") or data.get("id"))
                 if ns_status.node_id:
                     ids[ns_status.node_id] = node.name

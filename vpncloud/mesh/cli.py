@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--json", action="store_true", help="Print the rotation plan as JSON")
 
+    status = sub.add_parser("status", help="Health of an applied mesh: nodes and who is connected to whom")
+    status.add_argument("mesh", type=Path, help="mesh.yaml")
+    _common(status)
+    _target_args(status)
+    status.add_argument("--json", action="store_true", help="Print the status as JSON")
+
     schema = sub.add_parser("schema", help="Write the JSON Schema of mesh.yaml")
     schema.add_argument("-o", "--output", type=Path, default=SCHEMA_PATH, help="Output file ('-' = stdout)")
     return p
@@ -316,6 +322,27 @@ def _destroy(ns: argparse.Namespace, out: Console) -> int:
     return EXIT_OK
 
 
+def _status(ns: argparse.Namespace, out: Console) -> int:
+    from vpncloud.lab.lab import LabError
+
+    from .status import lab_mesh_status, print_mesh_status
+
+    mesh = load_meshes([ns.mesh])[0]
+    state = load_state(ns.state_dir, mesh.mesh.name)
+    target = _target(ns, state)
+    if not isinstance(target, LabTarget):
+        raise PlanError("status: the ansible target cannot read its hosts yet; only the lab target can")
+    try:
+        status = lab_mesh_status(mesh, Keystore(ns.keystore), target.lab_dir)
+    except LabError as exc:
+        raise PlanError(f"status: {exc}") from None
+    if ns.json:
+        print(json.dumps(status.model_dump(mode="json") | {"whole": status.whole}, indent=2))
+    else:
+        print_mesh_status(status, out)
+    return EXIT_OK if status.whole else EXIT_ERROR
+
+
 def _rotate(ns: argparse.Namespace, out: Console) -> int:
     mesh = load_meshes([ns.mesh])[0]
     keystore = Keystore(ns.keystore)
@@ -360,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _rotate(ns, out)
         if ns.command == "destroy":
             return _destroy(ns, out)
+        if ns.command == "status":
+            return _status(ns, out)
         return _schema(ns)
     except MeshError as exc:
         for item in exc.items:
