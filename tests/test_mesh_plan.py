@@ -490,3 +490,22 @@ def test_replace_and_destroy_on_the_command_line(
     err = capsys.readouterr().err
     assert "destroy needs confirmation" in err and "-auto-approve" in err
     assert (state_dir / "g" / "a.net").exists() and store.get("g", "a") is not None
+
+
+def test_ansible_refresh_says_reality_is_unknown(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vpncloud.mesh.state import save_state
+
+    store, state_dir = env
+    applied(env)
+    save_state(state_dir, load_state(state_dir, "g").model_copy(update={"target": "ansible"}))
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH)
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    # Not faked as "no drift": the plan states that the hosts were not read.
+    assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 0
+    out = capsys.readouterr().out
+    assert "Refresh skipped: the ansible target cannot read the hosts yet; reality is unknown" in out
+    assert main(["plan", str(mesh_file), *common, "--json"]) == 0
+    assert "reality is unknown" in json.loads(capsys.readouterr().out)["refresh_skipped"]
