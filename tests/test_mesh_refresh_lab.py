@@ -120,7 +120,12 @@ def test_refresh_plans_and_repairs_drift(lab_mesh: LabMesh, capsys: pytest.Captu
     assert main(["plan", str(m.mesh_file), *m.common, *m.target, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["drift"] == [{"address": "node.b", "reason": "daemon not running", "action": "replace"}]
-    assert _apply(m) == 0
+    # A saved plan carries the drift and applies exactly that repair.
+    saved = m.mesh_file.parent / "repair.json"
+    assert main(["plan", str(m.mesh_file), *m.common, *m.target, "-out", str(saved)]) == 0
+    capsys.readouterr()
+    assert json.loads(saved.read_text())["drift"] == data["drift"]
+    assert main(["apply", str(saved), *m.common, *m.target]) == 0
     assert "node b: restart" in capsys.readouterr().out
     after = m.pids()
     assert after["a"] == before["a"] and after["c"] == before["c"] and after["b"] != b_pid
