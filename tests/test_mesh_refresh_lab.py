@@ -193,6 +193,18 @@ def test_adding_and_removing_a_node_reloads_the_others(
     assert _plan(m) == 0
     capsys.readouterr()
 
+    # An apply interrupted after adding d to the lab but before recording it: the next apply converges.
+    state_file = Path(m.common[1]) / f"{m.name}.state.json"
+    recorded = json.loads(state_file.read_text())
+    del recorded["resources"]["node.d"]
+    state_file.write_text(json.dumps(recorded))
+    assert _plan(m) == 2
+    assert "# node.d will be created" in capsys.readouterr().out
+    assert _apply(m) == 0
+    assert lab.lab_status(m.name, m.lab_dir).whole
+    assert _plan(m) == 0
+    capsys.readouterr()
+
     m.mesh_file.write_text(m.mesh_file.read_text().replace(NODE_D, ""))
     assert _apply(m) == 0
     assert "node d: remove" in capsys.readouterr().out
@@ -315,3 +327,30 @@ def test_mesh_status_reports_health_and_the_connection_matrix(
     data = json.loads(capsys.readouterr().out)
     assert not data["whole"] and "c: not running" in data["problems"]
     assert "c -> a: not connected" in data["problems"]
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_a_deleted_namespace_rebuilds_the_lab_without_leaking_the_daemon(
+    applied: LabMesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = applied
+    status = lab.lab_status(m.name, m.lab_dir, ping=False)
+    b = next(n for n in status.nodes if n.name == "b")
+    assert b.pid is not None
+    # Deleting a namespace's name leaves its daemon running in the now anonymous namespace.
+    subprocess.run(["ip", "netns", "delete", b.namespace], check=True)
+    assert _plan(m) == 2
+    out = capsys.readouterr().out
+    assert f"# lab.{m.name} has changed outside vpncloud: namespace of b missing" in out
+    assert f"# lab.{m.name} must be replaced: namespace of b missing" in out
+    fd = os.pidfd_open(b.pid)
+    try:
+        assert _apply(m) == 0
+        capsys.readouterr()
+        assert select.select([fd], [], [], 10)[0], "the old daemon of b still runs"
+    finally:
+        os.close(fd)
+    status = lab.lab_status(m.name, m.lab_dir)
+    assert status.whole and status.ping_ok
+    assert _plan(m) == 0

@@ -468,6 +468,24 @@ def _register_socket(namespace: str, sock: Path | None) -> None:
         link.symlink_to(sock.resolve())
 
 
+def _is_our_daemon(pid: int | None, namespace: str, d: Path, node: str) -> bool:
+    """Whether ``pid`` is still this node's daemon (pids get reused, so never signal on the pid alone).
+
+    Inside its namespace is proof; so is a command line naming the node's config in this lab, which
+    still holds once the namespace's name was deleted under a running daemon.
+    """
+    if not _pid_alive(pid):
+        return False
+    assert pid is not None
+    if pid in netns.netns_pids(namespace):
+        return True
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(d / f"{node}.net").encode() in argv
+
+
 def _start_node(ns: Netns, d: Path, node: str) -> int:
     """Start the daemon for ``node`` in ``ns``, detached; return its pid.
 
@@ -891,10 +909,9 @@ def _teardown(name: str, d: Path, prefix: str) -> bool:
     state = _read_state(d)
     if state is not None:
         found = True
-        for entry in state.get("nodes", {}).values():
+        for node, entry in state.get("nodes", {}).items():
             pid = entry.get("pid")
-            # Only signal the pid while it really is inside our namespace (pids get reused).
-            if _pid_alive(pid) and pid in netns.netns_pids(entry.get("namespace", "")):
+            if _is_our_daemon(pid, entry.get("namespace", ""), d, node):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
         # Give the daemons a moment to send CLOSE and remove their devices, then force.
@@ -902,6 +919,11 @@ def _teardown(name: str, d: Path, prefix: str) -> bool:
         pids = [e.get("pid") for e in state.get("nodes", {}).values()]
         while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
             time.sleep(0.05)
+        for node, entry in state.get("nodes", {}).items():
+            # No namespace deletion reaches a daemon whose namespace lost its name: kill it by pid.
+            if _is_our_daemon(entry.get("pid"), "", d, node):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(entry["pid"], signal.SIGKILL)
     for entry in (state or {}).get("nodes", {}).values():
         _register_socket(str(entry.get("namespace", "")), None)
     try:

@@ -325,6 +325,8 @@ class LabTarget:
                 # The bridge LAN itself changes: no node can keep its place on it.
                 progress(f"mesh {name}: the underlay network changes to {spec.underlay.subnet}")
                 rebuild = True
+            # A node an interrupted apply already added to the lab (but did not record) is restarted.
+            in_lab = set(lab.lab_spec(name, self.lab_dir).names()) if up and not rebuild else set()
             if not up or rebuild:
                 if up or rebuild:
                     progress(f"mesh {name}: rebuilding the lab")
@@ -354,7 +356,7 @@ class LabTarget:
             try:
                 if change.action == "delete":
                     lab.remove_node(name, node, self.lab_dir)
-                elif change.action == "create":
+                elif change.action == "create" and node not in in_lab:
                     lab.add_node(name, spec.node(node), self.lab_dir, hosts=spec.hosts)
                 elif change.action == "update":
                     lab.reload_node(name, spec.node(node), self.lab_dir)
