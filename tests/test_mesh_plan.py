@@ -509,3 +509,40 @@ def test_ansible_refresh_says_reality_is_unknown(
     assert "Refresh skipped: the ansible target cannot read the hosts yet; reality is unknown" in out
     assert main(["plan", str(mesh_file), *common, "--json"]) == 0
     assert "reality is unknown" in json.loads(capsys.readouterr().out)["refresh_skipped"]
+
+
+def test_destroy_on_a_terminal_asks_and_only_yes_destroys(env: tuple[Keystore, Path], tmp_path: Path) -> None:
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("script") is None:
+        pytest.skip("needs script(1) for a pseudo-terminal")
+    store, state_dir = env
+    applied(env)
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH)
+    argv = [sys.executable, "-m", "vpncloud", "destroy", str(mesh_file), "--state-dir", str(state_dir),
+            "--keystore", str(store.root), "--lab-dir", str(tmp_path / "lab"), "--no-color"]  # fmt: skip
+    root = str(Path(__file__).resolve().parents[1])
+
+    def answer(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["script", "-qec", shlex.join(argv), "/dev/null"],
+            input=text,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=root),
+            timeout=60,
+            check=False,
+        )
+
+    res = answer("no\n")
+    assert res.returncode == 1, res.stdout
+    assert "Only 'yes' is accepted" in res.stdout and "Destroy cancelled." in res.stdout
+    assert (state_dir / "g" / "a.net").exists() and store.get("g", "a") is not None
+    res = answer("yes\n")
+    assert res.returncode == 0 and "Destroy complete." in res.stdout, res.stdout
+    assert not (state_dir / "g").exists() and store.get("g", "a") is None
+    assert sorted(p.name for p in (store.root / "g").glob("archive/*/*.key")) == ["a.key", "b.key", "c.key"]
