@@ -142,6 +142,22 @@ def test_refresh_plans_and_repairs_drift(lab_mesh: LabMesh, capsys: pytest.Captu
     assert _plan(m) == 0
     capsys.readouterr()
 
+    # 4. a hosts file edited inside a namespace: rewritten, no daemon touched.
+    pids = m.pids()
+    ns_a = next(n.namespace for n in lab.lab_status(m.name, m.lab_dir, ping=False).nodes if n.name == "a")
+    hosts = Path("/etc/netns", ns_a, "hosts")
+    original = hosts.read_text()
+    hosts.write_text("127.0.0.1 localhost\n")
+    assert _plan(m) == 2
+    out = capsys.readouterr().out
+    assert f"# hosts.{m.name} has changed outside vpncloud: hosts file of a edited outside vpncloud" in out
+    assert f"# hosts.{m.name} will be updated in place: hosts file of a edited" in out
+    assert _apply(m) == 0
+    capsys.readouterr()
+    assert hosts.read_text() == original and m.pids() == pids
+    assert _plan(m) == 0
+    capsys.readouterr()
+
 
 @pytest.mark.netns
 @pytest.mark.timeout(300)

@@ -824,9 +824,14 @@ def _plug_node(topo: Topology, spec: LabSpec, node: LabNode) -> Netns:
     return ns
 
 
+def _hosts_text(spec: LabSpec) -> str | None:
+    return "127.0.0.1 localhost\n::1 localhost\n" + spec.hosts if spec.hosts else None
+
+
 def _write_hosts(namespace: str, spec: LabSpec) -> None:
-    if spec.hosts:
-        netns.write_netns_etc(namespace, "hosts", "127.0.0.1 localhost\n::1 localhost\n" + spec.hosts)
+    text = _hosts_text(spec)
+    if text is not None:
+        netns.write_netns_etc(namespace, "hosts", text)
 
 
 def add_node(name: str, node: LabNode, state_dir: Path | None = None, hosts: str | None = None) -> int:
@@ -994,6 +999,7 @@ class NodeReality(BaseModel):
     device: str | None = Field(default=None, description="Interface the daemon reports.")
     device_present: bool = False
     config_matches: bool = Field(description="The config file on disk is the one the lab wrote.")
+    hosts_matches: bool = Field(default=True, description="The namespace's hosts file is the lab's.")
     public_key: str | None = Field(default=None, description="Public key the daemon uses.")
     version: str | None = None
     error: str | None = None
@@ -1020,7 +1026,13 @@ def _read_node(spec: LabSpec, entry: dict[str, Any], d: Path, node: LabNode, nam
     except OSError:
         on_disk = None
     sock = d / f"{node.name}.sock"
+    hosts = _hosts_text(spec)
+    try:
+        hosts_on_disk: str | None = (netns.NETNS_ETC / ns_name / "hosts").read_text()
+    except OSError:
+        hosts_on_disk = None
     reality = NodeReality(
+        hosts_matches=hosts is None or hosts_on_disk == hosts,
         name=node.name,
         namespace=ns_name,
         namespace_present=present,

@@ -289,6 +289,11 @@ class LabTarget:
             reason = _node_drift(reality.nodes[name], _accepted_keys(mesh, keystore, name))
             if reason:
                 drift.append(Drift(address=f"node.{name}", reason=reason, action="replace"))
+        edited = [n for n in applied if not reality.nodes[n].hosts_matches]
+        if edited and f"hosts.{mesh.mesh.name}" in state.resources:
+            # Rewriting the hosts files is enough: no daemon reads them.
+            reason = f"hosts file of {', '.join(edited)} edited outside vpncloud"
+            drift.append(Drift(address=f"hosts.{mesh.mesh.name}", reason=reason, action="update"))
         running = lab.lab_spec(mesh.mesh.name, self.lab_dir).underlay.subnet
         wanted = _lab_underlay(mesh)[1]
         # Nodes cannot move to another bridge LAN one by one: the plan must say the lab is rebuilt.
