@@ -468,6 +468,16 @@ def _register_socket(namespace: str, sock: Path | None) -> None:
         link.symlink_to(sock.resolve())
 
 
+def _unregister_prefix(prefix: str) -> None:
+    """Drop the socket links of every namespace of one lab (its namespaces all share ``prefix``)."""
+    from vpncloud.daemon.control import NETNS_DIR
+
+    with contextlib.suppress(FileNotFoundError):
+        for link in Path(NETNS_DIR).iterdir():
+            if link.name.startswith(prefix):
+                link.unlink(missing_ok=True)
+
+
 def _is_our_daemon(pid: int | None, namespace: str, d: Path, node: str) -> bool:
     """Whether ``pid`` is still this node's daemon (pids get reused, so never signal on the pid alone).
 
@@ -810,6 +820,7 @@ def lab_up(spec: LabSpec, state_dir: Path | None = None, *, timeout: float = 60.
             with netns.signals_deferred():
                 with contextlib.suppress(NetnsError):
                     topo.close()
+                _unregister_prefix(topo.prefix)
                 shutil.rmtree(d, ignore_errors=True)
             raise
 
@@ -929,8 +940,10 @@ def _teardown(name: str, d: Path, prefix: str) -> bool:
             if _is_our_daemon(entry.get("pid"), "", d, node):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(entry["pid"], signal.SIGKILL)
-    for entry in (state or {}).get("nodes", {}).values():
-        _register_socket(str(entry.get("namespace", "")), None)
+    _unregister_prefix(prefix)
+    recorded_prefix = (state or {}).get("prefix")
+    if isinstance(recorded_prefix, str) and recorded_prefix.endswith(f".{name}."):
+        _unregister_prefix(recorded_prefix)
     try:
         gone = netns.cleanup_stale(prefix)
         # Also whatever the state file recorded (it may name a prefix of an older version).
