@@ -306,7 +306,7 @@ def test_refresh_reads_every_host_and_changes_nothing(
     want = {h: hashlib.sha256(config_text(mesh, rendered[h]).encode()).hexdigest() for h in HOSTS}
     _wait_answering(fleet, HOSTS)
     before = {h: _snapshot(fleet.root(h)) for h in HOSTS}
-    facts = _target(fleet, fleet.inventory).read(mesh)
+    facts = _target(fleet, fleet.inventory).facts(mesh)
     assert {h: _snapshot(fleet.root(h)) for h in HOSTS} == before  # read-only
     for host in HOSTS:
         f = facts[host]
@@ -322,7 +322,7 @@ def test_refresh_reads_every_host_and_changes_nothing(
             f.write("# edited on the host\n")
         daemons["beta"].terminate()
         daemons["beta"].wait(timeout=10)
-        facts = _target(fleet, fleet.inventory).read(mesh)
+        facts = _target(fleet, fleet.inventory).facts(mesh)
         assert facts["beta"].reachable and facts["beta"].config_sha256 != want["beta"]
         assert not facts["beta"].running and facts["beta"].status_error
         assert facts["alpha"].running and facts["alpha"].config_sha256 == want["alpha"]
@@ -338,7 +338,7 @@ def test_refresh_reports_an_unreachable_host_and_reads_the_others(fleet: Fleet) 
     )
     path = fleet.tmp / "hosts-unreachable.yml"
     path.write_text(yaml.safe_dump(inventory))
-    facts = _target(fleet, path).read(load_mesh(fleet.mesh_file))
+    facts = _target(fleet, path).facts(load_mesh(fleet.mesh_file))
     assert not facts["beta"].reachable and facts["beta"].error is not None
     assert facts["beta"].error.startswith("unreachable:"), facts["beta"].error
     assert facts["alpha"].reachable and facts["alpha"].config_exists

@@ -77,3 +77,52 @@ def test_unreachable_host_fails_naming_the_step(tmp_path: Path) -> None:
     assert "node-a.invalid" in inventory and "vpncloud_nodes" in inventory
     for key in _private_keys(tmp_path):
         assert key not in out
+
+
+def _vpncloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "vpncloud", *args, "--state-dir", str(tmp / "state"),
+           "--keystore", str(tmp / "keys"), "--no-color"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=500, check=False)
+
+
+def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
+    py = sys.executable
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  children:\n    vpncloud_nodes:\n      hosts:\n"
+        + "".join(
+            f"        {h}: {{ansible_connection: local, ansible_python_interpreter: {py}, "
+            f"vpncloud_root: {tmp_path / ('root-' + h)}}}\n"
+            for h in ("alpha", "beta")
+        )
+        + "      vars:\n        vpncloud_manage_service: false\n"
+        + f"        vpncloud_wheelhouse: {tmp_path / 'wheelhouse'}\n"
+    )
+    target = ["--target", "ansible", "--inventory", str(inventory)]
+    no_health = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false"]
+    proc = _apply(tmp_path, *target[2:], *no_health)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    config_a = tmp_path / "root-alpha" / "etc" / "vpncloud" / "anstest.net"
+    deployed = config_a.read_text()
+
+    # Nothing runs the daemons here (no systemd): the refresh sees that on both hosts.
+    mesh = str(tmp_path / "mesh.yaml")
+    proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "# node.a has changed outside vpncloud: daemon not running" in out
+    assert "# node.b has changed outside vpncloud: daemon not running" in out
+
+    # A config edited on the host is seen as such, and apply writes back what the mesh says.
+    config_a.write_text(deployed + "# edited on the host\n")
+    proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "# node.a has changed outside vpncloud: config edited on the host" in out
+    proc = _apply(tmp_path, *target[2:], *no_health)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert config_a.read_text() == deployed
+    proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
+    assert "node.a has changed outside vpncloud: daemon not running" in proc.stdout
+    for key in _private_keys(tmp_path):
+        assert key not in proc.stdout + proc.stderr

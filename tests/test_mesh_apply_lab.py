@@ -86,6 +86,10 @@ def test_apply_lab_then_change_then_no_changes(
     assert "Phase 1: trust the new key of a everywhere (reload)" in out and "Rotation complete." in out
     new_keys = Keystore(tmp_path / "keys").public_keys(name)
     assert new_keys["a"] != keys["a"] and new_keys["b"] == keys["b"]
+    # The old key is archived (dated), not left beside the current one nor deleted.
+    assert not (tmp_path / "keys" / name / "a.retired.key").exists()
+    assert [p.name for p in (tmp_path / "keys" / name).glob("archive/*/*")] == ["a.retired.key"]
+    assert "node a: old key archived to" in out
     status = lab.lab_status(name, lab_dir)
     assert status.whole and status.ping_ok
     assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 0

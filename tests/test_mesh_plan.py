@@ -23,8 +23,10 @@ from vpncloud.mesh.keystore import Keystore
 from vpncloud.mesh.loader import load_mesh_text
 from vpncloud.mesh.models import Mesh
 from vpncloud.mesh.plan import (
+    Drift,
     Plan,
     PlanError,
+    Refresh,
     ResourceChange,
     compute_plan,
     compute_rotation,
@@ -147,6 +149,35 @@ def test_golden_change_is_a_reload(env: tuple[Keystore, Path]) -> None:
         "node.c": "update",
     }
     golden("plan_change.txt", plan_text(plan))
+
+
+def test_golden_drift_section_comes_first_and_becomes_changes(env: tuple[Keystore, Path]) -> None:
+    store, state_dir = env
+    applied(env)
+    mesh = load_mesh_text(MESH.replace("claims: [10.6.0.0/24]", "claims: [10.6.0.0/24, 10.7.0.0/24]"))
+    drift = [
+        Drift(address="node.b", reason="daemon not running", action="replace"),
+        Drift(address="node.c", reason="config edited outside vpncloud", action="replace"),
+    ]
+    plan = compute_plan(mesh, store, load_state(state_dir, "g"), refresh=Refresh(drift=drift))
+    # c's pending reload becomes the restart that also repairs it; b is restarted for the drift alone.
+    assert {c.address: (c.action, c.reason) for c in plan.changes} == {
+        "node.b": ("replace", "daemon not running"),
+        "node.c": ("replace", "config edited outside vpncloud"),
+    }
+    assert plan.model_dump(mode="json")["drift"][0] == {
+        "address": "node.b",
+        "reason": "daemon not running",
+        "action": "replace",
+    }
+    offline = compute_plan(mesh, store, load_state(state_dir, "g"), refresh=Refresh(skipped="-refresh=false"))
+    assert plan.inputs_hash != offline.inputs_hash  # a saved plan is stale once reality changes
+    golden("plan_drift.txt", plan_text(plan))
+    lab_down = Refresh(drift=[Drift(address="lab.g", reason="lab not running", action="create")])
+    golden(
+        "plan_lab_down.txt",
+        plan_text(compute_plan(load_mesh_text(MESH), store, load_state(state_dir, "g"), refresh=lab_down)),
+    )
 
 
 def test_golden_replace_when_port_changes(env: tuple[Keystore, Path]) -> None:
@@ -457,3 +488,126 @@ def test_entry_points_module_and_top_level_dispatch(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert "Plan: 4 to add, 0 to change, 0 to replace, 0 to destroy." in res.stdout
     assert not (tmp_path / "k").exists()  # plan never writes keys
+
+
+def test_removed_node_leaves_no_rendered_files_and_its_key_is_archived(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, state_dir = env
+    applied(env)
+    assert (state_dir / "g" / "b.net").exists()
+    # A retired key left by an earlier rotation (e.g. by the Ansible keystore module).
+    fixed_key(store, "g", "spare")
+    os.replace(store.path("g", "spare"), store.root / "g" / "a.retired.key")
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(
+        MESH.replace("  - name: b\n    host: hb\n    underlay: 192.0.2.2\n    vpn_address: 10.5.0.2\n", "")
+    )
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    assert main(["plan", str(mesh_file), *common, "--detailed-exitcode", "-refresh=false"]) == 2
+    out = capsys.readouterr().out
+    assert "# key of removed node b will be archived: b.key" in out
+    assert "# retired key of a (replaced by a rotation) will be archived: a.retired.key" in out
+    apply_mesh(load_mesh_text(mesh_file.read_text()), store, state_dir, FakeTarget())
+    assert not (state_dir / "g" / "b.net").exists()
+    archived = sorted(
+        p.relative_to(store.root / "g").parts[2:] for p in (store.root / "g" / "archive").rglob("*.key")
+    )
+    assert archived == [("a.retired.key",), ("b.key",)]
+    assert store.get("g", "b") is None and store.get("g", "a") is not None
+    # Only the retired key moved: a still has its own key, and nothing is left to do.
+    assert (
+        compute_plan(load_mesh_text(mesh_file.read_text()), store, load_state(state_dir, "g")).has_changes
+        is False
+    )
+
+
+def test_replace_and_destroy_on_the_command_line(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, state_dir = env
+    applied(env)
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH)
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    plan = ["plan", str(mesh_file), *common, "--detailed-exitcode", "-refresh=false"]
+    assert main([*plan, "-replace", "a"]) == 2
+    out = capsys.readouterr().out
+    assert "# node.a must be replaced (restart): replacement requested" in out
+    assert "Plan: 0 to add, 0 to change, 1 to replace, 0 to destroy." in out
+    assert main([*plan, "-replace", "zz"]) == 1
+    assert "no node 'zz'" in capsys.readouterr().err
+    # Without a terminal and without -auto-approve, destroy refuses and removes nothing.
+    assert main(["destroy", str(mesh_file), *common, "--lab-dir", str(tmp_path / "lab")]) == 1
+    err = capsys.readouterr().err
+    assert "destroy needs confirmation" in err and "-auto-approve" in err
+    assert (state_dir / "g" / "a.net").exists() and store.get("g", "a") is not None
+
+
+def test_ansible_refresh_reads_the_hosts_and_shows_an_unreachable_one_as_drift(
+    env: tuple[Keystore, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vpncloud.mesh.state import save_state
+
+    store, state_dir = env
+    applied(env)
+    save_state(state_dir, load_state(state_dir, "g").model_copy(update={"target": "ansible"}))
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH)
+    # Every host over SSH to a closed port of this machine: refused at once, nothing leaves the host.
+    inventory = tmp_path / "hosts.yml"
+    hosts = {
+        h: {"ansible_host": "127.0.0.1", "ansible_port": 1, "ansible_user": "nobody"}
+        for h in ("ha", "hb", "hc")
+    }
+    inventory.write_text(json.dumps({"all": {"children": {"vpncloud_nodes": {"hosts": hosts}}}}))
+    common = ["--state-dir", str(state_dir), "--keystore", str(store.root), "--no-color"]
+    target = ["--target", "ansible", "--inventory", str(inventory)]
+    # Not "no changes": Ansible could not read the hosts, and the plan says so, node by node.
+    assert main(["plan", str(mesh_file), *common, *target, "--detailed-exitcode"]) == 2
+    out = capsys.readouterr().out
+    assert "Objects have changed outside of vpncloud" in out
+    for node, host in (("a", "ha"), ("b", "hb"), ("c", "hc")):
+        assert f"# node.{node} has changed outside vpncloud: host {host} unreachable:" in out
+    assert main(["plan", str(mesh_file), *common, *target, "--json"]) == 0
+    drift = json.loads(capsys.readouterr().out)["drift"]
+    assert sorted(d["address"] for d in drift) == ["node.a", "node.b", "node.c"]
+    # -refresh=false plans offline, from the recorded state only.
+    assert main(["plan", str(mesh_file), *common, *target, "-refresh=false", "--detailed-exitcode"]) == 0
+
+
+def test_destroy_on_a_terminal_asks_and_only_yes_destroys(env: tuple[Keystore, Path], tmp_path: Path) -> None:
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("script") is None:
+        pytest.skip("needs script(1) for a pseudo-terminal")
+    store, state_dir = env
+    applied(env)
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text(MESH)
+    argv = [sys.executable, "-m", "vpncloud", "destroy", str(mesh_file), "--state-dir", str(state_dir),
+            "--keystore", str(store.root), "--lab-dir", str(tmp_path / "lab"), "--no-color"]  # fmt: skip
+    root = str(Path(__file__).resolve().parents[1])
+
+    def answer(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["script", "-qec", shlex.join(argv), "/dev/null"],
+            input=text,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=root),
+            timeout=60,
+            check=False,
+        )
+
+    res = answer("no\n")
+    assert res.returncode == 1, res.stdout
+    assert "Only 'yes' is accepted" in res.stdout and "Destroy cancelled." in res.stdout
+    assert (state_dir / "g" / "a.net").exists() and store.get("g", "a") is not None
+    res = answer("yes\n")
+    assert res.returncode == 0 and "Destroy complete." in res.stdout, res.stdout
+    assert not (state_dir / "g").exists() and store.get("g", "a") is None
+    assert sorted(p.name for p in (store.root / "g").glob("archive/*/*.key")) == ["a.key", "b.key", "c.key"]

@@ -37,6 +37,7 @@ EXTERNAL = {
     "apply": ("vpncloud.mesh.cli", True),
     "rotate": ("vpncloud.mesh.cli", True),
     "schema": ("vpncloud.mesh.cli", True),
+    "destroy": ("vpncloud.mesh.cli", True),
     "ws-proxy": ("vpncloud.proxy.cli", False),
     "wsproxy": ("vpncloud.proxy.cli", False),
 }
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ws-proxy", aliases=["wsproxy"], help="Run a websocket proxy", add_help=False)
     sub.add_parser("lab", help="Run a local lab mesh in network namespaces", add_help=False)
-    for name in ("plan", "apply", "rotate", "schema"):
+    for name in ("plan", "apply", "rotate", "schema", "destroy"):
         sub.add_parser(name, help=f"Mesh orchestrator: {name}", add_help=False)
     return p
 
@@ -110,10 +111,19 @@ def _dispatch_external(name: str, rest: list[str]) -> int:
     return int(result or 0)
 
 
+def _dispatch_mesh_status(rest: list[str]) -> int:
+    from vpncloud.mesh.cli import main as mesh_main
+
+    return mesh_main(["status", *rest])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vpncloud`` script and ``python -m vpncloud``."""
     args = list(sys.argv[1:] if argv is None else argv)
     globals_, rest = _split_globals(args)
+    if rest[:1] == ["status"] and any(a.endswith((".yaml", ".yml")) for a in rest[1:]):
+        # "vpncloud status MESH": the mesh's health, not one node's control socket.
+        return _dispatch_mesh_status(rest[1:])
     if rest and rest[0] in EXTERNAL:
         from vpncloud.daemon.logs import setup_logging
 

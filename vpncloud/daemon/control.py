@@ -176,12 +176,42 @@ def request(path: str, cmd: str = "status", timeout: float = 5.0) -> dict[str, A
     return reply
 
 
+#: Per network namespace: ``<namespace>.sock`` links to the socket of the node running in it (the
+#: lab registers its nodes here, since their sockets live in the lab's own state directory).
+NETNS_DIR = os.path.join(DEFAULT_DIR, "netns")
+NETNS_RUN = "/run/netns"
+
+
+def current_netns() -> str | None:
+    """Name of the named network namespace this process runs in (like ``ip netns identify``)."""
+    try:
+        own = os.stat("/proc/self/ns/net")
+        names = sorted(os.listdir(NETNS_RUN))
+    except OSError:
+        return None
+    for name in names:
+        with contextlib.suppress(OSError):
+            st = os.stat(os.path.join(NETNS_RUN, name))
+            if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+                return name
+    return None
+
+
+def netns_socket_link(namespace: str) -> str:
+    """Where the socket of the node in ``namespace`` is registered."""
+    return os.path.join(NETNS_DIR, f"{namespace}.sock")
+
+
 def find_socket(socket_path: str | None, device: str | None) -> str:
-    """Explicit path, the instance's default path, or the only socket in /run/vpncloud."""
+    """Explicit path, the instance's default path, the node registered for this network namespace,
+    or the only socket in /run/vpncloud."""
     if socket_path:
         return socket_path
     if device:
         return default_socket_path(device)
+    namespace = current_netns()
+    if namespace is not None and os.path.exists(netns_socket_link(namespace)):
+        return os.path.realpath(netns_socket_link(namespace))
     found = sorted(glob.glob(os.path.join(DEFAULT_DIR, "*.sock")))
     if len(found) == 1:
         return found[0]

@@ -34,6 +34,7 @@ from vpncloud.config import (
     parse_listen_addr,
     parse_metrics_listen,
 )
+from vpncloud.core import base62
 from vpncloud.core.rows import PacketRows, Train
 from vpncloud.core.superpacket import SuperPacketView
 from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
@@ -801,6 +802,8 @@ class Daemon:
             status["interface"] = self.device.ifname if self.device else None
             status["version"] = VERSION_TEXT
             status["pid"] = os.getpid()
+            # Public, and what an orchestrator compares with its keystore to detect a wrong key.
+            status["public_key"] = base62.encode(self.node.crypto.identity.public_key)
             status["uptime_secs"] = round(self.now() - self.started, 1)
             dropped = getattr(getattr(self.node, "traffic", None), "dropped", None)
             if dropped is not None:

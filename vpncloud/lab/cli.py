@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vpncloud.lab.dot import write_dot
-from vpncloud.lab.lab import LabError, LabStatus, lab_down, lab_status, lab_up, load_spec
+from vpncloud.lab.lab import LabError, LabStatus, lab_down, lab_status, lab_up, load_spec, node_status
 from vpncloud.mesh.sourcefile import print_errors, usage_error
 
 __all__ = ["build_parser", "main", "render"]
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write the mesh as Graphviz DOT (and FILE.svg with `dot`)",
     )
+    sub.choices["status"].add_argument(
+        "node", nargs="?", help="one node: its full status, as 'vpncloud status' shows it"
+    )
     return p
 
 
@@ -110,6 +113,9 @@ def render(status: LabStatus, console: Console) -> None:
             n.namespace,
         )
     console.print(table)
+    # Where to point "vpncloud status --socket" (inside a node's namespace it finds it by itself).
+    for n in status.nodes:
+        console.print(f"control socket of {n.name}: {n.socket}", highlight=False, soft_wrap=True)
     if status.ping:
         matrix = Table(title="ping: row -> column VPN IP")
         matrix.add_column("from \\ to")
@@ -134,6 +140,20 @@ def render(status: LabStatus, console: Console) -> None:
         console.print(matrix)
 
 
+def _one_node(name: str, node: str, state_dir: Path | None, out: Console) -> int:
+    from vpncloud.daemon.control import print_status
+
+    entry, data = node_status(name, node, state_dir)
+    out.print(
+        f"lab {name} node {node}: pid {entry.pid}, namespace {entry.namespace}\n"
+        f"control socket: {entry.socket}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print_status(data)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``vpncloud lab`` with ``argv`` (the arguments after ``lab``); returns the exit code."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
@@ -150,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             removed = lab_down(name, args.state_dir)
             out.print(f"lab {name}: {'removed' if removed else 'nothing to remove'}")
             return 0
+        if args.node:
+            return _one_node(name, args.node, args.state_dir, out)
         status = lab_status(name, args.state_dir, ping=not args.no_ping)
         render(status, out)
         if args.dot is not None:

@@ -72,18 +72,26 @@ __all__ = [
     "DEFAULT_STATE_ROOT",
     "LabError",
     "LabNode",
+    "LabReality",
     "LabSpec",
     "LabStatus",
+    "NodeReality",
     "NodeStatus",
     "PeerStatus",
     "Underlay",
+    "add_node",
     "lab_down",
+    "lab_spec",
     "lab_status",
     "lab_up",
     "load_spec",
+    "node_status",
     "parse_spec",
+    "read_lab",
     "reload_node",
+    "remove_node",
     "restart_node",
+    "set_hosts",
 ]
 
 DEFAULT_STATE_ROOT = Path("/run/vpncloud-lab")
@@ -329,6 +337,9 @@ class NodeStatus(BaseModel):
     vpn_ip: str | None = None
     node_id: str | None = None
     peers: list[PeerStatus] = Field(default_factory=list)
+    socket: str | None = None  # the node's control socket (vpncloud status --socket PATH)
+    #: The daemon's own status object (not part of the lab's JSON: callers pick what they show).
+    daemon: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
     error: str | None = None  # why the status could not be read
 
 
@@ -473,6 +484,46 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
+def _register_socket(namespace: str, sock: Path | None) -> None:
+    """Link (or unlink) ``vpncloud status``'s way from a namespace to its node's socket."""
+    from vpncloud.daemon.control import NETNS_DIR, netns_socket_link
+
+    link = Path(netns_socket_link(namespace))
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    if sock is not None:
+        Path(NETNS_DIR).mkdir(parents=True, exist_ok=True)
+        link.symlink_to(sock.resolve())
+
+
+def _unregister_prefix(prefix: str) -> None:
+    """Drop the socket links of every namespace of one lab (its namespaces all share ``prefix``)."""
+    from vpncloud.daemon.control import NETNS_DIR
+
+    with contextlib.suppress(FileNotFoundError):
+        for link in Path(NETNS_DIR).iterdir():
+            if link.name.startswith(prefix):
+                link.unlink(missing_ok=True)
+
+
+def _is_our_daemon(pid: int | None, namespace: str, d: Path, node: str) -> bool:
+    """Whether ``pid`` is still this node's daemon (pids get reused, so never signal on the pid alone).
+
+    Inside its namespace is proof; so is a command line naming the node's config in this lab, which
+    still holds once the namespace's name was deleted under a running daemon.
+    """
+    if not _pid_alive(pid):
+        return False
+    assert pid is not None
+    if pid in netns.netns_pids(namespace):
+        return True
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(d / f"{node}.net").encode() in argv
+
+
 def _start_node(ns: Netns, d: Path, node: str) -> int:
     """Start the daemon for ``node`` in ``ns``, detached; return its pid.
 
@@ -496,6 +547,7 @@ def _start_node(ns: Netns, d: Path, node: str) -> int:
     )
     if res.returncode != 0 or not res.stdout.strip().isdigit():
         raise LabError(f"could not start node {node}: {res.stderr.strip() or res.stdout.strip()}")
+    _register_socket(ns.name, sock)
     return int(res.stdout.strip())
 
 
@@ -647,6 +699,7 @@ def _collect(state: dict[str, Any], d: Path, *, ping: bool) -> LabStatus:
             underlay=str(node.address),
             underlay6=str(node.address6) if node.address6 else None,
             vpn_ip=spec.vpn_ip(node),
+            socket=str(d / f"{node.name}.sock"),
         )
         by_host[str(node.address)] = node.name
         if node.address6:
@@ -654,6 +707,7 @@ def _collect(state: dict[str, Any], d: Path, *, ping: bool) -> LabStatus:
         if running:
             try:
                 data = _query(d / f"{node.name}.sock")
+                ns_status.daemon = data
                 ns_status.node_id = _norm_id(data.get("node_id") or data.get("node-id") or data.get("id"))
                 if ns_status.node_id:
                     ids[ns_status.node_id] = node.name
@@ -781,14 +835,7 @@ def lab_up(spec: LabSpec, state_dir: Path | None = None, *, timeout: float = 60.
             }
             topo.switch(SWITCH)
             for node in spec.nodes:
-                addrs = [f"{node.address}/{spec.underlay.subnet.prefixlen}"]
-                if node.address6 is not None and spec.underlay.subnet6 is not None:
-                    addrs.append(f"{node.address6}/{spec.underlay.subnet6.prefixlen}")
-                ns = topo.node(node.name, *addrs, switch=SWITCH, ifname=UNDERLAY_IF)
-                if spec.hosts:
-                    netns.write_netns_etc(
-                        ns.name, "hosts", "127.0.0.1 localhost\n::1 localhost\n" + spec.hosts
-                    )
+                ns = _plug_node(topo, spec, node)
                 state["nodes"][node.name] = {"namespace": ns.name, "pid": None}
             _write_state(d, state)
             for node in spec.nodes:
@@ -801,8 +848,103 @@ def lab_up(spec: LabSpec, state_dir: Path | None = None, *, timeout: float = 60.
             with netns.signals_deferred():
                 with contextlib.suppress(NetnsError):
                     topo.close()
+                _unregister_prefix(topo.prefix)
                 shutil.rmtree(d, ignore_errors=True)
             raise
+
+
+def _plug_node(topo: Topology, spec: LabSpec, node: LabNode) -> Netns:
+    """The node's namespace on the lab's switch, with its underlay addresses and hosts file."""
+    addrs = [f"{node.address}/{spec.underlay.subnet.prefixlen}"]
+    if node.address6 is not None and spec.underlay.subnet6 is not None:
+        addrs.append(f"{node.address6}/{spec.underlay.subnet6.prefixlen}")
+    ns = topo.node(node.name, *addrs, switch=SWITCH, ifname=UNDERLAY_IF)
+    _write_hosts(ns.name, spec)
+    return ns
+
+
+def _hosts_text(spec: LabSpec) -> str | None:
+    return "127.0.0.1 localhost\n::1 localhost\n" + spec.hosts if spec.hosts else None
+
+
+def _write_hosts(namespace: str, spec: LabSpec) -> None:
+    text = _hosts_text(spec)
+    if text is not None:
+        netns.write_netns_etc(namespace, "hosts", text)
+
+
+def add_node(name: str, node: LabNode, state_dir: Path | None = None, hosts: str | None = None) -> int:
+    """Plug a new node into running lab ``name`` and start it; the other nodes keep running.
+
+    ``hosts`` replaces the lab's hosts lines (in every namespace). Returns the new daemon's pid; the
+    caller reloads the other nodes so they learn the new peer, then waits for the mesh.
+    """
+    state, d = _load_state(name, state_dir)
+    data = state["spec"]
+    if any(n["name"] == node.name for n in data["nodes"]):
+        raise LabError(f"lab {name!r} already has a node {node.name!r}")
+    data = dict(data, nodes=[*data["nodes"], node.model_dump(mode="json")])
+    if hosts is not None:
+        data["hosts"] = hosts
+    try:
+        spec = LabSpec.model_validate(data)
+    except ValidationError as e:
+        raise LabError(f"node {node.name}: invalid node: {e.errors()[0]['msg']}") from None
+    topo = Topology(state["prefix"])
+    # The switch exists already: register it so the node is plugged into it, not into a new one.
+    topo.namespaces[SWITCH] = Netns(state["switch"])
+    with SignalGuard():
+        try:
+            ns = _plug_node(topo, spec, spec.node(node.name))
+            state["spec"] = spec.model_dump(mode="json")
+            state["nodes"][node.name] = {"namespace": ns.name, "pid": None}
+            _write_state(d, state)
+            _write_node_files(d, spec, spec.node(node.name))
+            state["nodes"][node.name]["pid"] = _start_node(ns, d, node.name)
+        except NetnsError as e:
+            raise LabError(f"node {node.name}: could not add it to lab {name!r}: {e}") from None
+        finally:
+            _write_state(d, state)
+    if hosts is not None:
+        set_hosts(name, hosts, state_dir)
+    pid = state["nodes"][node.name]["pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+def remove_node(name: str, node: str, state_dir: Path | None = None) -> None:
+    """Stop ``node`` of running lab ``name``, delete its namespace and files; the others keep running."""
+    state, d = _load_state(name, state_dir)
+    entry = state["nodes"].get(node)
+    if entry is None:
+        return
+    pid = entry.get("pid")
+    with SignalGuard(), netns.signals_deferred():
+        if _pid_alive(pid) and pid in netns.netns_pids(entry["namespace"]):
+            # SIGTERM first: the daemon says goodbye to its peers, so they drop it at once.
+            netns.kill_pids([pid], grace=5.0)
+        try:
+            netns.delete_netns(entry["namespace"])
+        except NetnsError as e:
+            raise LabError(f"node {node}: could not remove its namespace: {e}") from None
+        _register_socket(entry["namespace"], None)
+        data = state["spec"]
+        state["spec"] = dict(data, nodes=[n for n in data["nodes"] if n["name"] != node])
+        del state["nodes"][node]
+        _write_state(d, state)
+        for suffix in (".net", ".security.yaml", ".sock", ".log", ".stderr"):
+            with contextlib.suppress(FileNotFoundError):
+                (d / f"{node}{suffix}").unlink()
+
+
+def set_hosts(name: str, hosts: str, state_dir: Path | None = None) -> None:
+    """Replace the hosts lines of every namespace of running lab ``name``."""
+    state, d = _load_state(name, state_dir)
+    state["spec"] = dict(state["spec"], hosts=hosts)
+    spec = LabSpec.model_validate(state["spec"])
+    for entry in state["nodes"].values():
+        _write_hosts(entry["namespace"], spec)
+    _write_state(d, state)
 
 
 def _teardown(name: str, d: Path, prefix: str) -> bool:
@@ -811,10 +953,9 @@ def _teardown(name: str, d: Path, prefix: str) -> bool:
     state = _read_state(d)
     if state is not None:
         found = True
-        for entry in state.get("nodes", {}).values():
+        for node, entry in state.get("nodes", {}).items():
             pid = entry.get("pid")
-            # Only signal the pid while it really is inside our namespace (pids get reused).
-            if _pid_alive(pid) and pid in netns.netns_pids(entry.get("namespace", "")):
+            if _is_our_daemon(pid, entry.get("namespace", ""), d, node):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
         # Give the daemons a moment to send CLOSE and remove their devices, then force.
@@ -822,6 +963,15 @@ def _teardown(name: str, d: Path, prefix: str) -> bool:
         pids = [e.get("pid") for e in state.get("nodes", {}).values()]
         while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
             time.sleep(0.05)
+        for node, entry in state.get("nodes", {}).items():
+            # No namespace deletion reaches a daemon whose namespace lost its name: kill it by pid.
+            if _is_our_daemon(entry.get("pid"), "", d, node):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(entry["pid"], signal.SIGKILL)
+    _unregister_prefix(prefix)
+    recorded_prefix = (state or {}).get("prefix")
+    if isinstance(recorded_prefix, str) and recorded_prefix.endswith(f".{name}."):
+        _unregister_prefix(recorded_prefix)
     try:
         gone = netns.cleanup_stale(prefix)
         # Also whatever the state file recorded (it may name a prefix of an older version).
@@ -855,10 +1005,118 @@ def _load_state(name: str, state_dir: Path | None) -> tuple[dict[str, Any], Path
     return state, d
 
 
+def lab_spec(name: str, state_dir: Path | None = None) -> LabSpec:
+    """The spec running lab ``name`` was built from (with every later node change)."""
+    state, _ = _load_state(name, state_dir)
+    return LabSpec.model_validate(state["spec"])
+
+
+def node_status(name: str, node: str, state_dir: Path | None = None) -> tuple[NodeStatus, dict[str, Any]]:
+    """One node of a running lab: its lab entry and the daemon's full status object."""
+    state, d = _load_state(name, state_dir)
+    LabSpec.model_validate(state["spec"]).node(node)
+    entry = next(n for n in _collect(state, d, ping=False).nodes if n.name == node)
+    if not entry.running:
+        raise LabError(_node_failure(d, node, f"node {node} is not running"))
+    return entry, _query(d / f"{node}.sock")
+
+
 def lab_status(name: str, state_dir: Path | None = None, *, ping: bool = True) -> LabStatus:
     """Status table data and (with ``ping``) the ping matrix of a running lab."""
     state, d = _load_state(name, state_dir)
     return _collect(state, d, ping=ping)
+
+
+class NodeReality(BaseModel):
+    """What one node of a lab really is, read without changing anything."""
+
+    name: str
+    namespace: str
+    namespace_present: bool
+    running: bool
+    pid: int | None = None
+    socket: str
+    socket_answers: bool = False
+    device: str | None = Field(default=None, description="Interface the daemon reports.")
+    device_present: bool = False
+    config_matches: bool = Field(description="The config file on disk is the one the lab wrote.")
+    hosts_matches: bool = Field(default=True, description="The namespace's hosts file is the lab's.")
+    public_key: str | None = Field(default=None, description="Public key the daemon uses.")
+    version: str | None = None
+    error: str | None = None
+
+
+class LabReality(BaseModel):
+    """A lab as it is: whether its state exists, its switch and every recorded node."""
+
+    name: str
+    state_dir: str
+    up: bool = Field(description="The lab's state directory exists.")
+    switch_present: bool = False
+    nodes: dict[str, NodeReality] = Field(default_factory=dict)
+
+
+def _read_node(spec: LabSpec, entry: dict[str, Any], d: Path, node: LabNode, names: set[str]) -> NodeReality:
+    ns_name = entry.get("namespace", "")
+    pid = entry.get("pid")
+    present = ns_name in names
+    running = present and _pid_alive(pid) and pid in netns.netns_pids(ns_name)
+    expected = yaml.safe_dump(spec.node_config(node), sort_keys=False)
+    try:
+        on_disk = (d / f"{node.name}.net").read_text()
+    except OSError:
+        on_disk = None
+    sock = d / f"{node.name}.sock"
+    hosts = _hosts_text(spec)
+    try:
+        hosts_on_disk: str | None = (netns.NETNS_ETC / ns_name / "hosts").read_text()
+    except OSError:
+        hosts_on_disk = None
+    reality = NodeReality(
+        hosts_matches=hosts is None or hosts_on_disk == hosts,
+        name=node.name,
+        namespace=ns_name,
+        namespace_present=present,
+        running=running,
+        pid=pid,
+        socket=str(sock),
+        # Digests, so the key inside the config never sits in a comparison that might be printed.
+        config_matches=on_disk is not None
+        and hashlib.sha256(on_disk.encode()).digest() == hashlib.sha256(expected.encode()).digest(),
+    )
+    if not running:
+        return reality
+    try:
+        data = _query(sock)
+    except LabError as e:
+        reality.error = str(e)
+        return reality
+    reality.socket_answers = True
+    reality.public_key = data.get("public_key") if isinstance(data.get("public_key"), str) else None
+    reality.version = str(data.get("version")) if data.get("version") else None
+    device = data.get("interface")
+    if isinstance(device, str):
+        reality.device = device
+        reality.device_present = device in Netns(ns_name).links()
+    return reality
+
+
+def read_lab(name: str, state_dir: Path | None = None) -> LabReality:
+    """Read what lab ``name`` really is (processes, namespaces, devices, sockets, config files)."""
+    d = _lab_dir(name, state_dir)
+    state = _read_state(d)
+    if state is None:
+        return LabReality(name=name, state_dir=str(d), up=False)
+    names = set(netns.list_netns())
+    spec = LabSpec.model_validate(state["spec"])
+    nodes = {
+        node.name: _read_node(spec, state["nodes"][node.name], d, node, names)
+        for node in spec.nodes
+        if node.name in state.get("nodes", {})
+    }
+    return LabReality(
+        name=name, state_dir=str(d), up=True, switch_present=state.get("switch") in names, nodes=nodes
+    )
 
 
 def _replace_node(state: dict[str, Any], d: Path, node: LabNode | str) -> str:

@@ -14,9 +14,11 @@ Targets implement :class:`Target`; failures raise :class:`ApplyError` naming the
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,17 +27,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .acl import security_file, security_file_text
-from .fleet import HostFacts, read_fleet
+from .fleet import FleetReadError, HostFacts, read_fleet
 from .keystore import Keystore
 from .models import Mesh
 from .plan import (
+    Drift,
     Plan,
+    Refresh,
     ResourceChange,
+    compute_destroy,
     compute_plan,
     compute_rotation,
     desired_resources,
     diff_resources,
     key_view,
+    merge_drift,
+    requested_replacements,
 )
 from .render import KeyView, RenderedNode, Unknown, config_text, hosts_block, render_mesh
 from .state import MeshState, RotationProgress, decode_attrs, encode_attrs, load_state, save_state
@@ -47,6 +54,8 @@ __all__ = [
     "Target",
     "apply_mesh",
     "apply_rotation",
+    "destroy_mesh",
+    "refresh_target",
     "write_configs",
 ]
 
@@ -58,9 +67,17 @@ class ApplyError(Exception):
 
 
 class Target(Protocol):
-    """Where configs go. ``deploy`` gets every node's rendering and the changes of this run."""
+    """Where configs go, terraform-provider style: ``read`` what is, ``deploy`` (apply) the changes.
+
+    ``deploy`` gets every node's rendering and the changes of this run, including the repairs of
+    whatever ``read`` found drifted.
+    """
 
     name: str
+
+    def read(self, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh: ...
+
+    def destroy(self, mesh: Mesh, progress: Progress) -> None: ...
 
     def deploy(self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange],
                progress: Progress) -> None: ...  # fmt: skip
@@ -189,11 +206,38 @@ class AnsibleTarget:
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
         return None
 
-    def read(self, mesh: Mesh) -> dict[str, HostFacts]:
+    def facts(self, mesh: Mesh) -> dict[str, HostFacts]:
         """What every node's host runs, by node name, read by Ansible in check mode (refresh.yml)."""
         cmd, env = self.command(mesh, "refresh.yml")
-        by_host = read_fleet(cmd, env, sorted({n.host for n in mesh.nodes}))
+        try:
+            by_host = read_fleet(cmd, env, sorted({n.host for n in mesh.nodes}))
+        except FleetReadError as exc:
+            raise ApplyError(f"mesh {mesh.mesh.name}: step refresh: {exc}") from None
         return {n.name: by_host[n.host] for n in mesh.nodes}
+
+    def read(self, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh:
+        """Drift of the applied nodes on their hosts: reachable, config as apply wrote it, unit
+        enabled, daemon answering, and on its own key."""
+        applied = sorted(a.split(".", 1)[1] for a in state.resources if a.startswith("node."))
+        names = {n.name for n in mesh.nodes}
+        applied = [n for n in applied if n in names]  # a node removed from the file is a planned delete
+        if not applied:
+            return Refresh()
+        facts = self.facts(mesh)
+        written = self.state_dir / mesh.mesh.name
+        drift = []
+        for name in applied:
+            path = written / f"{name}.net"
+            expected = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+            reason = _host_drift(facts[name], expected, _accepted_keys(mesh, keystore, name))
+            if reason:
+                drift.append(Drift(address=f"node.{name}", reason=reason, action="replace"))
+        return Refresh(drift=drift)
+
+    def destroy(self, mesh: Mesh, progress: Progress) -> None:
+        raise ApplyError(
+            f"mesh {mesh.mesh.name}: step destroy: the ansible target cannot remove nodes from hosts yet"
+        )
 
 
 class LabTarget:
@@ -216,20 +260,7 @@ class LabTarget:
     def spec(self, mesh: Mesh, rendered: dict[str, RenderedNode]) -> Any:
         """The lab spec: underlay = the smallest network (at most /24) holding every node's underlay."""
         lab = self._lab()
-        addresses = []
-        for node in mesh.nodes:
-            try:
-                addresses.append(ipaddress.IPv4Address(node.underlay or ""))
-            except ValueError:
-                raise ApplyError(
-                    f"node {node.name}: step lab spec: the lab needs an IPv4 underlay address"
-                ) from None
-        prefix = 24
-        while (
-            prefix > 8 and len({ipaddress.ip_network(f"{a}/{prefix}", strict=False) for a in addresses}) > 1
-        ):
-            prefix -= 1
-        subnet = ipaddress.ip_network(f"{addresses[0]}/{prefix}", strict=False)
+        addresses, subnet = _lab_underlay(mesh)
         configs = {node.name: _revealed(mesh, rendered[node.name]) for node in mesh.nodes}
         security = None
         if mesh.acl is not None or mesh.key_expiry:
@@ -262,6 +293,47 @@ class LabTarget:
             )
             raise ApplyError(f"mesh {mesh.mesh.name}: step lab spec: {detail}") from None
 
+    def read(self, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh:
+        """Drift of the applied nodes: lab, namespaces, daemons, sockets, devices, configs, keys."""
+        applied = sorted(a.split(".", 1)[1] for a in state.resources if a.startswith("node."))
+        if not applied:
+            return Refresh()
+        lab = self._lab()
+        try:
+            reality = lab.read_lab(mesh.mesh.name, self.lab_dir)
+        except lab.LabError as exc:
+            raise ApplyError(f"mesh {mesh.mesh.name}: step refresh: {exc}") from None
+        whole = f"lab.{mesh.mesh.name}"
+        if not reality.up:
+            return Refresh(drift=[Drift(address=whole, reason="lab not running", action="create")])
+        missing = [n for n in applied if n not in reality.nodes or not reality.nodes[n].namespace_present]
+        if not reality.switch_present or missing:
+            what = f"namespace of {', '.join(missing)} missing" if missing else "switch namespace missing"
+            return Refresh(drift=[Drift(address=whole, reason=what, action="replace")])
+        drift = []
+        for name in applied:
+            reason = _node_drift(reality.nodes[name], _accepted_keys(mesh, keystore, name))
+            if reason:
+                drift.append(Drift(address=f"node.{name}", reason=reason, action="replace"))
+        edited = [n for n in applied if not reality.nodes[n].hosts_matches]
+        if edited and f"hosts.{mesh.mesh.name}" in state.resources:
+            # Rewriting the hosts files is enough: no daemon reads them.
+            reason = f"hosts file of {', '.join(edited)} edited outside vpncloud"
+            drift.append(Drift(address=f"hosts.{mesh.mesh.name}", reason=reason, action="update"))
+        running = lab.lab_spec(mesh.mesh.name, self.lab_dir).underlay.subnet
+        wanted = _lab_underlay(mesh)[1]
+        # Nodes cannot move to another bridge LAN one by one: the plan must say the lab is rebuilt.
+        rebuild = f"the underlay network changes from {running} to {wanted}" if running != wanted else None
+        return Refresh(drift=drift, rebuild=rebuild)
+
+    def destroy(self, mesh: Mesh, progress: Progress) -> None:
+        lab = self._lab()
+        progress(f"mesh {mesh.mesh.name}: removing the lab")
+        try:
+            lab.lab_down(mesh.mesh.name, self.lab_dir)
+        except lab.LabError as exc:
+            raise ApplyError(f"mesh {mesh.mesh.name}: step destroy: {exc}") from None
+
     def _is_up(self, mesh: Mesh) -> bool:
         lab = self._lab()
         try:
@@ -275,19 +347,26 @@ class LabTarget:
     ) -> None:
         lab = self._lab()
         spec = self.spec(mesh, rendered)
+        name = mesh.mesh.name
         node_changes = [c for c in changes if c.address.startswith("node.")]
-        topology = any(c.action in ("create", "delete") for c in node_changes)
+        rebuild = any(c.address.startswith("lab.") for c in changes)
         up = self._is_up(mesh)
         try:
-            if not up or topology:
-                if up:
-                    progress(f"mesh {mesh.mesh.name}: nodes added or removed, rebuilding the lab")
-                    lab.lab_down(mesh.mesh.name, self.lab_dir)
-                progress(f"mesh {mesh.mesh.name}: starting {len(spec.nodes)} nodes in the lab")
+            if up and not rebuild and lab.lab_spec(name, self.lab_dir).underlay != spec.underlay:
+                # The bridge LAN itself changes: no node can keep its place on it.
+                progress(f"mesh {name}: the underlay network changes to {spec.underlay.subnet}")
+                rebuild = True
+            # A node an interrupted apply already added to the lab (but did not record) is restarted.
+            in_lab = set(lab.lab_spec(name, self.lab_dir).names()) if up and not rebuild else set()
+            if not up or rebuild:
+                if up or rebuild:
+                    progress(f"mesh {name}: rebuilding the lab")
+                    lab.lab_down(name, self.lab_dir)
+                progress(f"mesh {name}: starting {len(spec.nodes)} nodes in the lab")
                 lab.lab_up(spec, self.lab_dir, timeout=self.timeout)
                 return
         except lab.LabError as exc:
-            raise ApplyError(f"mesh {mesh.mesh.name}: step lab up: {exc}") from None
+            raise ApplyError(f"mesh {name}: step lab up: {exc}") from None
         if any(c.address.startswith("security.") for c in changes):
             # ACL or key expiry changed: every node re-reads its security file on SIGHUP.
             changed = {c.address.split(".", 1)[1] for c in node_changes}
@@ -296,17 +375,31 @@ class LabTarget:
                 for n in mesh.nodes
                 if n.name not in changed
             ]
-        for change in node_changes:
+        # Removed nodes go first, new ones next, then reloads (so the others learn the new peers)
+        # and restarts last, since a restart waits for the whole mesh.
+        order = {"delete": 0, "create": 1, "update": 2, "replace": 3}
+        for change in sorted(node_changes, key=lambda c: order[c.action]):
             node = change.address.split(".", 1)[1]
-            step = "reload" if change.action == "update" else "restart"
+            step = {"delete": "remove", "create": "add", "update": "reload", "replace": "restart"}[
+                change.action
+            ]
             progress(f"node {node}: {step}")
             try:
-                if change.action == "update":
-                    lab.reload_node(mesh.mesh.name, spec.node(node), self.lab_dir)
+                if change.action == "delete":
+                    lab.remove_node(name, node, self.lab_dir)
+                elif change.action == "create" and node not in in_lab:
+                    lab.add_node(name, spec.node(node), self.lab_dir, hosts=spec.hosts)
+                elif change.action == "update":
+                    lab.reload_node(name, spec.node(node), self.lab_dir)
                 else:
-                    lab.restart_node(mesh.mesh.name, spec.node(node), self.lab_dir, timeout=self.timeout)
+                    lab.restart_node(name, spec.node(node), self.lab_dir, timeout=self.timeout)
             except lab.LabError as exc:
                 raise ApplyError(f"node {node}: step {step}: {exc}") from None
+        if any(c.address.startswith("hosts.") and c.action != "create" for c in changes):
+            try:
+                lab.set_hosts(name, spec.hosts or "", self.lab_dir)
+            except lab.LabError as exc:
+                raise ApplyError(f"mesh {name}: step hosts: {exc}") from None
 
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
         """Poll the lab until every node sees every other and all pings answer (bounded)."""
@@ -326,6 +419,64 @@ class LabTarget:
             time.sleep(0.5)  # polling interval of a bounded wait, not a synchronisation sleep
 
 
+def _lab_underlay(
+    mesh: Mesh,
+) -> tuple[list[ipaddress.IPv4Address], ipaddress.IPv4Network]:
+    """Every node's underlay address and the smallest network (at most /24) holding them all."""
+    addresses = []
+    for node in mesh.nodes:
+        try:
+            addresses.append(ipaddress.IPv4Address(node.underlay or ""))
+        except ValueError:
+            raise ApplyError(
+                f"node {node.name}: step lab spec: the lab needs an IPv4 underlay address"
+            ) from None
+    prefix = 24
+    while prefix > 8 and len({ipaddress.ip_network(f"{a}/{prefix}", strict=False) for a in addresses}) > 1:
+        prefix -= 1
+    return addresses, ipaddress.IPv4Network(f"{addresses[0]}/{prefix}", strict=False)
+
+
+def _accepted_keys(mesh: Mesh, keystore: Keystore, node: str) -> set[str]:
+    # Mid-rotation a node legitimately runs on its next key.
+    if mesh.mesh.auth != "keys":
+        return set()
+    pairs = (keystore.get(mesh.mesh.name, node), keystore.get(mesh.mesh.name, node, next_key=True))
+    return {p.public_key for p in pairs if p is not None}
+
+
+def _host_drift(facts: HostFacts, expected_sha256: str | None, keys: set[str]) -> str | None:
+    """Why a fleet node's host differs from what apply left, or None."""
+    if not facts.reachable:
+        return f"host {facts.host} {facts.error or 'unreachable'}"
+    if not facts.config_exists:
+        return "config missing on the host"
+    if expected_sha256 is not None and facts.config_sha256 != expected_sha256:
+        return "config edited on the host"
+    if facts.unit_managed and facts.unit_file_state not in ("enabled", "static"):
+        return f"unit {facts.unit_file_state or 'missing'}"
+    if facts.status is None:
+        return "daemon not running"
+    if keys and facts.status.get("public_key") not in keys:
+        return "uses a key that is not its key in the keystore"
+    return None
+
+
+def _node_drift(node: Any, keys: set[str]) -> str | None:
+    """Why a lab node differs from what apply left, or None."""
+    if not node.running:
+        return "daemon not running"
+    if not node.socket_answers:
+        return "control socket not answering"
+    if node.device and not node.device_present:
+        return f"device {node.device} missing"
+    if not node.config_matches:
+        return "config edited outside vpncloud"
+    if keys and node.public_key not in keys:
+        return "uses a key that is not its key in the keystore"
+    return None
+
+
 def _revealed(mesh: Mesh, rendered: RenderedNode) -> dict[str, Any]:
     import yaml
 
@@ -337,9 +488,61 @@ def _revealed(mesh: Mesh, rendered: RenderedNode) -> dict[str, Any]:
 # --- apply -------------------------------------------------------------------------------------
 
 
+def _requested_drift(plan: Plan) -> list[Drift]:
+    return [
+        Drift(address=f"node.{n}", reason="replacement requested", action="replace") for n in plan.replace
+    ]
+
+
+def _remove_rendered(state_dir: Path, mesh: str, nodes: list[str]) -> None:
+    for node in nodes:
+        for suffix in (".net", ".security.yaml"):
+            (state_dir / mesh / f"{node}{suffix}").unlink(missing_ok=True)
+
+
+def _archive_keys(keystore: Keystore, mesh: str, plan: Plan, progress: Progress) -> None:
+    for item in plan.key_archives:
+        path = keystore.archive(mesh, item.file)
+        progress(f"{item.reason}: archived to {path}")
+
+
+def destroy_mesh(
+    mesh: Mesh,
+    keystore: Keystore,
+    state_dir: Path,
+    target: Target,
+    *,
+    progress: Progress = lambda _msg: None,
+) -> Plan:
+    """Remove everything the mesh made on its target and the rendered files; archive every key."""
+    state = load_state(state_dir, mesh.mesh.name)
+    plan = compute_destroy(mesh, keystore, state, target=target.name)
+    target.destroy(mesh, progress)
+    directory = state_dir / mesh.mesh.name
+    if directory.is_dir():
+        progress(f"mesh {mesh.mesh.name}: removing the rendered configs in {directory}")
+        shutil.rmtree(directory)
+    _archive_keys(keystore, mesh.mesh.name, plan, progress)
+    save_state(state_dir, state.model_copy(update={"resources": {}, "rotation": None}))
+    progress(f"mesh {mesh.mesh.name}: destroyed")
+    return plan
+
+
+def refresh_target(target: Any, mesh: Mesh, state: MeshState, keystore: Keystore) -> Refresh:
+    """What ``target`` reads as drift; targets without ``read`` say that they cannot."""
+    read = getattr(target, "read", None)
+    if read is None:
+        return Refresh(skipped=f"the {getattr(target, 'name', '?')} target cannot read reality")
+    result = read(mesh, state, keystore)
+    assert isinstance(result, Refresh)
+    return result
+
+
 def _record(state: MeshState, desired: dict[str, dict[str, Any]], changes: list[ResourceChange]) -> MeshState:
     resources = dict(state.resources)
     for change in changes:
+        if change.address not in desired and change.action != "delete":
+            continue  # the lab as a whole is not an applied resource
         if change.action == "delete":
             resources.pop(change.address, None)
         else:
@@ -365,13 +568,20 @@ def apply_mesh(
     expected_hash: str | None = None,
     progress: Progress = lambda _msg: None,
     mesh_file: str | None = None,
+    refresh: bool | Refresh = True,
+    replace: list[str] | None = None,
 ) -> Plan:
     """Apply the mesh; with ``expected_hash`` (a saved plan) refuse if the inputs changed since.
 
-    Returns the plan that was applied.
+    With ``refresh`` the target is read first and drifted resources are repaired too. Returns the
+    plan that was applied.
     """
     state = load_state(state_dir, mesh.mesh.name)
-    plan = compute_plan(mesh, keystore, state, mesh_file=mesh_file)
+    if isinstance(refresh, Refresh):
+        found: Refresh | None = refresh  # already read (and shown) by the caller
+    else:
+        found = refresh_target(target, mesh, state, keystore) if refresh else None
+    plan = compute_plan(mesh, keystore, state, mesh_file=mesh_file, refresh=found, replace=replace)
     if expected_hash is not None and plan.inputs_hash != expected_hash:
         raise ApplyError(
             f"mesh {mesh.mesh.name}: step check plan: the saved plan is stale (the mesh, the keys or the "
@@ -390,16 +600,35 @@ def apply_mesh(
     desired = desired_resources(mesh, keys)
     # 2. recompute the changes with the real keys (public keys are now known).
     before = {a: decode_attrs(v) for a, v in state.resources.items()}
-    changes = diff_resources(before, desired)
+    requested = requested_replacements(mesh, plan.replace)
+    changes = merge_drift(merge_drift(diff_resources(before, desired), plan.drift), requested)
+    # Target-level changes (the lab as a whole) come from the refresh, not from the resources.
+    changes = [c for c in plan.changes if c.address.startswith("lab.")] + [
+        c for c in changes if not c.address.startswith("lab.")
+    ]
     write_configs(mesh, rendered, state_dir, _public_keys(keys))
     # 3. deploy, 4. record.
-    target.deploy(mesh, rendered, changes, progress)
-    target.wait_healthy(mesh, progress)
+    if changes:
+        target.deploy(mesh, rendered, changes, progress)
+        target.wait_healthy(mesh, progress)
+    _remove_rendered(
+        state_dir,
+        mesh.mesh.name,
+        [
+            c.address.split(".", 1)[1]
+            for c in changes
+            if c.address.startswith("node.") and c.action == "delete"
+        ],
+    )
+    # Keys of removed nodes only after the nodes are gone: until then they still use them.
+    _archive_keys(keystore, mesh.mesh.name, plan, progress)
     if getattr(target, "dry_run", False):
         # A check-mode deployment changed nothing: recording it would hide the changes from plan.
         progress(f"mesh {mesh.mesh.name}: check mode, applied state not recorded")
         return plan
-    save_state(state_dir, _record(state, desired, changes).model_copy(update={"target": target.name}))
+    lab_dir = getattr(target, "lab_dir", None)
+    recorded = {"target": target.name, "lab_dir": str(lab_dir.resolve()) if lab_dir else None}
+    save_state(state_dir, _record(state, desired, changes).model_copy(update=recorded))
     progress(f"mesh {mesh.mesh.name}: applied")
     return plan
 
@@ -436,5 +665,8 @@ def apply_rotation(
         )
     if keystore.get(mesh.mesh.name, node, next_key=True) is not None:  # not yet promoted by a prior run
         keystore.promote(mesh.mesh.name, node)
+        retired = f"{node}.retired.key"
+        if (keystore.root / mesh.mesh.name / retired).exists():
+            progress(f"node {node}: old key archived to {keystore.archive(mesh.mesh.name, retired)}")
     save_state(state_dir, state.model_copy(update={"rotation": None}))
     progress(f"node {node}: key rotated")

@@ -17,13 +17,32 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from .apply import AnsibleTarget, ApplyError, LabTarget, Target, apply_mesh, apply_rotation
+from .apply import (
+    AnsibleTarget,
+    ApplyError,
+    LabTarget,
+    Target,
+    apply_mesh,
+    apply_rotation,
+    destroy_mesh,
+    refresh_target,
+)
 from .keystore import Keystore, KeystoreError
 from .loader import MeshError, load_meshes
 from .models import Mesh, MeshFile
-from .plan import Plan, PlanError, compute_plan, compute_rotation, print_lines, print_plan, rotation_lines
+from .plan import (
+    Plan,
+    PlanError,
+    Refresh,
+    compute_destroy,
+    compute_plan,
+    compute_rotation,
+    print_lines,
+    print_plan,
+    rotation_lines,
+)
 from .sourcefile import file_kind, print_errors, usage_error
-from .state import StateError, load_state
+from .state import MeshState, StateError, load_state
 
 __all__ = ["main", "mesh_schema"]
 
@@ -59,7 +78,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--target", choices=("lab", "ansible"), default="lab", help="Where to deploy (default lab)"
+        "--target",
+        choices=("lab", "ansible"),
+        default=None,
+        help="Where to deploy (default: the target of the last apply, else lab)",
     )
     p.add_argument("--lab-dir", type=Path, default=None, help="Lab state root (default: the lab's own)")
     p.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for a healthy mesh")
@@ -76,6 +98,36 @@ def _target_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ARG",
         help="Extra argument for ansible-playbook (repeatable), e.g. --ansible-arg=--check",
+    )
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _refresh_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--refresh",
+        "-refresh",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="Read what runs on the target before planning (default true; false for offline plans)",
+    )
+
+
+def _replace_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-replace",
+        "--replace",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="Restart NODE with a fresh render even if nothing changed (repeatable)",
     )
 
 
@@ -103,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--detailed-exitcode", "-detailed-exitcode", action="store_true", help="Exit 2 when there are changes"
     )
     plan.add_argument("-out", "--out", type=Path, help="Save the plan for 'apply FILE' (one mesh only)")
+    _target_args(plan)
+    _refresh_arg(plan)
+    _replace_arg(plan)
 
     apply = sub.add_parser(
         "apply",
@@ -119,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("source", type=Path, help="mesh.yaml or a plan saved with plan -out")
     _common(apply)
     _target_args(apply)
+    _refresh_arg(apply)
+    _replace_arg(apply)
+
+    destroy = sub.add_parser("destroy", help="Remove everything the mesh made on its target")
+    destroy.add_argument("mesh", type=Path, help="mesh.yaml")
+    _common(destroy)
+    _target_args(destroy)
+    destroy.add_argument(
+        "-auto-approve", "--auto-approve", action="store_true", help="Destroy without asking for 'yes'"
+    )
 
     rotate = sub.add_parser(
         "rotate",
@@ -139,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--apply", action="store_true", help="Run the phases, waiting for health between them"
     )
     rotate.add_argument("--json", action="store_true", help="Print the rotation plan as JSON")
+
+    status = sub.add_parser("status", help="Health of an applied mesh: nodes and who is connected to whom")
+    status.add_argument("mesh", type=Path, help="mesh.yaml")
+    _common(status)
+    _target_args(status)
+    status.add_argument("--json", action="store_true", help="Print the status as JSON")
 
     schema = sub.add_parser(
         "schema",
@@ -161,12 +232,15 @@ def mesh_schema() -> str:
     return json.dumps(schema, indent=2, sort_keys=False) + "\n"
 
 
-def _target(ns: argparse.Namespace) -> Target:
-    if ns.target == "ansible":
+def _target(ns: argparse.Namespace, state: MeshState | None = None) -> Target:
+    # Refresh must read where the mesh was applied, so the last apply's target is the default.
+    recorded = state.target if state is not None and state.target in ("lab", "ansible") else None
+    if (ns.target or recorded) == "ansible":
         return AnsibleTarget(
             state_dir=ns.state_dir, keystore=ns.keystore, inventory=ns.inventory, extra_args=ns.ansible_arg
         )
-    return LabTarget(ns.lab_dir, timeout=ns.timeout)
+    lab_dir = ns.lab_dir or (Path(state.lab_dir) if state is not None and state.lab_dir else None)
+    return LabTarget(lab_dir, timeout=ns.timeout)
 
 
 def _consoles(ns: argparse.Namespace) -> tuple[Console, Console]:
@@ -181,8 +255,10 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
     keystore = Keystore(ns.keystore)
     plans: list[Plan] = []
     for path, mesh in zip(ns.mesh, meshes, strict=True):
+        state = load_state(ns.state_dir, mesh.mesh.name)
+        found = _refresh(ns, mesh, state, keystore, str(path))
         plans.append(
-            compute_plan(mesh, keystore, load_state(ns.state_dir, mesh.mesh.name), mesh_file=str(path))
+            compute_plan(mesh, keystore, state, mesh_file=str(path), refresh=found, replace=ns.replace)
         )
     if ns.out is not None:
         if len(plans) != 1:
@@ -201,6 +277,19 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
     if ns.detailed_exitcode and any(p.has_changes for p in plans):
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _refresh(
+    ns: argparse.Namespace, mesh: Mesh, state: MeshState, keystore: Keystore, mesh_file: str
+) -> Refresh:
+    if not ns.refresh:
+        return Refresh(skipped="-refresh=false: compared with the recorded state only")
+    if ns.target is None and state.target not in (None, "lab", "ansible"):
+        return Refresh(skipped=f"applied with target {state.target!r}, which cannot be read from here")
+    target = _target(ns, state)
+    if isinstance(target, AnsibleTarget):
+        target.mesh_file = mesh_file  # the refresh play reads the mesh as the rollout does
+    return refresh_target(target, mesh, state, keystore)
 
 
 def _load_source(source: Path) -> tuple[Mesh, str, str | None]:
@@ -228,12 +317,17 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
         mesh, mesh_file, expected = _load_source(ns.source)
     except MeshError:
         raise
+    state = load_state(ns.state_dir, mesh.mesh.name)
+    target = _target(ns, state)
+    found = _refresh(ns, mesh, state, Keystore(ns.keystore), mesh_file)
+    replace = list(ns.replace)
     if expected is None:
         plan = compute_plan(
-            mesh, Keystore(ns.keystore), load_state(ns.state_dir, mesh.mesh.name), mesh_file=mesh_file
+            mesh, Keystore(ns.keystore), state, mesh_file=mesh_file, refresh=found, replace=replace
         )
         print_plan(plan, out)
-    target = _target(ns)
+    else:
+        replace = _saved_replacements(ns.source) + replace
     if isinstance(target, AnsibleTarget):
         target.mesh_file = mesh_file
     apply_mesh(
@@ -244,9 +338,64 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
         expected_hash=expected,
         progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
         mesh_file=mesh_file,
+        refresh=found,
+        replace=replace,
     )
     out.print("Apply complete.", style="bold green", highlight=False)
     return EXIT_OK
+
+
+def _saved_replacements(source: Path) -> list[str]:
+    # A saved plan made with -replace must replace the same nodes when applied.
+    try:
+        return list(json.loads(source.read_text(encoding="utf-8")).get("replace") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _destroy(ns: argparse.Namespace, out: Console) -> int:
+    mesh = load_meshes([ns.mesh])[0]
+    keystore = Keystore(ns.keystore)
+    state = load_state(ns.state_dir, mesh.mesh.name)
+    target = _target(ns, state)
+    print_plan(compute_destroy(mesh, keystore, state, target=target.name), out)
+    if not ns.auto_approve:
+        if not sys.stdin.isatty():
+            raise PlanError("destroy needs confirmation: run it on a terminal or pass -auto-approve")
+        out.print(f"\nDo you really want to destroy mesh {mesh.mesh.name!r}? Only 'yes' is accepted.")
+        if input("  Enter a value: ").strip() != "yes":
+            out.print("Destroy cancelled.", highlight=False)
+            return EXIT_ERROR
+    destroy_mesh(
+        mesh,
+        keystore,
+        ns.state_dir,
+        target,
+        progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
+    )
+    out.print("Destroy complete.", style="bold green", highlight=False)
+    return EXIT_OK
+
+
+def _status(ns: argparse.Namespace, out: Console) -> int:
+    from vpncloud.lab.lab import LabError
+
+    from .status import lab_mesh_status, print_mesh_status
+
+    mesh = load_meshes([ns.mesh])[0]
+    state = load_state(ns.state_dir, mesh.mesh.name)
+    target = _target(ns, state)
+    if not isinstance(target, LabTarget):
+        raise PlanError("status: the ansible target cannot read its hosts yet; only the lab target can")
+    try:
+        status = lab_mesh_status(mesh, Keystore(ns.keystore), target.lab_dir)
+    except LabError as exc:
+        raise PlanError(f"status: {exc}") from None
+    if ns.json:
+        print(json.dumps(status.model_dump(mode="json") | {"whole": status.whole}, indent=2))
+    else:
+        print_mesh_status(status, out)
+    return EXIT_OK if status.whole else EXIT_ERROR
 
 
 def _rotate(ns: argparse.Namespace, out: Console) -> int:
@@ -262,7 +411,7 @@ def _rotate(ns: argparse.Namespace, out: Console) -> int:
             mesh,
             keystore,
             ns.state_dir,
-            _target(ns),
+            _target(ns, load_state(ns.state_dir, mesh.mesh.name)),
             ns.node,
             progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
         )
@@ -291,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _apply(ns, out)
         if ns.command == "rotate":
             return _rotate(ns, out)
+        if ns.command == "destroy":
+            return _destroy(ns, out)
+        if ns.command == "status":
+            return _status(ns, out)
         return _schema(ns)
     except MeshError as exc:
         print_errors(err, [str(item) for item in exc.items])

@@ -12,6 +12,7 @@ file and linked into place, so an interrupted apply or two concurrent runs never
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,10 @@ from pydantic import SecretStr
 from vpncloud.core import base62
 from vpncloud.core.primitives import ed25519_public_key
 
-__all__ = ["KeyPair", "Keystore", "KeystoreError", "generate_seed"]
+__all__ = ["ARCHIVE", "KeyPair", "Keystore", "KeystoreError", "generate_seed"]
+
+#: Below each mesh's key directory: ``archive/<UTC date>/<file>`` keeps keys no node uses any more.
+ARCHIVE = "archive"
 
 
 class KeystoreError(Exception):
@@ -117,6 +121,39 @@ class Keystore:
         if current.exists():
             os.replace(current, self._dir(mesh) / f"{node}.retired.key")
         os.replace(nxt, current)
+
+    def unused(self, mesh: str, nodes: set[str]) -> dict[str, str]:
+        """Key files no node of the mesh uses: file name -> why (keys of removed nodes, retired keys)."""
+        directory = self._dir(mesh)
+        if not directory.is_dir():
+            return {}
+        found = {}
+        for path in sorted(directory.glob("*.key")):
+            node, _, kind = path.name[: -len(".key")].partition(".")
+            if node not in nodes:
+                found[path.name] = f"key of removed node {node}"
+            elif kind == "retired":
+                found[path.name] = f"retired key of {node} (replaced by a rotation)"
+        return found
+
+    def archive(self, mesh: str, filename: str, now: dt.datetime | None = None) -> Path:
+        """Move one key file into ``archive/<UTC date>/``; never overwrites, never deletes."""
+        source = self._dir(mesh) / filename
+        day = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d")
+        directory = self._dir(mesh) / ARCHIVE / day
+        for d in (self._dir(mesh) / ARCHIVE, directory):
+            d.mkdir(mode=0o700, exist_ok=True)
+        target = directory / filename
+        counter = 1
+        while True:
+            try:
+                os.link(source, target)  # fails instead of replacing an archived key of the same day
+                break
+            except FileExistsError:
+                counter += 1
+                target = directory / f"{filename}.{counter}"
+        source.unlink()
+        return target
 
     def public_keys(self, mesh: str) -> dict[str, str]:
         """Public keys of every stored current key of a mesh (node -> base62)."""

@@ -28,26 +28,32 @@ from rich.console import Console
 from rich.text import Text
 
 from .acl import expiry_warnings, security_file
-from .keystore import Keystore
+from .keystore import ARCHIVE, Keystore
 from .models import Mesh, overlapping_claims, public_peers, unknown_node
 from .render import UNKNOWN, KeyView, Sensitive, Unknown, flatten, hosts_block, render_mesh
 from .state import MeshState, decode_attrs
 
 __all__ = [
     "AttributeChange",
+    "Drift",
+    "KeyArchive",
     "Phase",
     "Plan",
     "PlanError",
     "PlanWarning",
+    "Refresh",
     "ResourceChange",
     "RotationPlan",
+    "compute_destroy",
     "compute_plan",
     "compute_rotation",
     "desired_resources",
     "diff_resources",
     "key_view",
+    "merge_drift",
     "plan_text",
     "print_plan",
+    "requested_replacements",
 ]
 
 #: Attributes a running node picks up on reload; a change of anything else means a restart.
@@ -92,6 +98,31 @@ class ResourceChange(BaseModel):
         description="Changed attributes (all of them on create/delete)."
     )
     unchanged: int = Field(default=0, description="Number of unchanged attributes (hidden).")
+    reason: str | None = Field(
+        default=None, description="Why, when the resource changed outside vpncloud (see Plan.drift)."
+    )
+
+
+class Drift(BaseModel):
+    """A resource whose reality differs from the applied state, and what apply does about it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(description="node.<name>, or lab.<mesh> for the lab as a whole.")
+    reason: str = Field(description="What changed outside vpncloud (daemon not running, ...).")
+    action: Action = Field(description="What apply does to repair it (create or replace).")
+
+
+class Refresh(BaseModel):
+    """What the target's read (refresh) found."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drift: list[Drift] = Field(default_factory=list)
+    skipped: str | None = Field(default=None, description="Why reality was not read (null: it was).")
+    rebuild: str | None = Field(
+        default=None, description="Why the target must be rebuilt as a whole to apply the mesh."
+    )
 
 
 class PlanWarning(BaseModel):
@@ -101,6 +132,15 @@ class PlanWarning(BaseModel):
 
     kind: str = Field(description="weak-password, unreachable-pair, overlapping-claims, ...")
     message: str = Field(description="Human-readable explanation.")
+
+
+class KeyArchive(BaseModel):
+    """A key file no node uses any more: apply moves it to the keystore's dated archive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="Key file name in the mesh's keystore directory (never its content).")
+    reason: str = Field(description="Whose key it is and why it is no longer used.")
 
 
 class Plan(BaseModel):
@@ -114,7 +154,18 @@ class Plan(BaseModel):
     inputs_hash: str = Field(
         description="Digest of the inputs (mesh, keys, state); a saved plan is stale when it differs."
     )
+    drift: list[Drift] = Field(
+        default_factory=list, description="Objects changed outside vpncloud, found by the refresh."
+    )
+    refresh_skipped: str | None = Field(
+        default=None, description="Why reality was not read before planning (null: it was read)."
+    )
     changes: list[ResourceChange] = Field(default_factory=list, description="Resources that change.")
+    replace: list[str] = Field(default_factory=list, description="Nodes to restart as requested (-replace).")
+    destroy: bool = Field(default=False, description="A plan of 'vpncloud destroy': remove everything.")
+    key_archives: list[KeyArchive] = Field(
+        default_factory=list, description="Unused key files apply moves to the keystore's archive."
+    )
     warnings: list[PlanWarning] = Field(default_factory=list, description="Plan-time warnings.")
 
     @model_validator(mode="before")
@@ -142,7 +193,7 @@ class Plan(BaseModel):
     @property
     def has_changes(self) -> bool:
         """Whether apply would do anything."""
-        return bool(self.changes)
+        return bool(self.changes or self.key_archives)
 
 
 class Phase(BaseModel):
@@ -386,13 +437,17 @@ def _mesh_fingerprint(mesh: Mesh) -> Any:
     return [data, secrets]
 
 
-def _inputs_hash(mesh: Mesh, keys: KeyView, state: MeshState) -> str:
+def _inputs_hash(mesh: Mesh, keys: KeyView, state: MeshState, drift: list[Drift] | None = None) -> str:
     # The desired configs are a function of the mesh and the keys, so hashing those (not the large
-    # rendered attributes) is enough; the state is hashed as stored.
+    # rendered attributes) is enough; the state is hashed as stored. Drift is part of the inputs: a
+    # saved plan that restarts b is stale once b runs again (or a drifts).
     key_digests = {
         name: [str(keys.public.get(name)), _digest(private)] for name, private in sorted(keys.private.items())
     }
-    return _digest(_mesh_fingerprint(mesh), key_digests, state.model_dump_json())
+    parts: list[Any] = [_mesh_fingerprint(mesh), key_digests, state.model_dump_json()]
+    if drift:
+        parts.append([d.model_dump() for d in drift])
+    return _digest(*parts)
 
 
 def _check_keys_not_lost(mesh: Mesh, state: MeshState, keys: KeyView) -> None:
@@ -405,18 +460,92 @@ def _check_keys_not_lost(mesh: Mesh, state: MeshState, keys: KeyView) -> None:
             )
 
 
-def compute_plan(mesh: Mesh, keystore: Keystore, state: MeshState, *, mesh_file: str | None = None) -> Plan:
-    """The plan of one mesh against its applied state (reads the keystore, never writes it)."""
+def _address_order(address: str) -> tuple[int, str]:
+    return ({"lab": 0, "node": 1}.get(address.split(".", 1)[0], 2), address)
+
+
+def merge_drift(changes: list[ResourceChange], drift: list[Drift]) -> list[ResourceChange]:
+    """The changes plus the repairs of drifted resources.
+
+    A drifted node that also changes in the mesh file is replaced once (a restart covers a reload);
+    one that is created or destroyed anyway needs no repair.
+    """
+    merged = [c.model_copy(deep=True) for c in changes]
+    by_address = {c.address: c for c in merged}
+    for item in drift:
+        change = by_address.get(item.address)
+        if change is None:
+            merged.append(
+                ResourceChange(address=item.address, action=item.action, attributes=[], reason=item.reason)
+            )
+        elif change.action in ("update", "replace"):
+            change.action = "replace"
+            change.reason = item.reason
+    return sorted(merged, key=lambda c: _address_order(c.address))
+
+
+def requested_replacements(mesh: Mesh, replace: list[str]) -> list[Drift]:
+    """``-replace NODE``: restarts planned like repairs (the node must exist)."""
+    names = {n.name for n in mesh.nodes}
+    for node in replace:
+        if node not in names:
+            raise PlanError(f"-replace {node}: the mesh has no node {node!r}")
+    return [Drift(address=f"node.{n}", reason="replacement requested", action="replace") for n in replace]
+
+
+def _key_archives(keystore: Keystore, mesh: str, nodes: set[str]) -> list[KeyArchive]:
+    return [KeyArchive(file=f, reason=why) for f, why in keystore.unused(mesh, nodes).items()]
+
+
+def compute_plan(
+    mesh: Mesh,
+    keystore: Keystore,
+    state: MeshState,
+    *,
+    mesh_file: str | None = None,
+    refresh: Refresh | None = None,
+    replace: list[str] | None = None,
+) -> Plan:
+    """The plan of one mesh against its applied state (reads the keystore, never writes it).
+
+    ``refresh`` is what the target read: drifted resources become changes that repair them;
+    ``replace`` names nodes to restart (with a fresh render) although nothing changed.
+    """
     keys = key_view(mesh, keystore)
     _check_keys_not_lost(mesh, state, keys)
     desired = desired_resources(mesh, keys)
     before = {address: decode_attrs(attrs) for address, attrs in state.resources.items()}
+    drift = refresh.drift if refresh else []
+    requested = requested_replacements(mesh, replace or [])
+    changes = merge_drift(merge_drift(diff_resources(before, desired), drift), requested)
+    if refresh is not None and refresh.rebuild and not any(c.address.startswith("lab.") for c in changes):
+        rebuild = ResourceChange(address=f"lab.{mesh.mesh.name}", action="replace", attributes=[])
+        changes.insert(0, rebuild.model_copy(update={"reason": refresh.rebuild}))
     return Plan(
         mesh=mesh.mesh.name,
         mesh_file=mesh_file,
-        inputs_hash=_inputs_hash(mesh, keys, state),
-        changes=diff_resources(before, desired),
+        inputs_hash=_inputs_hash(mesh, keys, state, drift + requested),
+        drift=drift,
+        refresh_skipped=refresh.skipped if refresh else None,
+        changes=changes,
+        replace=sorted(replace or []),
+        key_archives=_key_archives(keystore, mesh.mesh.name, {n.name for n in mesh.nodes}),
         warnings=plan_warnings(mesh),
+    )
+
+
+def compute_destroy(mesh: Mesh, keystore: Keystore, state: MeshState, *, target: str | None) -> Plan:
+    """``vpncloud destroy``: remove every applied resource (and the lab), archive every key."""
+    before = {address: decode_attrs(attrs) for address, attrs in state.resources.items()}
+    changes = diff_resources(before, {})
+    if target == "lab":
+        changes.insert(0, ResourceChange(address=f"lab.{mesh.mesh.name}", action="delete", attributes=[]))
+    return Plan(
+        mesh=mesh.mesh.name,
+        inputs_hash=_digest("destroy", state.model_dump_json()),
+        changes=changes,
+        destroy=True,
+        key_archives=_key_archives(keystore, mesh.mesh.name, set()),
     )
 
 
@@ -532,10 +661,28 @@ def _attr_lines(change: ResourceChange, attr: AttributeChange) -> Iterable[tuple
     yield "yellow", f"{pad}~ {attr.name} = {before} -> {after}{note}"
 
 
+def drift_lines(plan: Plan) -> list[tuple[str, str]]:
+    """The refresh section: objects changed outside vpncloud (or why reality was not read)."""
+    lines: list[tuple[str, str]] = []
+    if plan.refresh_skipped:
+        lines += [("dim", f"Refresh skipped: {plan.refresh_skipped}"), ("", "")]
+    if plan.drift:
+        lines.append(("bold", "Note: Objects have changed outside of vpncloud"))
+        lines.append(("", ""))
+        lines.append(("", "Reality differs from what the last apply left:"))
+        for item in plan.drift:
+            lines.append(("", ""))
+            lines.append(("bold", f"  # {item.address} has changed outside vpncloud: {item.reason}"))
+        lines.append(("", ""))
+        lines.append(("", "Apply repairs them with the actions below."))
+        lines.append(("", ""))
+    return lines
+
+
 def plan_lines(plan: Plan) -> list[tuple[str, str]]:
     """The plan as (style, text) lines; styles are rich style names, the text carries all meaning."""
-    lines: list[tuple[str, str]] = []
-    if not plan.changes:
+    lines: list[tuple[str, str]] = drift_lines(plan)
+    if not plan.has_changes:
         lines.append(("green", f"No changes. Mesh {plan.mesh!r} matches the applied state."))
     else:
         lines.append(("", f"VpnCloud will perform the following actions on mesh {plan.mesh!r}:"))
@@ -545,6 +692,8 @@ def plan_lines(plan: Plan) -> list[tuple[str, str]]:
             title = _TITLE[change.action]
             if not change.address.startswith("node."):
                 title = title.split(" (")[0]  # only nodes are reloaded or restarted
+            if change.reason:
+                title += f": {change.reason}"
             lines.append(("bold", f"  # {change.address} {title}"))
             lines.append((style, f"  {_SYMBOL[change.action]} {change.address} {{"))
             for attr in change.attributes:
@@ -553,6 +702,9 @@ def plan_lines(plan: Plan) -> list[tuple[str, str]]:
                 s = "s" if change.unchanged != 1 else ""
                 lines.append(("dim", f"        # ({change.unchanged} unchanged attribute{s} hidden)"))
             lines.append(("", "    }"))
+    for item in plan.key_archives:
+        lines.append(("", ""))
+        lines.append(("bold", f"  # {item.reason} will be archived: {item.file} -> {ARCHIVE}/<UTC date>/"))
     for warning in plan.warnings:
         lines.append(("", ""))
         lines.append(("bold yellow", f"Warning: {warning.message}"))
@@ -562,7 +714,8 @@ def plan_lines(plan: Plan) -> list[tuple[str, str]]:
         (
             "bold",
             f"Plan: {counts['add']} to add, {counts['change']} to change, "
-            f"{counts['replace']} to replace, {counts['destroy']} to destroy.",
+            f"{counts['replace']} to replace, {counts['destroy']} to destroy."
+            + (f" {len(plan.key_archives)} key(s) to archive." if plan.key_archives else ""),
         )
     )
     return lines

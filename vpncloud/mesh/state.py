@@ -54,6 +54,9 @@ class MeshState(BaseModel):
     mesh: str = Field(description="Mesh name.")
     serial: int = Field(default=0, description="Incremented on every write.")
     target: str | None = Field(default=None, description="Target of the last apply (lab, ansible).")
+    lab_dir: str | None = Field(
+        default=None, description="Lab state root of the last apply (target lab), where refresh reads."
+    )
     resources: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Applied attributes per resource address (secrets as digests)."
     )
