@@ -32,6 +32,7 @@ from vpncloud.mesh.keystore import Keystore
 from vpncloud.mesh.loader import load_mesh
 from vpncloud.mesh.plan import key_view
 from vpncloud.mesh.render import config_text, hosts_block, render_mesh, replace_hosts_block
+from vpncloud.mesh.status import fleet_mesh_status
 
 pytestmark = [
     pytest.mark.skipif(ansible_missing() is not None, reason=str(ansible_missing())),
@@ -305,9 +306,20 @@ def test_refresh_reads_every_host_and_changes_nothing(
     rendered = render_mesh(mesh, key_view(mesh, Keystore(fleet.keys)))
     want = {h: hashlib.sha256(config_text(mesh, rendered[h]).encode()).hexdigest() for h in HOSTS}
     _wait_answering(fleet, HOSTS)
+    deadline = time.monotonic() + 30
+    while any(len(s["peers"]) != 1 for s in (_status(fleet, h) or {"peers": []} for h in HOSTS)):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, "the two daemons never connected"
+        time.sleep(0.2)
     before = {h: _snapshot(fleet.root(h)) for h in HOSTS}
     facts = _target(fleet, fleet.inventory).facts(mesh)
     assert {h: _snapshot(fleet.root(h)) for h in HOSTS} == before  # read-only
+    whole = fleet_mesh_status(mesh, Keystore(fleet.keys), facts)
+    assert whole.whole, whole.problems
+    assert whole.connected == {
+        "alpha": {"alpha": False, "beta": True},
+        "beta": {"alpha": True, "beta": False},
+    }
+    assert all(n.up and n.public_key_matches for n in whole.nodes)
     for host in HOSTS:
         f = facts[host]
         assert f.reachable and f.error is None and f.node == host
@@ -326,6 +338,9 @@ def test_refresh_reads_every_host_and_changes_nothing(
         assert facts["beta"].reachable and facts["beta"].config_sha256 != want["beta"]
         assert not facts["beta"].running and facts["beta"].status_error
         assert facts["alpha"].running and facts["alpha"].config_sha256 == want["alpha"]
+        broken = fleet_mesh_status(mesh, Keystore(fleet.keys), facts)
+        assert not broken.whole and "beta: " in broken.problems[0]
+        assert not broken.connected["alpha"]["beta"] or "alpha -> beta: not connected" not in broken.problems
     finally:
         fleet.config("beta").write_text(original)
 

@@ -7,6 +7,7 @@ wiring (inventory, collections path, keystore and mesh file passed, errors named
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,12 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_p
     assert proc.returncode == 2, out
     assert "# node.a has changed outside vpncloud: daemon not running" in out
     assert "# node.b has changed outside vpncloud: daemon not running" in out
+    proc = _vpncloud(tmp_path, "status", mesh, *target, "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # not whole: gates a rollout
+    status = json.loads(proc.stdout)
+    assert status["whole"] is False and status["target"] == "ansible"
+    assert {n["name"]: n["up"] for n in status["nodes"]} == {"a": False, "b": False}
+    assert status["expected"] == {"a": {"a": False, "b": True}, "b": {"a": True, "b": False}}
 
     # A config edited on the host is seen as such, and apply writes back what the mesh says.
     config_a.write_text(deployed + "# edited on the host\n")

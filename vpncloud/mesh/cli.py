@@ -380,17 +380,21 @@ def _destroy(ns: argparse.Namespace, out: Console) -> int:
 def _status(ns: argparse.Namespace, out: Console) -> int:
     from vpncloud.lab.lab import LabError
 
-    from .status import lab_mesh_status, print_mesh_status
+    from .status import fleet_mesh_status, lab_mesh_status, print_mesh_status
 
     mesh = load_meshes([ns.mesh])[0]
     state = load_state(ns.state_dir, mesh.mesh.name)
     target = _target(ns, state)
-    if not isinstance(target, LabTarget):
-        raise PlanError("status: the ansible target cannot read its hosts yet; only the lab target can")
-    try:
-        status = lab_mesh_status(mesh, Keystore(ns.keystore), target.lab_dir)
-    except LabError as exc:
-        raise PlanError(f"status: {exc}") from None
+    if isinstance(target, AnsibleTarget):
+        target.mesh_file = str(ns.mesh)
+        status = fleet_mesh_status(mesh, Keystore(ns.keystore), target.facts(mesh))
+    elif isinstance(target, LabTarget):
+        try:
+            status = lab_mesh_status(mesh, Keystore(ns.keystore), target.lab_dir)
+        except LabError as exc:
+            raise PlanError(f"status: {exc}") from None
+    else:
+        raise PlanError(f"status: the {target.name} target cannot be read")
     if ns.json:
         print(json.dumps(status.model_dump(mode="json") | {"whole": status.whole}, indent=2))
     else:

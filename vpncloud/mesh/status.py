@@ -1,12 +1,13 @@
 """``vpncloud status MESH``: is the applied mesh whole? Per node health and who is connected to whom.
 
-Read from the target (only the lab for now: the Ansible target cannot read its hosts yet) and compared
-with what the mesh expects: every node up, using its key from the keystore, connected to every other
-node. Nothing secret is read or shown (public keys and counters only).
+Read from the target (the lab, or a fleet's hosts through Ansible's refresh play) and compared with
+what the mesh expects: every node up, using its key from the keystore, connected to the nodes it
+should connect to. Nothing secret is read or shown (public keys and counters only).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -15,10 +16,11 @@ from rich.table import Table
 
 from vpncloud.daemon.control import _fmt_bytes as fmt_bytes
 
+from .fleet import HostFacts
 from .keystore import Keystore
-from .models import Mesh
+from .models import Mesh, public_peers
 
-__all__ = ["MeshStatus", "NodeHealth", "lab_mesh_status", "print_mesh_status"]
+__all__ = ["MeshStatus", "NodeHealth", "fleet_mesh_status", "lab_mesh_status", "print_mesh_status"]
 
 
 class NodeHealth(BaseModel):
@@ -119,6 +121,63 @@ def lab_mesh_status(mesh: Mesh, keystore: Keystore, lab_dir: Any) -> MeshStatus:
         expected=expected,
         problems=problems,
     )
+
+
+def _own_keys(mesh: Mesh, keystore: Keystore, name: str) -> set[str]:
+    pair = keystore.get(mesh.mesh.name, name) if mesh.mesh.auth == "keys" else None
+    return {pair.public_key} if pair else set()
+
+
+def fleet_mesh_status(mesh: Mesh, keystore: Keystore, facts: dict[str, HostFacts]) -> MeshStatus:
+    """The mesh as its hosts run it, from the facts Ansible read (``AnsibleTarget.facts``).
+
+    Peers are named by node id: each running node reports its own, so a peer whose node is down
+    cannot be named, and its link counts as missing. Expected links are those the mesh configures
+    (a node connects to the reachable nodes it shares a group with), not every pair.
+    """
+    wanted = [n.name for n in mesh.nodes]
+    ids = {
+        str(f.status["node_id"]): name
+        for name, f in facts.items()
+        if f.status is not None and f.status.get("node_id")
+    }
+    nodes, problems = [], []
+    peers_of: dict[str, set[str]] = {}
+    for name in wanted:
+        f = facts.get(name)
+        if f is None or not f.reachable:
+            error = f"host {f.host} {f.error}" if f is not None else "not in the inventory"
+            nodes.append(NodeHealth(name=name, up=False, error=error))
+            problems.append(f"{name}: {error}")
+            continue
+        raw = f.status.get("peers") if f.status is not None else None
+        listed = [p for p in raw if isinstance(p, dict)] if isinstance(raw, list) else []
+        peers_of[name] = {ids[str(p.get("node_id"))] for p in listed if str(p.get("node_id")) in ids}
+        view = SimpleNamespace(
+            name=name,
+            daemon=f.status,
+            running=f.status is not None,
+            error=None if f.status is not None else (f.status_error or "daemon not running"),
+            peers=[SimpleNamespace(name=p) for p in sorted(peers_of[name])],
+            socket=None,
+        )
+        health = _health(view, _own_keys(mesh, keystore, name))
+        nodes.append(health)
+        if not health.up:
+            problems.append(f"{name}: {health.error or 'down'}")
+        elif health.public_key_matches is False:
+            problems.append(f"{name}: uses a key that is not its key in the keystore")
+    by_name = {n.name: n for n in mesh.nodes}
+    dials = {a: {p.name for p in public_peers(mesh, by_name[a])} for a in wanted}
+    expected = {a: {b: a != b and (b in dials[a] or a in dials[b]) for b in wanted} for a in wanted}
+    connected = {a: {b: b in peers_of.get(a, set()) for b in wanted} for a in wanted}
+    problems += [
+        f"{a} -> {b}: not connected" for a in wanted for b in wanted if expected[a][b] and not connected[a][b]
+    ]
+    return MeshStatus(
+        mesh=mesh.mesh.name, target="ansible", nodes=nodes, connected=connected, expected=expected,
+        problems=problems,
+    )  # fmt: skip
 
 
 def print_mesh_status(status: MeshStatus, console: Console) -> None:
