@@ -185,7 +185,9 @@ class AnsibleTarget:
         if self.keystore is not None:
             cmd += ["-e", f"vpncloud_keystore={self.keystore.resolve()}"]
         cmd += self.extra_args
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(self.state_dir.resolve()))
+        # Ours first, then whatever the user's collections path holds (connection plugins, callbacks).
+        paths = [str(self.state_dir.resolve()), os.environ.get("ANSIBLE_COLLECTIONS_PATH", "")]
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.pathsep.join(p for p in paths if p))
         return cmd, env
 
     def deploy(
@@ -446,20 +448,21 @@ def _accepted_keys(mesh: Mesh, keystore: Keystore, node: str) -> set[str]:
 
 
 def _host_drift(facts: HostFacts, expected_sha256: str | None, keys: set[str]) -> str | None:
-    """Why a fleet node's host differs from what apply left, or None."""
+    """Why a fleet node's host differs from what apply left (every reason found), or None."""
     if not facts.reachable:
         return f"host {facts.host} {facts.error or 'unreachable'}"
+    reasons = []
     if not facts.config_exists:
-        return "config missing on the host"
-    if expected_sha256 is not None and facts.config_sha256 != expected_sha256:
-        return "config edited on the host"
+        reasons.append("config missing on the host")
+    elif expected_sha256 is not None and facts.config_sha256 != expected_sha256:
+        reasons.append("config edited on the host")
     if facts.unit_managed and facts.unit_file_state not in ("enabled", "static"):
-        return f"unit {facts.unit_file_state or 'missing'}"
+        reasons.append(f"unit {facts.unit_file_state or 'missing'}")
     if facts.status is None:
-        return "daemon not running"
-    if keys and facts.status.get("public_key") not in keys:
-        return "uses a key that is not its key in the keystore"
-    return None
+        reasons.append("daemon not running")
+    elif keys and facts.status.get("public_key") not in keys:
+        reasons.append("uses a key that is not its key in the keystore")
+    return "; ".join(reasons) or None
 
 
 def _node_drift(node: Any, keys: set[str]) -> str | None:
