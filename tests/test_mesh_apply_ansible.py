@@ -39,22 +39,30 @@ def _apply(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=500, check=False)
 
 
+def _local_inventory(tmp: Path, extra_vars: str = "") -> Path:
+    """alpha and beta reached with the local connection, each deploying under its own prefix."""
+    py = sys.executable
+    path = tmp / "hosts.yml"
+    path.write_text(
+        "all:\n  children:\n    vpncloud_nodes:\n      hosts:\n"
+        + "".join(
+            f"        {h}: {{ansible_connection: local, ansible_python_interpreter: {py}, "
+            f"vpncloud_root: {tmp / ('root-' + h)}}}\n"
+            for h in ("alpha", "beta")
+        )
+        + "      vars:\n        vpncloud_manage_service: false\n"
+        + extra_vars
+    )
+    return path
+
+
 def _private_keys(tmp: Path) -> list[str]:
     return [p.read_text().strip() for p in (tmp / "keys").rglob("*.key")]
 
 
 def test_check_mode_through_apply_records_nothing(tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
-    py = sys.executable
-    (tmp_path / "hosts.yml").write_text(
-        "all:\n  children:\n    vpncloud_nodes:\n      hosts:\n"
-        + "".join(
-            f"        {h}: {{ansible_connection: local, ansible_python_interpreter: {py}, "
-            f"vpncloud_root: {tmp_path / ('root-' + h)}}}\n"
-            for h in ("alpha", "beta")
-        )
-        + "      vars:\n        vpncloud_manage_service: false\n"
-    )
+    _local_inventory(tmp_path)
     proc = _apply(tmp_path, "--inventory", str(tmp_path / "hosts.yml"), "--ansible-arg=--check")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
@@ -88,18 +96,7 @@ def _vpncloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
-    py = sys.executable
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n    vpncloud_nodes:\n      hosts:\n"
-        + "".join(
-            f"        {h}: {{ansible_connection: local, ansible_python_interpreter: {py}, "
-            f"vpncloud_root: {tmp_path / ('root-' + h)}}}\n"
-            for h in ("alpha", "beta")
-        )
-        + "      vars:\n        vpncloud_manage_service: false\n"
-        + f"        vpncloud_wheelhouse: {tmp_path / 'wheelhouse'}\n"
-    )
+    inventory = _local_inventory(tmp_path, f"        vpncloud_wheelhouse: {tmp_path / 'wheelhouse'}\n")
     target = ["--target", "ansible", "--inventory", str(inventory)]
     no_health = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false"]
     proc = _apply(tmp_path, *target[2:], *no_health)
