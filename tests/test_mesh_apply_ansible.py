@@ -130,3 +130,16 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_p
     assert "node.a has changed outside vpncloud: daemon not running" in proc.stdout
     for key in _private_keys(tmp_path):
         assert key not in proc.stdout + proc.stderr
+
+    # destroy removes what the roles made on the hosts (state absent) and archives the keys
+    proc = _vpncloud(tmp_path, "destroy", mesh, *target, "-auto-approve")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Destroy complete." in proc.stdout
+    for host in ("alpha", "beta"):
+        assert not (tmp_path / f"root-{host}" / "etc" / "vpncloud" / "anstest.net").exists()
+        assert not (tmp_path / f"root-{host}" / "opt" / "vpncloud").exists()
+    assert not list((tmp_path / "keys" / "anstest").glob("*.key"))
+    assert sorted(p.name for p in (tmp_path / "keys" / "anstest" / "archive").glob("*/*.key")) == [
+        "a.key",
+        "b.key",
+    ]

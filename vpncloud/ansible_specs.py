@@ -210,6 +210,13 @@ NODE_VARS = [
     RoleVar("vpncloud_mesh", "", "dict", required=True),  # replaced by mesh_option()
     NODE_NAME,
     RoleVar(
+        "vpncloud_restart_nodes",
+        "Nodes restarted even if nothing changed (`vpncloud apply -replace NODE`, repaired drift).",
+        "list",
+        [],
+        elements="str",
+    ),
+    RoleVar(
         "vpncloud_keystore",
         "Controller directory of the mesh keystore (<keystore>/<mesh>/<node>.key, made by `vpncloud apply`). "
         "Only this node's private key is read, on the controller, and written only to this host.",

@@ -193,17 +193,23 @@ class AnsibleTarget:
     def deploy(
         self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange], progress: Progress
     ) -> None:
-        cmd, env = self.command(mesh)
+        # A rollout restarts only what changed; a replacement (-replace, or a drifted node) asks the
+        # role to restart that node even if its files did not change.
+        replace = sorted(c.address.split(".", 1)[1] for c in changes if c.action == "replace" and
+                         c.address.startswith("node."))  # fmt: skip
+        extra = ["-e", json.dumps({"vpncloud_restart_nodes": replace})] if replace else []
         progress(f"mesh {mesh.mesh.name}: running ansible-playbook site.yml (rolling, health-checked)")
+        self._playbook(mesh, extra, "ansible-playbook")
+
+    def _playbook(self, mesh: Mesh, extra: list[str], step: str) -> None:
+        cmd, env = self.command(mesh)
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            proc = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, check=False)
         except OSError as exc:
-            raise ApplyError(f"mesh {mesh.mesh.name}: step ansible-playbook: {exc.strerror}") from None
+            raise ApplyError(f"mesh {mesh.mesh.name}: step {step}: {exc.strerror}") from None
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise ApplyError(
-                f"mesh {mesh.mesh.name}: step ansible-playbook: exit status {proc.returncode}\n{tail}"
-            )
+            raise ApplyError(f"mesh {mesh.mesh.name}: step {step}: exit status {proc.returncode}\n{tail}")
 
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None:
         return None
@@ -237,9 +243,11 @@ class AnsibleTarget:
         return Refresh(drift=drift)
 
     def destroy(self, mesh: Mesh, progress: Progress) -> None:
-        raise ApplyError(
-            f"mesh {mesh.mesh.name}: step destroy: the ansible target cannot remove nodes from hosts yet"
-        )
+        """The roles' own removal (state absent) on every host: instance, config, log, socket, hosts
+        block, and the units and venv when no other mesh remains there."""
+        progress(f"mesh {mesh.mesh.name}: running ansible-playbook site.yml with vpncloud_state=absent")
+        absent = ["-e", "vpncloud_state=absent", "-e", "vpncloud_health_check=false"]
+        self._playbook(mesh, absent, "destroy")
 
 
 class LabTarget:

@@ -358,6 +358,8 @@ def _destroy(ns: argparse.Namespace, out: Console) -> int:
     keystore = Keystore(ns.keystore)
     state = load_state(ns.state_dir, mesh.mesh.name)
     target = _target(ns, state)
+    if isinstance(target, AnsibleTarget):
+        target.mesh_file = str(ns.mesh)
     print_plan(compute_destroy(mesh, keystore, state, target=target.name), out)
     if not ns.auto_approve:
         if not sys.stdin.isatty():
