@@ -177,7 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     _refresh_arg(apply)
     _replace_arg(apply)
 
-    destroy = sub.add_parser("destroy", help="Remove everything the mesh made on its target")
+    destroy = sub.add_parser(
+        "destroy",
+        help="Remove everything the mesh made on its target",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Plan the removal of everything the mesh made on its target (the lab, or the\n"
+        "nodes on the fleet's hosts through Ansible), then ask for 'yes' on a terminal or take\n"
+        "-auto-approve. Rendered configs are removed; keys move to a dated archive in the keystore.",
+        epilog="examples:\n"
+        "  vpncloud destroy inventories/lab/mesh.yaml\n"
+        "  vpncloud destroy inventories/lab/mesh.yaml -auto-approve",
+    )
     destroy.add_argument("mesh", type=Path, help="mesh.yaml")
     _common(destroy)
     _target_args(destroy)
@@ -205,7 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--json", action="store_true", help="Print the rotation plan as JSON")
 
-    status = sub.add_parser("status", help="Health of an applied mesh: nodes and who is connected to whom")
+    status = sub.add_parser(
+        "status",
+        help="Health of an applied mesh: nodes and who is connected to whom",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read every node of an applied mesh (the lab, or the fleet's hosts through\n"
+        "Ansible) and show per node health and a matrix of who is connected to whom against\n"
+        "what the mesh expects. Exits 1 when the mesh is not whole, so it can gate a rollout.",
+        epilog="examples:\n"
+        "  vpncloud status inventories/lab/mesh.yaml\n"
+        "  vpncloud status inventories/lab/mesh.yaml --json",
+    )
     status.add_argument("mesh", type=Path, help="mesh.yaml")
     _common(status)
     _target_args(status)
