@@ -252,13 +252,15 @@ def mesh_schema() -> str:
     return json.dumps(schema, indent=2, sort_keys=False) + "\n"
 
 
-def _target(ns: argparse.Namespace, state: MeshState | None = None) -> Target:
+def _target(ns: argparse.Namespace, state: MeshState | None, mesh_file: str) -> Target:
     # Refresh must read where the mesh was applied, so the last apply's target is the default.
     recorded = state.target if state is not None and state.target in ("lab", "ansible") else None
     if (ns.target or recorded) == "ansible":
-        return AnsibleTarget(
+        target = AnsibleTarget(
             state_dir=ns.state_dir, keystore=ns.keystore, inventory=ns.inventory, extra_args=ns.ansible_arg
         )
+        target.mesh_file = mesh_file  # every play reads the mesh as the rollout does
+        return target
     lab_dir = ns.lab_dir or (Path(state.lab_dir) if state is not None and state.lab_dir else None)
     return LabTarget(lab_dir, timeout=ns.timeout)
 
@@ -276,7 +278,7 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
     plans: list[Plan] = []
     for path, mesh in zip(ns.mesh, meshes, strict=True):
         state = load_state(ns.state_dir, mesh.mesh.name)
-        found = _refresh(ns, mesh, state, keystore, str(path))
+        found = _refresh(ns, _target(ns, state, str(path)), mesh, state, keystore)
         plans.append(
             compute_plan(mesh, keystore, state, mesh_file=str(path), refresh=found, replace=ns.replace)
         )
@@ -300,15 +302,12 @@ def _plan(ns: argparse.Namespace, out: Console) -> int:
 
 
 def _refresh(
-    ns: argparse.Namespace, mesh: Mesh, state: MeshState, keystore: Keystore, mesh_file: str
+    ns: argparse.Namespace, target: Target, mesh: Mesh, state: MeshState, keystore: Keystore
 ) -> Refresh:
     if not ns.refresh:
         return Refresh(skipped="-refresh=false: compared with the recorded state only")
     if ns.target is None and state.target not in (None, "lab", "ansible"):
         return Refresh(skipped=f"applied with target {state.target!r}, which cannot be read from here")
-    target = _target(ns, state)
-    if isinstance(target, AnsibleTarget):
-        target.mesh_file = mesh_file  # the refresh play reads the mesh as the rollout does
     return refresh_target(target, mesh, state, keystore)
 
 
@@ -338,8 +337,8 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
     except MeshError:
         raise
     state = load_state(ns.state_dir, mesh.mesh.name)
-    target = _target(ns, state)
-    found = _refresh(ns, mesh, state, Keystore(ns.keystore), mesh_file)
+    target = _target(ns, state, mesh_file)
+    found = _refresh(ns, target, mesh, state, Keystore(ns.keystore))
     replace = list(ns.replace)
     if expected is None:
         plan = compute_plan(
@@ -348,8 +347,6 @@ def _apply(ns: argparse.Namespace, out: Console) -> int:
         print_plan(plan, out)
     else:
         replace = _saved_replacements(ns.source) + replace
-    if isinstance(target, AnsibleTarget):
-        target.mesh_file = mesh_file
     apply_mesh(
         mesh,
         Keystore(ns.keystore),
@@ -377,9 +374,7 @@ def _destroy(ns: argparse.Namespace, out: Console) -> int:
     mesh = load_meshes([ns.mesh])[0]
     keystore = Keystore(ns.keystore)
     state = load_state(ns.state_dir, mesh.mesh.name)
-    target = _target(ns, state)
-    if isinstance(target, AnsibleTarget):
-        target.mesh_file = str(ns.mesh)
+    target = _target(ns, state, str(ns.mesh))
     print_plan(compute_destroy(mesh, keystore, state, target=target.name), out)
     if not ns.auto_approve:
         if not sys.stdin.isatty():
@@ -406,9 +401,8 @@ def _status(ns: argparse.Namespace, out: Console) -> int:
 
     mesh = load_meshes([ns.mesh])[0]
     state = load_state(ns.state_dir, mesh.mesh.name)
-    target = _target(ns, state)
+    target = _target(ns, state, str(ns.mesh))
     if isinstance(target, AnsibleTarget):
-        target.mesh_file = str(ns.mesh)
         status = fleet_mesh_status(mesh, Keystore(ns.keystore), target.facts(mesh))
     elif isinstance(target, LabTarget):
         try:
@@ -437,7 +431,7 @@ def _rotate(ns: argparse.Namespace, out: Console) -> int:
             mesh,
             keystore,
             ns.state_dir,
-            _target(ns, load_state(ns.state_dir, mesh.mesh.name)),
+            _target(ns, load_state(ns.state_dir, mesh.mesh.name), str(ns.mesh)),
             ns.node,
             progress=lambda msg: out.print(f"[bold]>[/bold] {msg}", highlight=False),
         )
