@@ -97,8 +97,7 @@ def lab_mesh_status(mesh: Mesh, keystore: Keystore, lab_dir: Any) -> MeshStatus:
             nodes.append(NodeHealth(name=name, up=False, error="not in the lab"))
             problems.append(f"{name}: not in the lab")
             continue
-        pair = keystore.get(mesh.mesh.name, name) if mesh.mesh.auth == "keys" else None
-        health = _health(running[name], {pair.public_key} if pair else set())
+        health = _health(running[name], _own_keys(mesh, keystore, name))
         nodes.append(health)
         if not health.up:
             problems.append(f"{name}: {health.error or 'down'}")
