@@ -26,7 +26,8 @@ def test_namespaces_exist_inside_and_are_gone_after() -> None:
         assert a.name.startswith(topo.prefix) and a.name != b.name
         assert "lo" in a.links()
         proc = topo.spawn(a, ["sleep", "300"])
-        assert proc.pid in netns.netns_pids(a.name)
+        # `ip netns exec` enters the namespace after fork, so the pid shows up there a moment later.
+        wait_for(lambda: proc.pid in netns.netns_pids(a.name), what=f"pid {proc.pid} inside {a.name}")
     names = netns.list_netns()
     assert a.name not in names and b.name not in names
     assert proc.poll() is not None
