@@ -94,13 +94,20 @@ def _vpncloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=500, check=False)
 
 
-def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_path: Path) -> None:
-    (tmp_path / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
-    inventory = _local_inventory(tmp_path, f"        vpncloud_wheelhouse: {tmp_path / 'wheelhouse'}\n")
+def _applied(tmp: Path) -> tuple[list[str], list[str]]:
+    """The two-host mesh applied through Ansible without health checks (no daemons run here);
+    returns the target arguments and the no-health arguments for the commands that follow."""
+    (tmp / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
+    inventory = _local_inventory(tmp, f"        vpncloud_wheelhouse: {tmp / 'wheelhouse'}\n")
     target = ["--target", "ansible", "--inventory", str(inventory)]
     no_health = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false"]
-    proc = _apply(tmp_path, *target[2:], *no_health)
+    proc = _apply(tmp, *target[2:], *no_health)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return target, no_health
+
+
+def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_path: Path) -> None:
+    target, no_health = _applied(tmp_path)
     config_a = tmp_path / "root-alpha" / "etc" / "vpncloud" / "anstest.net"
     deployed = config_a.read_text()
 
@@ -146,12 +153,7 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_p
 
 
 def test_rotate_apply_through_ansible_rekeys_the_hosts(tmp_path: Path) -> None:
-    (tmp_path / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
-    inventory = _local_inventory(tmp_path, f"        vpncloud_wheelhouse: {tmp_path / 'wheelhouse'}\n")
-    target = ["--target", "ansible", "--inventory", str(inventory)]
-    no_health = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false"]
-    proc = _apply(tmp_path, *target[2:], *no_health)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    target, no_health = _applied(tmp_path)
     store = Keystore(tmp_path / "keys")
     old = store.get("anstest", "a")
     assert old is not None
