@@ -186,7 +186,7 @@ def test_relay_refusals_are_counted_and_send_nothing() -> None:
     relay.on_message(a_peer, a_addr, MSG_RELAY_TO, o.node_id + b"\x00" * 40, now)
     relay.on_message(a_peer, a_addr, MSG_RELAY_TO, nid(0x7F) + b"\x00" * 40, now)
     relay.on_message(a_peer, a_addr, MSG_RELAY_TO, b.node_id, now)
-    relay.on_message(a_peer, ("100::", 5), MSG_RELAY_TO, b.node_id + b"x", now)
+    relay.on_message(a_peer, ("100::5", 5), MSG_RELAY_TO, b.node_id + b"x", now)
     # a delivery to a node that does not use relays (r's own config: use=False)
     relay.on_message(a_peer, a_addr, MSG_RELAY_FROM, b.node_id + b"x", now)
     c = relay.counters
@@ -216,3 +216,26 @@ def test_relay_off_forwards_nothing() -> None:
     r.node.relay.on_message(a_peer, a_addr, MSG_RELAY_TO, b.node_id + b"x", h.now)
     assert r.node.relay.counters["not_offered"] == 1
     assert r.node.datagrams_to_send() == []
+
+
+def test_attempts_to_a_node_that_never_answers_back_off() -> None:
+    """a wants o (listed by r) but o is not ours: the relay refuses, and a's relayed attempts thin
+    out instead of costing the relay a handshake every ``retry`` seconds for ever."""
+    h = Harness(seed=11)
+    r = node(h, "r", 0x10, BIG)
+    a = node(h, "a", 0x01, END)
+    o = node(h, "o", 0x03, None)
+    cut = {a.addr, o.addr}
+    h.net.add_filter(lambda dg: {dg.sender, dg.dst} == cut)
+    h.add_configured_peer(a, r)
+    h.add_configured_peer(o, r)
+    assert r.node.relay is not None
+    h.run_for(600)
+    first = r.node.relay.counters["not_capable"]
+    assert first > 0
+    h.run_for(3000)
+    later = r.node.relay.counters["not_capable"] - first
+    # A handshake retransmits its PING for about two minutes; retried every 30 s the next 50
+    # minutes would cost about five times the first ten, backed off it is less than those.
+    assert later < first
+    assert o.invalid_packets() == 0

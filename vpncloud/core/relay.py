@@ -2,7 +2,7 @@
 
 The end-to-end session of the two ends is the ordinary one: its datagrams (handshake included) travel
 wrapped in session messages of each end's session with the relay. In the node a relayed peer is keyed
-by a synthetic address ``("100::", n)`` (the IPv6 discard prefix), so the rest of the core does not
+by a synthetic address ``("100::<n>", n)`` (the IPv6 discard prefix), so the rest of the core does not
 know it is relayed. The :class:`RelayManager` does the wrapping, the forwarding (on the relay), the
 choice of a relay and the move back to a direct session.
 """
@@ -29,7 +29,9 @@ FEATURE_RELAY_END = 0x04
 FEATURE_RELAY_OFFER = 0x08
 MSG_RELAY_TO = 0x52
 MSG_RELAY_FROM = 0x72
-SYNTHETIC_HOST = "100::"
+#: Hosts of synthetic addresses: ``100::<n hex>``, one per address so that the handshake guard's
+#: per-source buckets stay per relayed peer.
+SYNTHETIC_PREFIX = "100::"
 #: Synthetic addresses in use at most (one per relay and remote node).
 MAX_SYNTHETIC = 1024
 #: Node ids we remember wanting from relays' peer lists.
@@ -51,7 +53,7 @@ DROP_REASONS = (
 
 
 def is_synthetic(addr: SocketAddr) -> bool:
-    return addr[0] == SYNTHETIC_HOST
+    return addr[0].startswith(SYNTHETIC_PREFIX)
 
 
 @dataclass
@@ -150,7 +152,7 @@ class RelayManager:
             self._next_index = (n + 1) & 0xFFFF
             self._synthetic[n] = (relay_id, remote_id)
             self._by_ends[(relay_id, remote_id)] = n
-        return (SYNTHETIC_HOST, n)
+        return _synthetic(n)
 
     def ends_of(self, addr: SocketAddr) -> tuple[bytes, bytes] | None:
         """(relay node id, remote node id) of a synthetic address."""
@@ -159,7 +161,7 @@ class RelayManager:
     def _forget_unused(self) -> None:
         node = self.node
         for n, ends in list(self._synthetic.items()):
-            addr = (SYNTHETIC_HOST, n)
+            addr = _synthetic(n)
             if addr not in node.peers and addr not in node.pending:
                 del self._synthetic[n]
                 del self._by_ends[ends]
@@ -376,6 +378,10 @@ class RelayManager:
             "moved_direct": self.moved_direct,
             "counters": dict(self.counters),
         }
+
+
+def _synthetic(n: int) -> SocketAddr:
+    return (f"{SYNTHETIC_PREFIX}{n:x}", n)
 
 
 def _fmt(addr: SocketAddr) -> str:
