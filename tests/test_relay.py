@@ -6,8 +6,11 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+import pytest
+
 from vpncloud.core.acl import AclPolicy, AclRule
-from vpncloud.core.node import Peer
+from vpncloud.core.errors import ConfigError
+from vpncloud.core.node import Peer, PeerDisconnected
 from vpncloud.core.relay import (
     FEATURE_RELAY_END,
     FEATURE_RELAY_OFFER,
@@ -19,6 +22,7 @@ from vpncloud.core.relay import (
 )
 from vpncloud.core.superpacket import FEATURE_TCP, decode_features
 from vpncloud.core.types import SocketAddr
+from vpncloud.daemon.security_file import parse_security
 from vpncloud.sim.harness import Harness, SimNode, ipv4_packet
 
 BIG = RelayConfig(offer=True, use=True)
@@ -50,16 +54,21 @@ def relayed(x: SimNode, y: SimNode) -> bool:
     return any(p.node_id == y.node_id and is_synthetic(a) for a, p in x.node.peers.items())
 
 
+def only_via(h: Harness, r: SimNode, x: SimNode, y: SimNode) -> None:
+    """x and y know r; nothing passes between them directly."""
+    cut = {x.addr, y.addr}
+    h.net.add_filter(lambda dg: {dg.sender, dg.dst} == cut)
+    h.add_configured_peer(x, r)
+    h.add_configured_peer(y, r)
+
+
 def trio(relay: RelayConfig = BIG) -> tuple[Harness, SimNode, SimNode, SimNode]:
     """a and b (public, but nothing passes between them) relayed through r."""
     h = Harness(seed=7)
     r = node(h, "r", 0x10, relay)
     a = node(h, "a", 0x01, END)
     b = node(h, "b", 0x02, END)
-    cut = {a.addr, b.addr}
-    h.net.add_filter(lambda dg: {dg.sender, dg.dst} == cut)
-    h.add_configured_peer(a, r)
-    h.add_configured_peer(b, r)
+    only_via(h, r, a, b)
     assert h.run_until(lambda: relayed(a, b) and relayed(b, a), timeout=300)
     return h, r, a, b
 
@@ -225,10 +234,7 @@ def test_attempts_to_a_node_that_never_answers_back_off() -> None:
     r = node(h, "r", 0x10, BIG)
     a = node(h, "a", 0x01, END)
     o = node(h, "o", 0x03, None)
-    cut = {a.addr, o.addr}
-    h.net.add_filter(lambda dg: {dg.sender, dg.dst} == cut)
-    h.add_configured_peer(a, r)
-    h.add_configured_peer(o, r)
+    only_via(h, r, a, o)
     assert r.node.relay is not None
     h.run_for(600)
     first = r.node.relay.counters["not_capable"]
@@ -239,3 +245,30 @@ def test_attempts_to_a_node_that_never_answers_back_off() -> None:
     # minutes would cost about five times the first ten, backed off it is less than those.
     assert later < first
     assert o.invalid_packets() == 0
+
+
+def test_set_relays_reconfigures_and_switches_off() -> None:
+    _h, r, a, b = trio()
+    assert r.node.relay is not None
+    r.node.set_relays(RelayConfig(offer=True, use=True, pair_rate=70_000.0))
+    assert r.node.relay.config.pair_rate == 70_000.0
+    # Switched off at an end: its relayed session goes, and it announces no relay bits any more.
+    a.node.set_relays(None)
+    assert a.node.relay is None and not relayed(a, b)
+    assert decode_features(a.node._node_info_bytes()) == 0
+    events = iter(a.node.next_event, None)
+    assert any(isinstance(e, PeerDisconnected) and e.node_id == b.node_id for e in events)
+
+
+def test_security_file_relay_section() -> None:
+    sec = parse_security({"relay": {"offer": True, "use": True, "pair_rate": 5000, "max_pairs": 3}})
+    assert sec.relay == RelayConfig(offer=True, use=True, pair_rate=5000.0, max_pairs=3)
+    assert parse_security({"acl": None}).relay is None
+    for bad, message in (
+        ({"relay": [1]}, "must be a mapping"),
+        ({"relay": {"offer": "yes"}}, "offer must be true or false"),
+        ({"relay": {"pair_rate": 0}}, "pair_rate must be a positive integer"),
+        ({"relay": {"via": "x"}}, "unknown keys in 'relay': via"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_security(bad)

@@ -1151,11 +1151,25 @@ class Node:
             # Tell peers about the new claims now rather than at the next interval.
             self._next_peers = now
 
-    def enable_relays(self, config: RelayConfig, now: float) -> None:
+    def enable_relays(self, config: RelayConfig, now: float | None = None) -> None:
         """Relay for peers and/or reach peers through relays (issue 22); announced from the next
-        NODE_INFO on."""
-        self.relay = RelayManager(self, config, now)
-        self._next_peers = now
+        NODE_INFO on (at ``now``, or at the next housekeeping)."""
+        self.relay = RelayManager(self, config, self._next_housekeep if now is None else now)
+        self._next_peers = self._next_housekeep if now is None else now
+
+    def set_relays(self, config: RelayConfig | None) -> None:
+        """Apply a (re)loaded relay configuration; None drops relayed sessions and stops relaying."""
+        if config is None:
+            if self.relay is not None:
+                for addr in [a for a in [*self._peers, *self._pending] if is_synthetic(a)]:
+                    self.drop_relayed(addr, self._peers.get(addr), announce=True)
+                self.relay = None
+                self._next_peers = self._next_housekeep
+        elif self.relay is None:
+            self.enable_relays(config)
+        elif config != self.relay.config:
+            self.relay.reconfigure(config)
+            self._next_peers = self._next_housekeep
 
     def drop_relayed(self, addr: SocketAddr, peer: Peer | None, *, announce: bool) -> None:
         """Forget a relayed session or handshake (moved to direct, or its relay is gone)."""

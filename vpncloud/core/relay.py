@@ -133,6 +133,12 @@ class RelayManager:
         self.counters.update(dict.fromkeys(DROP_REASONS, 0))
         self.moved_direct = 0
 
+    def reconfigure(self, config: RelayConfig) -> None:
+        """New limits apply from now on; pair states start afresh under them."""
+        self.config = config
+        self._total = TokenBucket(config.total_rate, self._total.last)
+        self._pairs.clear()
+
     @property
     def active(self) -> bool:
         return bool(self._synthetic)
