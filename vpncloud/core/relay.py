@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import VpnCloudError
 from .rows import Train
+from .superpacket import FEATURE_TCP, FEATURE_UDP
 from .types import NODE_ID_BYTES, SocketAddr, format_sockaddr, nice
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; node.py imports this module
@@ -29,6 +30,8 @@ FEATURE_RELAY_END = 0x04
 FEATURE_RELAY_OFFER = 0x08
 MSG_RELAY_TO = 0x52
 MSG_RELAY_FROM = 0x72
+#: Bytes a relayed datagram grows by: the relay session's header, type and tag (25) and a node id.
+RELAY_OVERHEAD = 25 + NODE_ID_BYTES
 #: Hosts of synthetic addresses: ``100::<n hex>``, one per address so that the handshake guard's
 #: per-source buckets stay per relayed peer.
 SYNTHETIC_PREFIX = "100::"
@@ -287,6 +290,10 @@ class RelayManager:
 
     def note_node_info(self, peer: Peer, addr: SocketAddr, info: NodeInfo, now: float) -> None:
         """Remember which node ids a relay-offering peer lists (candidates for relaying)."""
+        if is_synthetic(addr):
+            # No super-packets through a relay: one lost slice of 45 costs the whole 64 KB, and the
+            # relay forwards slice by slice anyway (bench/relay.py: several times the throughput).
+            peer.features &= ~(FEATURE_TCP | FEATURE_UDP)
         if not self.config.use or is_synthetic(addr) or not peer.features & FEATURE_RELAY_OFFER:
             return
         own = self.node.node_id
