@@ -14,7 +14,6 @@ All traffic stays in namespaces this script creates; they are removed at the end
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.security import iperf  # noqa: E402
 from vpncloud.daemon.control import ControlError, request  # noqa: E402
 from vpncloud.lab.netns import Netns, Topology  # noqa: E402
 
@@ -56,14 +56,6 @@ def node_status(sock: Path) -> dict[str, Any] | None:
 def relayed_ids(sock: Path) -> set[str]:
     st = node_status(sock) or {}
     return {e["node_id"] for e in (st.get("relay") or {}).get("relayed_peers", [])}
-
-
-def iperf(ns: Netns, server: str, seconds: int) -> float:
-    res = ns.run(["iperf3", "-c", server, "-t", str(seconds), "-J"], check=False, timeout=seconds + 30)
-    data = json.loads(res.stdout)
-    if "error" in data:
-        raise RuntimeError(f"iperf3: {data['error']}")
-    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
 
 
 def cpu(pid: int) -> float:
