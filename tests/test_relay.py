@@ -10,6 +10,7 @@ import pytest
 
 from vpncloud.core.acl import AclPolicy, AclRule
 from vpncloud.core.errors import ConfigError
+from vpncloud.core.messages import MSG_DATA
 from vpncloud.core.node import Peer, PeerDisconnected
 from vpncloud.core.relay import (
     FEATURE_RELAY_END,
@@ -299,3 +300,18 @@ def test_batched_receive_forwards_relay_messages() -> None:
     r.node.datagrams_to_send()
     r.node.receive_datagrams([d for d, _ in out], a.addr, h.now + 4)
     assert r.node.relay.counters["forwarded_packets"] == before + 5
+
+
+def test_a_real_source_in_the_discard_prefix_is_no_relayed_peer() -> None:
+    """A valid datagram of a's relayed session, sent to b from the synthetic address itself (a
+    spoofed IPv6 source in 100::/64) instead of through the relay, is dropped."""
+    h, _r, a, b = trio()
+    (a_synth,) = [k for k, p in a.node.peers.items() if is_synthetic(k)]
+    (b_synth,) = [k for k, p in b.node.peers.items() if is_synthetic(k)]
+    packet = ipv4_packet(a.vpn_ip, b.vpn_ip, b"spoofed")
+    inner = a.node.peers[a_synth].crypto.send_message(MSG_DATA, packet)
+    before = b.invalid_packets()
+    h.deliver_raw(b, inner, b_synth)
+    b.node.receive_datagrams([inner], b_synth, h.now)
+    assert packet not in b.device_payloads()
+    assert b.invalid_packets() == before + 2

@@ -21,7 +21,7 @@ from .crypto_core import FRAME_OVERHEAD
 from .errors import CryptoError, DecodeError
 from .messages import MSG_DATA
 from .payload import parse_frame
-from .relay import MSG_RELAY_FROM, MSG_RELAY_TO
+from .relay import MSG_RELAY_FROM, MSG_RELAY_TO, SYNTHETIC_PREFIX
 from .rows import PacketRows
 from .superpacket import (
     FEATURE_TCP,
@@ -124,7 +124,7 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
         addr = mapped(addr)
     elif len(addr) != 2:
         addr = (addr[0], addr[1])
-    peer = node._peers.get(addr)
+    peer = node._peers.get(addr) if addr[0][:5] != SYNTHETIC_PREFIX else None
     if datagrams and datagrams[0][:1] == SLICE_MARK_BYTE and node.super_features and peer is not None:
         _receive_slices(node, peer, datagrams, addr, now)
         return

@@ -46,7 +46,14 @@ from .handshake import STAGE_PING, decode_init
 from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
-from .relay import MSG_RELAY_FROM, MSG_RELAY_TO, RelayConfig, RelayManager, is_synthetic
+from .relay import (
+    MSG_RELAY_FROM,
+    MSG_RELAY_TO,
+    SYNTHETIC_PREFIX,
+    RelayConfig,
+    RelayManager,
+    is_synthetic,
+)
 from .rows import PacketRows, Train
 from .superpacket import SLICE_MARK_BYTE, SuperPacket, SuperPacketView, add_features, decode_features
 from .table import ClaimTable
@@ -319,6 +326,8 @@ class Node:
         self.handshakes: dict[str, int] = dict.fromkeys(HANDSHAKE_RESULTS, 0)
         #: Relays between our nodes (issue 22, relay.py); None = off, as the original.
         self.relay: RelayManager | None = None
+        #: The synthetic source of the datagram the relay manager is delivering right now.
+        self.relayed_from: SocketAddr | None = None
 
     # ------------------------------------------------------------------ outputs
 
@@ -389,6 +398,10 @@ class Node:
             addr = mapped(addr)
         elif len(addr) != 2:
             addr = (addr[0], addr[1])
+        if addr[0][:5] == SYNTHETIC_PREFIX and addr != self.relayed_from:
+            # A real source in the discard prefix must not pass for a relayed peer (relay.py).
+            self.traffic.count_invalid_protocol(len(data), "unknown_peer")
+            return
         # Per-address traffic only for known addresses: a flood from spoofed sources must not grow
         # the table (issue 10); admitted handshake messages from new sources are counted below.
         known = addr in self._peers or addr in self._pending

@@ -284,7 +284,12 @@ class RelayManager:
         if synthetic is None:
             self.counters["pairs_full"] += 1
             return
-        self.node.receive_datagram(inner, synthetic, now)
+        node = self.node
+        node.relayed_from = synthetic
+        try:
+            node.receive_datagram(inner, synthetic, now)
+        finally:
+            node.relayed_from = None
 
     # -- end: choosing relays and moving back ------------------------------------------------------
 
