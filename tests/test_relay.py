@@ -23,6 +23,7 @@ from vpncloud.core.relay import (
 )
 from vpncloud.core.superpacket import FEATURE_TCP, decode_features
 from vpncloud.core.types import SocketAddr
+from vpncloud.daemon.control import print_status
 from vpncloud.daemon.security_file import parse_security
 from vpncloud.sim.harness import Harness, SimNode, ipv4_packet
 
@@ -315,3 +316,14 @@ def test_a_real_source_in_the_discard_prefix_is_no_relayed_peer() -> None:
     b.node.receive_datagrams([inner], b_synth, h.now)
     assert packet not in b.device_payloads()
     assert b.invalid_packets() == before + 2
+
+
+def test_human_status_names_the_relay(capsys: pytest.CaptureFixture[str]) -> None:
+    h, r, a, _b = trio()
+    print_status(a.node.status(h.now))
+    out = capsys.readouterr().out
+    assert f"via relay {r.node_id.hex()[:12]}" in out
+    assert "relaying:" not in out  # a does not offer
+    print_status(r.node.status(h.now))
+    out = capsys.readouterr().out
+    assert "relaying: 1 pairs" in out and "via relay" not in out
