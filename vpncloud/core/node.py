@@ -46,6 +46,14 @@ from .handshake import STAGE_PING, decode_init
 from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
+from .relay import (
+    MSG_RELAY_FROM,
+    MSG_RELAY_TO,
+    SYNTHETIC_PREFIX,
+    RelayConfig,
+    RelayManager,
+    is_synthetic,
+)
 from .rows import PacketRows, Train
 from .superpacket import SLICE_MARK_BYTE, SuperPacket, SuperPacketView, add_features, decode_features
 from .table import ClaimTable
@@ -316,17 +324,25 @@ class Node:
         self.expired_key_refusals = 0
         #: handshakes by result since start (a fixed key set: ``HANDSHAKE_RESULTS``)
         self.handshakes: dict[str, int] = dict.fromkeys(HANDSHAKE_RESULTS, 0)
+        #: Relays between our nodes (issue 22, relay.py); None = off, as the original.
+        self.relay: RelayManager | None = None
+        #: The synthetic source of the datagram the relay manager is delivering right now.
+        self.relayed_from: SocketAddr | None = None
 
     # ------------------------------------------------------------------ outputs
 
     def datagrams_to_send(self) -> list[tuple[bytes, SocketAddr]]:
         out, self._out = self._out, []
+        if self.relay is not None and self.relay.active:
+            out = self.relay.wrap_output(out)
         return [(d, addr) for data, addr in out for d in _as_datagrams(data)]
 
     def take_output(self) -> list[tuple[bytes | Train, SocketAddr]]:
         """Like ``datagrams_to_send`` but a run of datagrams to one address may come as one
         :class:`~vpncloud.core.rows.Train` (for senders with UDP GSO), in order with the rest."""
         out, self._out = self._out, []
+        if self.relay is not None and self.relay.active:
+            out = self.relay.wrap_output(out)
         return out
 
     def packets_to_device(self) -> list[bytes]:
@@ -382,6 +398,10 @@ class Node:
             addr = mapped(addr)
         elif len(addr) != 2:
             addr = (addr[0], addr[1])
+        if addr[0][:5] == SYNTHETIC_PREFIX and addr != self.relayed_from:
+            # A real source in the discard prefix must not pass for a relayed peer (relay.py).
+            self.traffic.count_invalid_protocol(len(data), "unknown_peer")
+            return
         # Per-address traffic only for known addresses: a flood from spoofed sources must not grow
         # the table (issue 10); admitted handshake messages from new sources are counted below.
         known = addr in self._peers or addr in self._pending
@@ -577,6 +597,8 @@ class Node:
             log.info("Closing connection to %s", _fmt(addr))
             self._remove_peer(addr)
             self._events.append(PeerDisconnected(addr, peer.node_id, raw_addr=True))
+        elif msg_type in (MSG_RELAY_TO, MSG_RELAY_FROM) and self.relay is not None:
+            self.relay.on_message(peer, addr, msg_type, payload, now)
         else:
             self.traffic.count_invalid_protocol(len(payload))
             log.error("Message error: Unknown message type %d", msg_type)
@@ -636,6 +658,8 @@ class Node:
             peer.claims = list(info.claims)
             self._events.append(ClaimsChanged())
         self._route_claims(peer, addr, info, now)
+        if self.relay is not None:
+            self.relay.note_node_info(peer, addr, info, now)
         known_ids = {p.node_id for p in self._peers.values()}
         for entry in info.peers:
             if any(a in self._peers for a in entry.addrs):
@@ -876,14 +900,20 @@ class Node:
             peers = peers[:MAX_NODE_INFO_PEERS]
         return NodeInfo(
             node_id=self.node_id,
-            peers=[PeerInfo(node_id=p.node_id, addrs=list(p.addrs)) for p in peers],
+            # Synthetic "via relay" addresses (relay.py) never leave the node.
+            peers=[
+                PeerInfo(node_id=p.node_id, addrs=addrs)
+                for p in peers
+                if (addrs := [a for a in p.addrs if not is_synthetic(a)])
+            ],
             claims=list(self.config.claims),
             peer_timeout=self.config.peer_timeout & 0xFFFF,
             addrs=list(self._own_addresses),
         )
 
     def _node_info_bytes(self) -> bytes:
-        return add_features(self._node_info().encode(), self.super_features)
+        relay = self.relay.config.features if self.relay is not None else 0
+        return add_features(self._node_info().encode(), self.super_features | relay)
 
     def _broadcast_node_info(self) -> None:
         payload = self._node_info_bytes()
@@ -956,6 +986,9 @@ class Node:
             self._next_peers = now + self._node_info_interval()
         # 6. configured peers
         self._reconnect_tick(now)
+        # 6b. relayed peers: relay choice, direct retries, moving back (ours, relay.py)
+        if self.relay is not None:
+            self.relay.tick(now)
         # 7. statistics
         if self._next_stats < now:
             self._events.append(StatsDue(self._stats_text(now), self._statsd_text()))
@@ -1099,6 +1132,7 @@ class Node:
                 "expired_key_refusals": self.expired_key_refusals,
                 "acl": self.acl.snapshot() if self.acl is not None else None,
             },
+            "relay": self.relay.snapshot() if self.relay is not None else None,
         }
 
     # ------------------------------------------------------------------ control
@@ -1129,6 +1163,33 @@ class Node:
         if claims_changed:
             # Tell peers about the new claims now rather than at the next interval.
             self._next_peers = now
+
+    def enable_relays(self, config: RelayConfig, now: float | None = None) -> None:
+        """Relay for peers and/or reach peers through relays (issue 22); announced from the next
+        NODE_INFO on (at ``now``, or at the next housekeeping)."""
+        self.relay = RelayManager(self, config, self._next_housekeep if now is None else now)
+        self._next_peers = self._next_housekeep if now is None else now
+
+    def set_relays(self, config: RelayConfig | None) -> None:
+        """Apply a (re)loaded relay configuration; None drops relayed sessions and stops relaying."""
+        if config is None:
+            if self.relay is not None:
+                for addr in [a for a in [*self._peers, *self._pending] if is_synthetic(a)]:
+                    self.drop_relayed(addr, self._peers.get(addr), announce=True)
+                self.relay = None
+                self._next_peers = self._next_housekeep
+        elif self.relay is None:
+            self.enable_relays(config)
+        elif config != self.relay.config:
+            self.relay.reconfigure(config)
+            self._next_peers = self._next_housekeep
+
+    def drop_relayed(self, addr: SocketAddr, peer: Peer | None, *, announce: bool) -> None:
+        """Forget a relayed session or handshake (moved to direct, or its relay is gone)."""
+        self._pending.pop(addr, None)
+        self._inbound.pop(addr, None)
+        if peer is not None and self._remove_peer(addr) is not None and announce:
+            self._events.append(PeerDisconnected(addr, peer.node_id))
 
     def set_acl(self, policy: AclPolicy | None) -> None:
         """Install (or with None remove) the ACL policy; None allows everything like the original."""
