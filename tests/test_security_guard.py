@@ -315,3 +315,123 @@ def test_spoofed_junk_leaves_no_per_source_state() -> None:
     assert not node.pending and not node.peers
     assert node.guard.tracked_sources <= 100
     assert node.datagrams_to_send() == []
+
+
+# --- issue 24 -------------------------------------------------------------------------------------
+
+
+def test_spoofed_pings_with_a_peers_ip_do_not_keep_it_from_rejoining() -> None:
+    """20 forged PINGs per second carrying the peer's IP (other ports, trusted key hash, bad
+    signature) while the peer restarts: it rejoins (the per-IP limit of issue 10 kept it out)."""
+    h = Harness(seed=24)
+    a = h.add_node()
+    b = h.add_node(peers=[a])
+    assert h.run_until(h.full_mesh, timeout=5)
+    forged = captured_ping(h, h.add_node(), a)
+    forged = forged[:-1] + bytes([forged[-1] ^ 1])
+    rnd = random.Random(1)
+
+    def attack(seconds: float) -> None:
+        for _ in range(int(seconds * 20)):
+            h.deliver_raw(a, forged, (b.addr[0], rnd.randrange(1024, 65535)))
+            h.run_for(0.05)
+
+    attack(2)
+    h.stop(b, graceful=False)
+    b2 = h.add_node("b2", b.addr, peers=[a])
+    for _ in range(10):
+        attack(0.5)
+        if h.connected(a, b2) and h.connected(b2, a):
+            break
+    assert h.connected(a, b2) and h.connected(b2, a)
+    g = a.node.guard.counters
+    assert g.dropped_new_address > 0  # port hopping was charged to the host
+
+
+def fresh_pings(n: int, password: str = "test123") -> list[bytes]:
+    """Genuine PINGs of ``n`` different initiators (valid signatures, fresh ephemeral keys)."""
+    from vpncloud.core.peer_crypto import CryptoConfig, PeerCrypto
+    from vpncloud.sim.harness import DEFAULT_ALGORITHMS, identity_from_password
+
+    cfg = CryptoConfig(identity=identity_from_password(password), algorithms=list(DEFAULT_ALGORITHMS))
+    rng = random.Random(11)
+    return [PeerCrypto.initiator(cfg, rng.randbytes(16), b"", rng)[1] for _ in range(n)]
+
+
+def test_pending_handshakes_are_bounded_per_host_and_in_total() -> None:
+    pings = fresh_pings(60)
+    node = fresh_node(GuardConfig(max_pending_per_host=3, max_pending=20, per_host_new_burst=100))
+    for i, p in enumerate(pings[:10]):  # one host, ten ports
+        node.receive_datagram(p, ("192.0.2.1", 1000 + i), 0.0)
+    assert len(node.pending) == 3 and node.guard.counters.dropped_pending == 7
+    for i, p in enumerate(pings[10:]):  # fifty hosts
+        node.receive_datagram(p, (f"192.0.2.{10 + i}", 3210), 0.5)
+    assert len(node.pending) == 20 == node.guard.pending_count
+    assert node.guard.counters.evicted_pending == 33
+    # a handshake that completes or fails releases its slot (the counts stay consistent)
+    for t in range(1, 200):
+        node.handle_timer(float(t))
+    assert not node.pending and node.guard.pending_count == 0
+    assert node.datagrams_to_send() == []  # one PING each: the byte budget paid no PONG
+
+
+def test_untrusted_pings_cost_no_responder_and_no_log_line_each(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vpncloud.core.peer_crypto import PeerCrypto
+
+    made = []
+    real = PeerCrypto.responder
+
+    def counting(*args: object, **kwargs: object) -> PeerCrypto:
+        made.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PeerCrypto, "responder", staticmethod(counting))
+    node = fresh_node(GuardConfig(max_sources=100))
+    stranger = fresh_pings(1, password="someone else")[0]
+    caplog.set_level("DEBUG", logger="vpncloud.node")
+    for i in range(5000):
+        node.receive_datagram(stranger, (f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 3210), i / 1000)
+    node.handle_timer(5.0)
+    assert made == []
+    g = node.guard.counters
+    assert g.dropped_untrusted + g.dropped_new_address + g.dropped_overflow == 5000
+    assert node.traffic.drops["authentication"] == g.dropped_untrusted
+    assert len(caplog.records) <= 2  # the first drop in full, one summary with the counts
+
+
+def test_garbage_from_a_peers_address_is_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(seed=25)
+    a, b = h.add_node(), h.add_node()
+    h.connect(a, b)
+    assert h.run_until(h.full_mesh, timeout=5)
+    caplog.set_level("DEBUG", logger="vpncloud.node")
+    caplog.clear()
+    before = sum(a.node.traffic.drops.values())
+    rnd = random.Random(2)
+    for _ in range(30):  # 3000 garbage frames over 30 s, from the peer's own address
+        for _ in range(100):
+            h.deliver_raw(a, bytes([rnd.randrange(4)]) + rnd.randbytes(60), b.addr)
+        h.run_for(1)
+    assert sum(a.node.traffic.drops.values()) - before == 3000  # every one counted
+    drops = [r for r in caplog.records if "rypto error" in r.getMessage() or "Dropped" in r.getMessage()]
+    assert 2 <= len(drops) <= 2 * (30 // 10 + 1)
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped")]
+    assert summary and "authentication" in summary[0]
+    assert h.connected(a, b)
+
+
+def test_a_lost_peng_is_recovered_without_timer_retransmission() -> None:
+    """The responder no longer repeats its PONG unasked; our initiator's keepalive proves (it opens
+    with the PONG's key) that it got the PONG, and the PONG repeated in answer earns the PENG again."""
+    from vpncloud.sim.network import DropNth
+
+    h = Harness(seed=26)
+    a, b = h.add_node(), h.add_node()
+    lost = DropNth(lambda d: d.stage == 3)
+    h.net.add_filter(lost)
+    h.run_for(0.5)
+    h.connect(a, b)
+    assert h.run_until(lambda: h.full_mesh() and not b.node.pending, timeout=10)
+    assert len(lost.dropped) == 1
