@@ -137,9 +137,8 @@ def fresh_node(guard: GuardConfig | None = None, password: str = "test123") -> N
     from vpncloud.sim.harness import DEFAULT_ALGORITHMS, identity_from_password
 
     crypto = CryptoConfig(identity=identity_from_password(password), algorithms=list(DEFAULT_ALGORITHMS))
-    node = Node(NodeConfig(), crypto, 0.0, random.Random(7))
-    if guard is not None:
-        node.guard = HandshakeGuard(guard)
+    node = Node(NodeConfig(guard=guard or GuardConfig()), crypto, 0.0, random.Random(7))
+    assert node.guard.config == (guard or GuardConfig())
     return node
 
 

@@ -42,7 +42,7 @@ from .acl import AclPolicy
 from .beacon import encode_beacon, hour_stamp
 from .droplog import DropLog
 from .errors import CryptoError, DecodeError, InitFatal, VpnCloudError
-from .guard import HandshakeGuard
+from .guard import GuardConfig, HandshakeGuard
 from .handshake import STAGE_PING, decode_init
 from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
@@ -112,6 +112,8 @@ class NodeConfig:
     beacon_load: bool = False
     stats_interval: int = 60
     statsd_prefix: str | None = None
+    #: Handshake flood limits, pending bounds and the amplification budget (guard.py).
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     @property
     def learning(self) -> bool:
@@ -310,7 +312,7 @@ class Node:
         self._closed = False
 
         # Security additions (issue 10): handshake flood guard, optional ACL, key expiry.
-        self.guard = HandshakeGuard()
+        self.guard = HandshakeGuard(config.guard)
         self.acl: AclPolicy | None = None
         self._wall_now: float | None = None
         # Pending handshakes the peer started -> the PING that started them.
