@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from reach_support import wait_for
-from test_daemon_netns import PASSWORD, PY, VNode, full_mesh, ping
+from test_daemon_netns import PASSWORD, PY, VNode, ping, tunnel_pair
 
 pytestmark = pytest.mark.netns
 
@@ -93,13 +93,8 @@ def flood(ns: Any, dst: str, items: list[tuple[str, int, bytes]]) -> None:
 
 def test_replayed_and_forged_ping_flood_from_spoofed_sources(lan3: Any, tmp_path: Path) -> None:
     v4 = lan3.v4
-    a_ns, b_ns, c_ns = lan3.nodes["a"], lan3.nodes["b"], lan3.nodes["c"]
-    a = VNode(lan3.topo, a_ns, "a", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24"])
-    b = VNode(
-        lan3.topo, b_ns, "b", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{v4['a']}:3210"]
-    )
-    full_mesh([a, b])
-    wait_for(lambda: ping(a_ns, "10.100.0.2"), interval=0.1, what="tunnel")
+    a_ns, c_ns = lan3.nodes["a"], lan3.nodes["c"]
+    a, b = tunnel_pair(lan3, tmp_path)
 
     # a real PING from a real daemon in c, to an address where nobody listens (routed via b, whose
     # kernel does not forward it, so that the PING leaves c's namespace and the sniffer sees it)
