@@ -14,6 +14,7 @@ sockets; forged PINGs with random key hashes come from 2000 more. Claims checked
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 from reach_support import wait_for
-from test_daemon_netns import PASSWORD, PY, VNode, ping, tunnel_pair
+from test_daemon_netns import PASSWORD, PY, VNode, full_mesh, ping, tunnel_pair
 
 pytestmark = pytest.mark.netns
 
@@ -146,3 +147,50 @@ def test_replayed_and_forged_ping_flood_from_spoofed_sources(lan3: Any, tmp_path
     assert "Traceback" not in log
     assert wait_for(lambda: ping(a_ns, "10.100.0.2"), interval=0.1, what="tunnel after the flood")
     assert a.alive() and b.alive()
+
+
+# argv: src, dst, hex payload, rate: the payload from src and random ports (never 3210), forever.
+SPOOF_PORTS = """
+import random, socket, struct, sys, time
+src, dst, data, rate = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+while True:
+    sport = random.choice([p for p in range(1024, 65535) if p != 3210])
+    udp = struct.pack("!HHHH", sport, 3210, 8 + len(data), 0) + data
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    s.sendto(ip + udp, (dst, 0))
+    time.sleep(1 / rate)
+"""
+
+
+def test_spoofed_pings_with_a_peers_ip_do_not_keep_it_from_rejoining(lan3: Any, tmp_path: Path) -> None:
+    """Issue 24: 100 forged PINGs per second (trusted key hash, bad signature) carrying b's IP and
+    random other ports; b is killed and restarted meanwhile, and rejoins a (main: the per-IP bucket
+    stayed drained and b stayed out)."""
+    import random as _random
+
+    from vpncloud.core.identity import Identity
+    from vpncloud.core.peer_crypto import CryptoConfig, PeerCrypto
+    from vpncloud.core.primitives import Algorithm
+
+    v4 = lan3.v4
+    c_ns = lan3.nodes["c"]
+    a, b = tunnel_pair(lan3, tmp_path)
+    cfg = CryptoConfig(Identity.from_config(password=PASSWORD), [(Algorithm.AES128, 100.0)])
+    rng = _random.Random(5)
+    ping_bytes = PeerCrypto.initiator(cfg, rng.randbytes(16), b"", rng)[1]
+    forged = ping_bytes[:-1] + bytes([ping_bytes[-1] ^ 1])
+    spoofer = c_ns.popen([PY, "-c", SPOOF_PORTS, v4["b"], v4["a"], forged.hex(), "100"])
+    try:
+        wait_for(lambda: guard(a)["dropped_new_address"] > 0, 20, interval=0.2, what="ports charged")
+        old_id = b.node_id()
+        b.stop(signal.SIGKILL)
+        b.start()
+        wait_for(lambda: b.node_id() != old_id, 20, interval=0.2, what="b restarted")
+        full_mesh([a, b])
+        assert spoofer.poll() is None  # the flood went on all the time
+    finally:
+        spoofer.terminate()
+        spoofer.wait(timeout=10)
+    assert wait_for(lambda: ping(lan3.nodes["a"], "10.100.0.2"), interval=0.1, what="tunnel after rejoin")
