@@ -21,12 +21,15 @@ or (replaying a captured, validly signed PING from spoofed addresses) turn it in
    ``max_sources`` addresses cannot reset every budget;
 3. the node's cheap key-hash check (a SHA-256 per trusted key): PINGs matching no trusted key are
    dropped and counted right there, with no responder object, no parse and no log line of their own;
-4. a **global** token bucket for the messages that will reach the signature check;
-5. the **PING replay table** (:meth:`HandshakeGuard.ping_allowed`): the initiator's ephemeral public
+4. the **PING replay table** (:meth:`HandshakeGuard.ping_allowed`): the initiator's ephemeral public
    key of every verified PING is remembered with the address it came from (``replay_ttl`` seconds,
-   ``max_sources`` entries). The same PING from a second address is dropped before its signature check,
-   so one captured PING is answered at most once however many addresses replay it. Entries are
-   recorded only after the signature verified, so a forgery cannot poison the table;
+   ``max_sources`` entries). The same PING from a second address is dropped after a field parse but
+   before the global bucket and the signature check, so one captured PING is answered at most once
+   however many addresses replay it, and replays do not drain the global bucket. Entries are recorded
+   only after the signature verified, so a forgery cannot poison the table. (An attacker on the path
+   who races a PING to us from another address first holds that one PING off; the initiator's next
+   attempt, with a fresh key, gets through.);
+5. a **global** token bucket for the messages that will reach the signature check;
 6. **pending bounds** (:meth:`HandshakeGuard.admit_pending`): at most ``max_pending_per_host``
    half-open handshakes started by one host and ``max_pending`` in total; beyond the total the oldest
    one started by a peer is dropped (the node's side; an honest initiator repeats its PING).

@@ -466,6 +466,8 @@ class Node:
                 _fmt(addr),
             )
             return False
+        if self._ping_key(data, addr, now) is None:
+            return False  # a PING answered elsewhere: dropped before it costs a global token
         if addr not in self._peers:
             guard.note_received(addr, len(data), now)
         if not guard.allow_global(now):
