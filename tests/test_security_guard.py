@@ -66,7 +66,9 @@ def test_guard_ping_replay_table() -> None:
     g = HandshakeGuard(GuardConfig(replay_ttl=100))
     key, first, other = b"k" * 32, ("::ffff:1.1.1.1", 1), ("::ffff:2.2.2.2", 2)
     assert g.ping_allowed(key, other, 0.0)  # not verified yet: a forgery cannot poison the table
-    g.record_ping(key, first, 0.0)
+    assert g.verified_ping_key(b"\xffping") is None
+    g.record_ping(key, first, 0.0, b"\xffping")
+    assert g.verified_ping_key(b"\xffping") == key  # a byte-identical replay needs no parse
     g.record_ping(key, other, 1.0)  # the first binding wins
     assert g.ping_allowed(key, first, 1.0)
     assert not g.ping_allowed(key, other, 1.0)

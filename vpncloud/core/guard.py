@@ -194,6 +194,8 @@ class HandshakeGuard:
         self._global: TokenBucket | None = None
         self._budgets: OrderedDict[SocketAddr, _Budget] = OrderedDict()
         self._pings: OrderedDict[bytes, tuple[SocketAddr, float]] = OrderedDict()
+        # verified PING datagram -> its ephemeral key: a replay is byte-identical, found without a parse
+        self._ping_bytes: dict[bytes, bytes] = {}
         self._pending: OrderedDict[SocketAddr, None] = OrderedDict()
         self._pending_hosts: dict[str, int] = {}
 
@@ -253,15 +255,24 @@ class HandshakeGuard:
         self.counters.dropped_replayed_ping += 1
         return False
 
-    def record_ping(self, ephemeral_key: bytes, addr: SocketAddr, now: float) -> None:
+    def verified_ping_key(self, datagram: bytes) -> bytes | None:
+        """The ephemeral key of a PING datagram verified before (byte for byte), without parsing it."""
+        return self._ping_bytes.get(datagram)
+
+    def record_ping(self, ephemeral_key: bytes, addr: SocketAddr, now: float, datagram: bytes = b"") -> None:
         """A PING verified: bind its ephemeral key to ``addr`` (first binding wins until it expires)."""
         seen = self._pings.get(ephemeral_key)
         if seen is not None and seen[0] != addr and now - seen[1] <= self.config.replay_ttl:
             return
         self._pings[ephemeral_key] = (addr, now)
         self._pings.move_to_end(ephemeral_key)
+        if datagram:
+            self._ping_bytes[datagram] = ephemeral_key
         while len(self._pings) > self.config.max_sources:
             self._pings.popitem(last=False)
+        if len(self._ping_bytes) > self.config.max_sources:
+            # rare (as many verified PINGs as sources): keep only those whose binding is still held
+            self._ping_bytes = {d: k for d, k in self._ping_bytes.items() if k in self._pings}
 
     # --- pending handshakes started by peers -------------------------------------------------------
 

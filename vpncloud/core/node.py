@@ -524,13 +524,16 @@ class Node:
 
     def _ping_key(self, data: bytes, addr: SocketAddr, now: float) -> bytes | None:
         """The ephemeral key of a PING, b"" for other stages; None if the PING is a replay from elsewhere."""
-        try:
-            msg = decode_init(data)
-        except DecodeError:
-            return b""  # rejected with its error by the normal path
-        if msg.stage != STAGE_PING or msg.ecdh_public_key is None:
-            return b""
-        if not self.guard.ping_allowed(msg.ecdh_public_key, addr, now):
+        key = self.guard.verified_ping_key(data)
+        if key is None:
+            try:
+                msg = decode_init(data)
+            except DecodeError:
+                return b""  # rejected with its error by the normal path
+            if msg.stage != STAGE_PING or msg.ecdh_public_key is None:
+                return b""
+            key = msg.ecdh_public_key
+        if not self.guard.ping_allowed(key, addr, now):
             self.traffic.count_invalid_protocol(len(data), "replay")
             self._drops.drop(
                 "replayed_ping",
@@ -540,7 +543,7 @@ class Node:
                 _fmt(addr),
             )
             return None
-        return msg.ecdh_public_key
+        return key
 
     def _handle_new_init(self, data: bytes, addr: SocketAddr, now: float, *, established: bool) -> None:
         ping_key = self._ping_key(data, addr, now)
@@ -576,7 +579,7 @@ class Node:
             self._drops.drop(reason, now, logging.ERROR, "Crypto error: %s", err)
             return
         if ping_key:
-            self.guard.record_ping(ping_key, addr, now)
+            self.guard.record_ping(ping_key, addr, now, bytes(data))
         if isinstance(result, Reply):
             self._start_inbound(addr, data, crypto)
             self._inbound_reply[addr] = result.data
