@@ -37,10 +37,18 @@ def increment_nonce(nonce: bytes) -> bytes:
     return ((int.from_bytes(nonce, "big") + 1) % (1 << 96)).to_bytes(12, "big")
 
 
+#: Blocks of 8 nonces in the receive bitmap (one byte each), and the window it covers: a frame
+#: more than this many nonces behind the newest one is taken for a replay (WireGuard keeps 8,128).
+_RING = 1024
+_RING_MASK = _RING - 1
+REPLAY_WINDOW = (_RING - 1) * 8
+_ZERO_RING = bytes(_RING)
+
+
 class _Slot:
     """One key with its own send counter and receive window."""
 
-    __slots__ = ("aead", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
+    __slots__ = ("aead", "min_nonce", "next_min_nonce", "nonce", "ring", "seen_nonce")
 
     def __init__(self, aead: Aead, nonce: int) -> None:
         self.aead = aead
@@ -48,6 +56,39 @@ class _Slot:
         self.min_nonce = 0
         self.next_min_nonce = 0
         self.seen_nonce = 0
+        # The original only has the 1-2 tick window (min_nonce), so a duplicate captured within a
+        # tick reached the device (quirk 16); this bitmap of received nonces rejects it, on the
+        # receiving side only: the wire does not change.
+        self.ring = bytearray(_RING)
+
+    def fresh(self, nonce: int) -> bool:
+        """Whether ``nonce`` may be accepted: not behind the window nor received already."""
+        if nonce > self.seen_nonce:
+            return True
+        if nonce < self.min_nonce or self.seen_nonce - nonce >= REPLAY_WINDOW:
+            return False
+        return not (self.ring[(nonce >> 3) & _RING_MASK] >> (nonce & 7)) & 1
+
+    def mark(self, nonce: int) -> None:
+        """Record an authenticated ``nonce`` (only after the tag checked: forgeries mark nothing)."""
+        ring = self.ring
+        top = self.seen_nonce
+        if nonce > top:
+            new_block = nonce >> 3
+            old_block = top >> 3
+            if new_block - old_block >= _RING:
+                ring[:] = _ZERO_RING
+            elif new_block > old_block:
+                # the blocks the window moves past are reused for the new nonces
+                start = (old_block + 1) & _RING_MASK
+                end = (new_block & _RING_MASK) + 1
+                if start < end:
+                    ring[start:end] = bytes(end - start)
+                else:
+                    ring[start:] = bytes(_RING - start)
+                    ring[:end] = bytes(end)
+            self.seen_nonce = nonce
+        ring[(nonce >> 3) & _RING_MASK] |= 1 << (nonce & 7)
 
 
 class CryptoCore:
@@ -137,13 +178,12 @@ class CryptoCore:
             raise CryptoError("Message too short")
         slot = self._slots[frame[0] & 3]
         nonce = self._peer_half | int.from_bytes(frame[1:8], "big")
-        if nonce < slot.min_nonce:
-            raise ReplayError("Old nonce rejected")
+        if not slot.fresh(nonce):
+            raise ReplayError("Old nonce rejected" if nonce < slot.min_nonce else "Duplicate nonce rejected")
         # a super-packet frame is 64 KB: slicing bytes would copy it once more before the AEAD
         body = frame[8:] if len(frame) < _VIEW_FROM else memoryview(frame)[8:]
         plaintext = slot.aead.open(nonce.to_bytes(12, "big"), body)
-        if nonce > slot.seen_nonce:
-            slot.seen_nonce = nonce
+        slot.mark(nonce)
         return plaintext
 
     def decrypt_many(self, frames: list[bytes]) -> list[bytes | None]:
@@ -158,7 +198,7 @@ class CryptoCore:
                 continue
             slot = slots[frame[0] & 3]
             nonce = peer_half | int.from_bytes(frame[1:8], "big")
-            if nonce < slot.min_nonce:
+            if not slot.fresh(nonce):
                 append(None)
                 continue
             try:
@@ -166,8 +206,7 @@ class CryptoCore:
             except CryptoError:
                 append(None)
                 continue
-            if nonce > slot.seen_nonce:
-                slot.seen_nonce = nonce
+            slot.mark(nonce)
             append(plain)
         return out
 
@@ -202,7 +241,7 @@ class CryptoCore:
                 continue
             slot = slots[head >> 56]
             nonce = peer_half | (head & _LOW56)
-            if nonce < slot.min_nonce:
+            if not slot.fresh(nonce):
                 append(-1)
                 continue
             try:
@@ -212,8 +251,7 @@ class CryptoCore:
             except TagError:
                 append(-1)
                 continue
-            if nonce > slot.seen_nonce:
-                slot.seen_nonce = nonce
+            slot.mark(nonce)
             append(size)
         return rows, lengths
 
