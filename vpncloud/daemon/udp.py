@@ -51,6 +51,7 @@ class UdpSocket:
         self.ipv6 = False
         #: datagrams read from this socket (the flood test tells the queues apart with it)
         self.received = 0
+        self.size_warned = False
         self.sock: socket.socket
         is_v4_host = "." in host and ":" not in host
         if not force_ipv4:
@@ -188,7 +189,7 @@ class UdpSocket:
                     for pos in range(0, len(d), size):
                         self._sendto(d[pos : pos + size], target)
             else:
-                log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
+                self._send_failed(exc, size, target)
 
     def _target(self, addr: SocketAddr) -> tuple[str, int] | None:
         host, port = addr[0], addr[1]
@@ -210,8 +211,23 @@ class UdpSocket:
         except BlockingIOError:
             log.debug("Socket buffer full, dropping a datagram to %s", target[0])
         except OSError as exc:
-            log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
+            self._send_failed(exc, len(data), target)
         return False
+
+    def _send_failed(self, exc: OSError, size: int, target: tuple[str, int]) -> None:
+        if exc.errno == errno.EMSGSIZE and not self.size_warned:
+            # every full-size packet is lost from now on, so TCP crawls: say it once, loudly
+            self.size_warned = True
+            log.warning(
+                "Datagrams of %d bytes do not fit the path to [%s]:%d (%s): the device MTU is too "
+                "large for the underlay; lower it (further failures are only logged at debug level)",
+                size,
+                target[0],
+                target[1],
+                exc.strerror,
+            )
+        else:
+            log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
 
     @staticmethod
     def _open_v6(addr: SocketAddr) -> socket.socket:
@@ -240,6 +256,7 @@ class UdpSocket:
         peer.gso = self.gso
         peer.gro = self.gro
         peer.received = 0
+        peer.size_warned = False
         return peer
 
     @property
@@ -275,14 +292,13 @@ class UdpSocket:
         target = self._target(addr)
         if target is None:
             return False
-        host, port = target
         try:
             self.sock.sendto(data, target)
             return True
         except BlockingIOError:
-            log.debug("Socket buffer full, dropping a datagram to %s", host)
+            log.debug("Socket buffer full, dropping a datagram to %s", target[0])
         except OSError as exc:
-            log.debug("Failed to send to [%s]:%d: %s", host, port, exc.strerror)
+            self._send_failed(exc, len(data), target)
         return False
 
     def close(self) -> None:
