@@ -73,10 +73,13 @@ class _Slot:
         """Record an authenticated ``nonce`` (only after the tag checked: forgeries mark nothing)."""
         ring = self.ring
         top = self.seen_nonce
+        block = nonce >> 3
         if nonce > top:
-            new_block = nonce >> 3
+            new_block = block
             old_block = top >> 3
-            if new_block - old_block >= _RING:
+            if new_block - old_block == 1:
+                ring[new_block & _RING_MASK] = 0  # in order: the common case
+            elif new_block - old_block >= _RING:
                 ring[:] = _ZERO_RING
             elif new_block > old_block:
                 # the blocks the window moves past are reused for the new nonces
@@ -88,7 +91,7 @@ class _Slot:
                     ring[start:] = bytes(_RING - start)
                     ring[:end] = bytes(end)
             self.seen_nonce = nonce
-        ring[(nonce >> 3) & _RING_MASK] |= 1 << (nonce & 7)
+        ring[block & _RING_MASK] |= 1 << (nonce & 7)
 
 
 class CryptoCore:
@@ -178,7 +181,7 @@ class CryptoCore:
             raise CryptoError("Message too short")
         slot = self._slots[frame[0] & 3]
         nonce = self._peer_half | int.from_bytes(frame[1:8], "big")
-        if not slot.fresh(nonce):
+        if nonce <= slot.seen_nonce and not slot.fresh(nonce):
             raise ReplayError("Old nonce rejected" if nonce < slot.min_nonce else "Duplicate nonce rejected")
         # a super-packet frame is 64 KB: slicing bytes would copy it once more before the AEAD
         body = frame[8:] if len(frame) < _VIEW_FROM else memoryview(frame)[8:]
@@ -198,7 +201,7 @@ class CryptoCore:
                 continue
             slot = slots[frame[0] & 3]
             nonce = peer_half | int.from_bytes(frame[1:8], "big")
-            if not slot.fresh(nonce):
+            if nonce <= slot.seen_nonce and not slot.fresh(nonce):
                 append(None)
                 continue
             try:
@@ -241,7 +244,7 @@ class CryptoCore:
                 continue
             slot = slots[head >> 56]
             nonce = peer_half | (head & _LOW56)
-            if not slot.fresh(nonce):
+            if nonce <= slot.seen_nonce and not slot.fresh(nonce):
                 append(-1)
                 continue
             try:

@@ -72,6 +72,8 @@ SOCKET_TRAIN_BATCH = 32
 #: peer sockets (issue 24) it only carries handshakes and unknown sources, and under a flood it is
 #: always ready; a small batch keeps the loop coming back to the peers (the kernel drops the rest).
 LISTEN_BATCH_BUSY = 32
+#: Peers beyond this many share the listening socket (file descriptors are limited, often to 1024).
+MAX_PEER_SOCKETS = 512
 
 #: Data-plane modes (environment ``VPNCLOUD_DATAPLANE``): ``off`` = one packet per syscall as the
 #: original; ``socket`` = one packet per device read/write, but UDP GSO sends and GRO receives on the
@@ -159,6 +161,7 @@ class Daemon:
         self.peer_sockets_on = os.environ.get("VPNCLOUD_PEER_SOCKETS", "1").strip() not in ("0", "off", "no")
         self._peers_busy = False
         self._peers_changed = False
+        self._peer_sock_failed: set[SocketAddr] = set()
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -555,15 +558,18 @@ class Daemon:
             return
         wanted = self.node.peers
         socks = self.peer_socks
+        failed = self._peer_sock_failed
         for addr in [a for a in socks if a not in wanted]:
             self._close_peer_socket(addr)
+        failed.intersection_update(wanted)
         for addr in wanted:
-            if addr in socks:
+            if addr in socks or addr in failed or len(socks) >= MAX_PEER_SOCKETS:
                 continue
             try:
                 peer_sock = listener.connect_peer(addr)
             except OSError as exc:
-                # the listening socket still receives everything from this peer
+                # the listening socket still receives everything from this peer; no retry each tick
+                failed.add(addr)
                 log.debug("No own socket for peer %s: %s", _peer_text(addr), exc.strerror or exc)
                 continue
             peer_sock.set_buffers()
