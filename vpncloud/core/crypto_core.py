@@ -37,18 +37,17 @@ def increment_nonce(nonce: bytes) -> bytes:
     return ((int.from_bytes(nonce, "big") + 1) % (1 << 96)).to_bytes(12, "big")
 
 
-#: Blocks of 8 nonces in the receive bitmap (one byte each), and the window it covers: a frame
-#: more than this many nonces behind the newest one is taken for a replay (WireGuard keeps 8,128).
-_RING = 1024
-_RING_MASK = _RING - 1
-REPLAY_WINDOW = (_RING - 1) * 8
-_ZERO_RING = bytes(_RING)
+#: A frame more than this many nonces behind the newest one is taken for a replay (WireGuard keeps
+#: 8,128); and at most this many missing nonces inside that window are remembered.
+REPLAY_WINDOW = 8192
+_MAX_HOLES = 1024
+_FIRST_HOLES = 64
 
 
 class _Slot:
     """One key with its own send counter and receive window."""
 
-    __slots__ = ("aead", "min_nonce", "next_min_nonce", "nonce", "ring", "seen_nonce")
+    __slots__ = ("aead", "holes", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
 
     def __init__(self, aead: Aead, nonce: int) -> None:
         self.aead = aead
@@ -57,41 +56,41 @@ class _Slot:
         self.next_min_nonce = 0
         self.seen_nonce = 0
         # The original only has the 1-2 tick window (min_nonce), so a duplicate captured within a
-        # tick reached the device (quirk 16); this bitmap of received nonces rejects it, on the
-        # receiving side only: the wire does not change.
-        self.ring = bytearray(_RING)
+        # tick reached the device (quirk 16). We remember the nonces *not* received behind the
+        # newest one instead of those received: in-order traffic (nearly all of it) then costs
+        # one comparison, and a frame behind the newest is accepted once, if it is such a hole.
+        # Receiving side only: the wire does not change.
+        self.holes: set[int] = set()
 
     def fresh(self, nonce: int) -> bool:
-        """Whether ``nonce`` may be accepted: not behind the window nor received already."""
-        if nonce > self.seen_nonce:
+        """Whether ``nonce`` may be accepted: ahead of the newest, or a hole inside the window."""
+        top = self.seen_nonce
+        if nonce > top:
             return True
-        if nonce < self.min_nonce or self.seen_nonce - nonce >= REPLAY_WINDOW:
-            return False
-        return not (self.ring[(nonce >> 3) & _RING_MASK] >> (nonce & 7)) & 1
+        return nonce >= self.min_nonce and top - nonce < REPLAY_WINDOW and nonce in self.holes
 
     def mark(self, nonce: int) -> None:
         """Record an authenticated ``nonce`` (only after the tag checked: forgeries mark nothing)."""
-        ring = self.ring
         top = self.seen_nonce
-        block = nonce >> 3
-        if nonce > top:
-            new_block = block
-            old_block = top >> 3
-            if new_block - old_block == 1:
-                ring[new_block & _RING_MASK] = 0  # in order: the common case
-            elif new_block - old_block >= _RING:
-                ring[:] = _ZERO_RING
-            elif new_block > old_block:
-                # the blocks the window moves past are reused for the new nonces
-                start = (old_block + 1) & _RING_MASK
-                end = (new_block & _RING_MASK) + 1
-                if start < end:
-                    ring[start:end] = bytes(end - start)
-                else:
-                    ring[start:] = bytes(_RING - start)
-                    ring[:end] = bytes(end)
-            self.seen_nonce = nonce
-        ring[block & _RING_MASK] |= 1 << (nonce & 7)
+        if nonce <= top:
+            self.holes.discard(nonce)
+            return
+        self.seen_nonce = nonce
+        if nonce - top == 1:
+            return
+        holes = self.holes
+        if nonce - top > REPLAY_WINDOW:
+            holes.clear()
+            if top == 0:
+                # the first frame of a key: the few sent just before it may still be on their way
+                holes.update(range(nonce - _FIRST_HOLES, nonce))
+            return
+        holes.update(range(top + 1, nonce))
+        if len(holes) > _MAX_HOLES:
+            floor = nonce - REPLAY_WINDOW
+            kept = sorted(h for h in holes if h > floor)[-_MAX_HOLES:]
+            holes.clear()
+            holes.update(kept)
 
 
 class CryptoCore:
@@ -209,7 +208,10 @@ class CryptoCore:
             except CryptoError:
                 append(None)
                 continue
-            slot.mark(nonce)
+            if nonce - slot.seen_nonce == 1:
+                slot.seen_nonce = nonce  # in order: mark() without the call
+            else:
+                slot.mark(nonce)
             append(plain)
         return out
 
@@ -254,7 +256,10 @@ class CryptoCore:
             except TagError:
                 append(-1)
                 continue
-            slot.mark(nonce)
+            if nonce - slot.seen_nonce == 1:
+                slot.seen_nonce = nonce  # in order: mark() without the call
+            else:
+                slot.mark(nonce)
             append(size)
         return rows, lengths
 
