@@ -108,25 +108,18 @@ def test_peer_socket_follows_the_peer(lan3: Any, tmp_path: Path) -> None:
     v4 = lan3.v4
     a_ns, b_ns = lan3.nodes["a"], lan3.nodes["b"]
     a = VNode(lan3.topo, a_ns, "a", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24"])
-    b = VNode(
-        lan3.topo,
-        b_ns,
-        "b",
-        tmp_path,
-        ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{v4['a']}:3210", "--listen", "3300"],
-    )
+
+    def start_b(name: str, port: int) -> VNode:
+        args = ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{v4['a']}:3210", "--listen", str(port)]
+        return VNode(lan3.topo, b_ns, name, tmp_path, args)
+
+    b = start_b("b", 3300)
     full_mesh([a, b])
     wait_for(lambda: _dataplane(a)["peer_sockets"] == 1, 10, interval=0.1, what="a's socket for b")
     assert b.stop() == 0
     # b's CLOSE removes the peer and its socket
     wait_for(lambda: _dataplane(a)["peer_sockets"] == 0, 10, interval=0.1, what="socket closed")
-    b2 = VNode(
-        lan3.topo,
-        b_ns,
-        "b2",
-        tmp_path,
-        ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{v4['a']}:3210", "--listen", "3301"],
-    )
+    b2 = start_b("b2", 3301)
     full_mesh([a, b2])
     wait_for(lambda: _dataplane(a)["peer_sockets"] == 1, 10, interval=0.1, what="socket for the new port")
     before = _dataplane(a)["peer_socket_datagrams"]
