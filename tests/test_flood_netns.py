@@ -16,6 +16,8 @@ import pytest
 from reach_support import wait_for
 from test_daemon_netns import PASSWORD, PY, VNode, full_mesh, ping
 
+from vpncloud.lab.netns import Topology
+
 pytestmark = pytest.mark.netns
 
 #: Raw-socket flood: ``count`` session-like datagrams (slot 0, random rest) from random hosts of
@@ -148,3 +150,17 @@ def test_port_in_use_still_fails(lan3: Any, tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     assert socket.has_ipv6
+
+
+def test_daemon_without_default_route_says_so_and_fits_the_mtu(topology: Topology, tmp_path: Path) -> None:
+    """Issue 24: without a default route the original keeps MTU 1500 and says nothing above debug."""
+    ns = topology.node("nr", "10.202.0.1/24", default_route=False)
+    ns.ip("link", "set", "eth0", "mtu", "1400")
+    node = VNode(topology, ns, "nr", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24"])
+    wait_for(node.status, 30, interval=0.1, what="node status")
+    line = next(x for x in node.log_text().splitlines() if "No default route" in x)
+    assert line.startswith("WARN") and "taking the MTU of eth0 (1400)" in line
+    st = node.status()
+    assert st is not None
+    # the device's MTU inside the namespace (sysfs shows the reader's namespace)
+    assert ns.run(["cat", f"/sys/class/net/{st['interface']}/mtu"]).stdout.strip() == str(1400 - 73)
