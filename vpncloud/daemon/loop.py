@@ -158,7 +158,8 @@ class Daemon:
         #: connected sockets of established peers (issue 24), see ``_sync_peer_sockets``
         self.peer_socks: dict[SocketAddr, Any] = {}
         self.peer_socket_reads = 0  # datagrams read from peer sockets that have been closed since
-        self.peer_sockets_on = os.environ.get("VPNCLOUD_PEER_SOCKETS", "1").strip() not in ("0", "off", "no")
+        wanted = os.environ.get("VPNCLOUD_PEER_SOCKETS", "1").strip() not in ("0", "off", "no")
+        self.peer_sockets_on = wanted and _kernel_at_least(5, 7)
         self._peers_busy = False
         self._peers_changed = False
         self._peer_sock_failed: set[SocketAddr] = set()
@@ -1042,6 +1043,16 @@ class _Rng:
 
     def random(self) -> float:
         return int.from_bytes(os.urandom(7), "big") / float(1 << 56)
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    """Before Linux 5.7 a connected socket could be picked from a reuseport group for datagrams of
+    other sources, so peer sockets would steal the listening socket's handshakes."""
+    try:
+        parts = os.uname().release.split(".")
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
 
 
 def _peer_text(addr: SocketAddr) -> str:
