@@ -337,3 +337,16 @@ def test_freed_heap_memory_is_kept_instead_of_faulted_in_again() -> None:
     # glibc's default trims the top of the heap after every round, so each round faults it back in
     assert faults("default") >= 200
     assert faults("keep") < 20
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"),
+    [("6.18.44-fc-v1272", True), ("5.7.0", True), ("5.6.19-generic", False), ("4.19.0", False), ("x", False)],
+)
+def test_peer_sockets_need_linux_5_7(monkeypatch: pytest.MonkeyPatch, release: str, expected: bool) -> None:
+    from vpncloud.daemon import loop
+
+    real = os.uname()
+    fake = os.uname_result((real.sysname, real.nodename, release, real.version, real.machine))
+    monkeypatch.setattr(loop.os, "uname", lambda: fake)
+    assert loop._kernel_at_least(5, 7) is expected
