@@ -535,8 +535,11 @@ class Node:
             log.debug("Fatal crypto init error from %s: %s", format_sockaddr(addr), err)
             return
         except (CryptoError, DecodeError) as err:
-            self.traffic.count_invalid_protocol(len(data), drop_reason(err))
-            log.error("Crypto error: %s", err)
+            reason = drop_reason(err)
+            self.traffic.count_invalid_protocol(len(data), reason)
+            # replays are counted; one ERROR line per replayed datagram would let a replay flood
+            # fill the log
+            (log.debug if reason == "replay" else log.error)("Crypto error: %s", err)
             return
         if isinstance(result, Message):
             self._handle_message(peer, result.msg_type, result.payload, addr, now)
