@@ -1,16 +1,15 @@
 """Security benchmark (run as root; not a test): floods, replays, churn. Prints a table.
 
-    .venv/bin/python bench/security.py [--rate 50000] [--seconds 8] [--churn-seconds 40] [--nodes 4]
+    .venv/bin/python bench/security.py [--rate 50000] [--seconds 15] [--baseline /work/main] [--skip churn]
 
-1. Forged PING flood: two real daemons (a, b) in namespaces, iperf3 through the tunnel a -> b. An
-   attacker namespace on the same LAN floods b's UDP port at up to ``--rate`` datagrams/s:
-   * ``closed``: the same junk to a closed port of b: the cost of the flood itself on this machine
-     (sender CPU, kernel), i.e. the control for the two real floods;
-   * ``junk``: 0xFF + random bytes (random key hash: rejected before any signature check),
-   * ``replay``: a genuine, validly signed PING (made with the mesh password) sent from 250 source
-     addresses (per-source limit, then the global limit bound the signature checks).
-   For the baseline and each flood: tunnel throughput, b's CPU (utime+stime of the daemon process over
-   the interval), datagrams the attacker actually sent, and b's guard counters from ``status``.
+1. Floods (issue 24): two real daemons (a, b) in namespaces, iperf3 through the tunnel a -> b, while
+   an attacker namespace floods b's UDP port at up to ``--rate`` datagrams/s with each kind of
+   ``FLOODS`` (forged PINGs from one, 250 or 65,536 source addresses, PINGs with a valid key hash,
+   one genuine PING replayed from 65,536 spoofed sources). Per kind: throughput as a share of the
+   unloaded run, b's CPU, datagrams b sent to the spoofed range during and in ``--after`` seconds
+   after the flood (an iptables counter: those addresses never answer), b's RSS growth, whether the
+   session survived. ``--baseline /work/main`` runs another source tree interleaved (every kind on
+   both before the next kind); ``VPNCLOUD_ORIGINAL=/path/to/vpncloud`` adds the original.
 2. Replayed DATA: the real crypto cores of two nodes (in-process, like the daemon's receive path): every
    DATA datagram a sent is replayed to b, (i) right away (inside the replay window of 1-2 ticks, where
    the original accepts duplicates) and (ii) after 3 ticks; fraction rejected.
@@ -73,19 +72,53 @@ def status(sock: str) -> dict[str, Any] | None:
 
 
 class Daemon:
-    def __init__(self, topo: Topology, ns: Netns, name: str, tmp: Path, ip: str, peers: list[str]) -> None:
+    """One node: ours from a source tree (``PYTHONPATH``), or the original binary (no status)."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        ns: Netns,
+        name: str,
+        tmp: Path,
+        ip: str,
+        peers: list[str],
+        tree: Path | None = None,
+        original: str | None = None,
+    ) -> None:
         self.topo, self.ns, self.name, self.tmp, self.ip, self.peers = topo, ns, name, tmp, ip, peers
+        self.tree, self.original = tree or ROOT, original
         self.sock = str(tmp / f"{name}.sock")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = [PY, "-m", "vpncloud", "--no-port-forwarding", "--control-socket", self.sock, "-p", PASSWORD,
-                "--ip", f"{self.ip}/24", "--log-file", str(self.tmp / f"{self.name}.log")]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "PASSWORD"}
+        common = ["--no-port-forwarding", "-p", PASSWORD, "--ip", f"{self.ip}/24"]
+        if self.original:
+            args = [self.original, *common]
+            log = open(self.tmp / f"{self.name}.log", "wb")  # noqa: SIM115 - the child owns it
+        else:
+            # -P: the tree comes from PYTHONPATH, not from the current directory
+            args = [PY, "-P", "-m", "vpncloud", *common, "--control-socket", self.sock,
+                    "--log-file", str(self.tmp / f"{self.name}.log")]  # fmt: skip
+            env["PYTHONPATH"] = str(self.tree)
+            log = None
         for p in self.peers:
             args += ["-c", p]
-        env = {k: v for k, v in os.environ.items() if k != "PASSWORD"}
-        self.proc = self.topo.spawn(self.ns, args, env=env)
-        wait_for(lambda: status(self.sock), 30, f"{self.name} control socket")
+        self.proc = self.topo.spawn(self.ns, args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if log is not None:
+            log.close()
+        if not self.original:
+            wait_for(lambda: status(self.sock), 30, f"{self.name} control socket")
+
+    def status(self) -> dict[str, Any]:
+        return {} if self.original else status(self.sock) or {}
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -99,19 +132,52 @@ class Daemon:
 
 # --- 1. flood -------------------------------------------------------------------------------------
 
+#: Flood kinds of issue 24: (name, payload, sources). Sources: ``one`` = one real address (UDP
+#: socket), ``random`` = 250 spoofed addresses, ``wide`` = 65,536 spoofed addresses (10.77.0.0/16),
+#: random ports. Payloads: ``junk`` = 0xFF + random bytes (a PING with a random key hash),
+#: ``keyhash`` = a genuine PING with a broken signature (passes the key-hash filter),
+#: ``replay`` = one genuine, validly signed PING.
+FLOODS = [
+    ("ping_one_source", "junk", "one"),
+    ("ping_random_sources", "junk", "random"),
+    ("ping_wide_range", "junk", "wide"),
+    ("valid_key_hash_random", "keyhash", "random"),
+    ("replayed_ping_random", "replay", "wide"),
+]
+SPOOF_NET = "10.77.0.0/16"
+
 FLOODER = textwrap.dedent("""
-    import os, socket, sys, time
-    mode, target, rate, seconds, ping_hex, nsrc = sys.argv[1:7]
-    rate, seconds, nsrc = int(rate), float(seconds), int(nsrc)
+    import os, random, socket, struct, sys, time
+    kind, sources, target, rate, seconds, ping_hex = sys.argv[1:7]
+    rate, seconds = int(rate), float(seconds)
     ping = bytes.fromhex(ping_hex)
-    socks = []
-    for i in range(nsrc):
+    rnd = random.Random(24)
+    if kind == "junk":
+        payloads = [b"\\xff" + os.urandom(150) for _ in range(64)]
+    elif kind == "keyhash":
+        payloads = [ping[:-1] + bytes((ping[-1] ^ 1,))]
+    else:
+        payloads = [ping]
+    if sources == "one":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((f"10.77.{1 + i // 250}.{1 + i % 250}", 0))
         s.setblocking(False)
-        socks.append(s)
-    dst = (target, 3299 if mode == "closed" else 3210)
-    junk = [b"\\xff" + os.urandom(150) for _ in range(64)]
+        packets = payloads
+        send = lambda data: s.sendto(data, (target, 3210))
+    else:
+        count = 250 if sources == "random" else 65536
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        s.setblocking(False)
+        dst = socket.inet_aton(target)
+        packets = []
+        for i in range(count):
+            src = bytes((10, 77, i >> 8, i & 255)) if count > 250 else bytes((10, 77, 1, 1 + i))
+            data = payloads[i % len(payloads)]
+            udp = struct.pack("!HHHH", rnd.randrange(1024, 65535), 3210, 8 + len(data), 0) + data
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, src, dst)
+            packets.append(ip + udp)
+        rnd.shuffle(packets)
+        send = lambda data: s.sendto(data, (target, 0))
+    n = len(packets)
     sent, start, batch = 0, time.monotonic(), 200
     while True:
         now = time.monotonic()
@@ -121,11 +187,10 @@ FLOODER = textwrap.dedent("""
         if sent >= due:
             time.sleep(min(0.002, batch / rate))
             continue
-        for i in range(min(batch, due - sent)):
-            data = ping if mode == "replay" else junk[i & 63]
+        for i in range(sent, sent + min(batch, due - sent)):
             try:
-                socks[(sent + i) % nsrc].sendto(data, dst)
-            except BlockingIOError:
+                send(packets[i % n])
+            except (BlockingIOError, OSError):
                 pass
         sent += min(batch, due - sent)
     print(sent)
@@ -148,64 +213,115 @@ def genuine_ping() -> bytes:
 
 def iperf(client: Netns, server_ip: str, seconds: float) -> float:
     r = client.run(["iperf3", "-c", server_ip, "-t", str(seconds), "-J"], check=False, timeout=seconds + 30)
-    data = json.loads(r.stdout)
+    try:
+        data = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return 0.0
     if "error" in data:
-        raise RuntimeError(f"iperf3: {data['error']}")
+        return 0.0  # the tunnel is gone (the session did not survive): no throughput
     return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
 
 
-def bench_flood(tmp: Path, rate: int, seconds: float) -> list[dict[str, Any]]:
-    rows = []
-    with Topology() as topo:
-        a_ns = topo.node("a", "10.76.0.1/16")
-        b_ns = topo.node("b", "10.76.0.2/16")
-        x_ns = topo.node("x", "10.76.0.3/16")
-        for i in range(250):
-            x_ns.add_addr("eth0", f"10.77.{1 + i // 250}.{1 + i % 250}/16")
-        b = Daemon(topo, b_ns, "b", tmp, "10.120.0.2", [])
-        b.start()
-        a = Daemon(topo, a_ns, "a", tmp, "10.120.0.1", ["10.76.0.2:3210"])
-        a.start()
-        wait_for(lambda: a_ns.ping("10.120.0.2"), 30, "tunnel a -> b")
-        topo.spawn(b_ns, ["iperf3", "-s", "-B", "10.120.0.2"])
-        time.sleep(0.5)  # let iperf3 bind (a benchmark, not a test)
-        wait_for(lambda: b_ns.run(["ss", "-ltn"], check=False).stdout.count(":5201") > 0, 10, "iperf3 server")
-        ping_hex = genuine_ping().hex()
+def _reflected(ns: Netns) -> int:
+    """Datagrams b sent to the spoofed range so far (an iptables OUTPUT counter in b's namespace)."""
+    out = ns.iptables("-L", "OUTPUT", "-v", "-x", "-n").stdout
+    for line in out.splitlines():
+        if "10.77.0.0/16" in line:
+            return int(line.split()[0])
+    return 0
+
+
+class Setup:
+    """a -> b with iperf3 through the tunnel, and an attacker namespace x, for one implementation."""
+
+    def __init__(self, topo: Topology, tmp: Path, label: str, tree: Path | None, original: str | None):
+        self.label = label
+        sw = f"sw{label[:4]}"
+        self.a_ns = topo.node(f"{label[:4]}a", "10.76.0.1/16", switch=sw)
+        self.b_ns = topo.node(f"{label[:4]}b", "10.76.0.2/16", switch=sw)
+        self.x_ns = topo.node(f"{label[:4]}x", "10.76.0.3/16", switch=sw)
+        self.x_ns.add_addr("eth0", "10.77.1.1/16")  # ping_one_source comes from a real address
+        self.b_ns.iptables("-A", "OUTPUT", "-d", SPOOF_NET, "-p", "udp")
+        d = tmp / label
+        d.mkdir()
+        self.b = Daemon(topo, self.b_ns, "b", d, "10.120.0.2", [], tree, original)
+        self.b.start()
+        self.a = Daemon(topo, self.a_ns, "a", d, "10.120.0.1", ["10.76.0.2:3210"], tree, original)
+        self.a.start()
+        wait_for(lambda: self.a_ns.ping("10.120.0.2"), 30, f"{label}: tunnel a -> b")
+        topo.spawn(self.b_ns, ["iperf3", "-s", "-B", "10.120.0.2"])
+        wait_for(lambda: ":5201" in self.b_ns.run(["ss", "-ltn"], check=False).stdout, 10, "iperf3 server")
+        self.topo = topo
+        self.unloaded = 0.0
+
+    def run(self, kind: str, payload: str, sources: str, rate: int, seconds: float, after: float) -> dict:
+        b = self.b
         assert b.proc is not None
-        for mode in ("baseline", "closed", "junk", "replay"):
-            before_st = status(b.sock) or {}
-            cpu0 = cpu_seconds(b.proc.pid)
-            t0 = time.monotonic()
-            flooder = None
-            if mode != "baseline":
-                nsrc = 250 if mode == "replay" else 1
-                flooder = x_ns.popen(
-                    [PY, "-c", FLOODER, mode, "10.76.0.2", str(rate), str(seconds + 1), ping_hex, str(nsrc)],
-                    stdout=subprocess.PIPE,
-                )
-                topo.processes.append(flooder)
-            mbit = iperf(a_ns, "10.120.0.2", seconds)
-            cpu = (cpu_seconds(b.proc.pid) - cpu0) / (time.monotonic() - t0)
-            sent = 0
-            if flooder is not None:
-                out, _ = flooder.communicate(timeout=30)
-                sent = int(out.decode().strip() or 0)
-            st = status(b.sock) or {}
-            g0 = (before_st.get("security") or {}).get("handshake_guard") or {}
-            g1 = (st.get("security") or {}).get("handshake_guard") or {}
-            rows.append(
-                {
-                    "mode": mode,
-                    "tunnel_mbit": round(mbit, 1),
-                    "daemon_cpu_pct": round(100 * cpu, 1),
-                    "flood_sent": sent,
-                    "flood_rate": round(sent / (seconds + 1)),
-                    "sig_checks_allowed": g1.get("allowed", 0) - g0.get("allowed", 0),
-                    "dropped_source": g1.get("dropped_source", 0) - g0.get("dropped_source", 0),
-                    "dropped_global": g1.get("dropped_global", 0) - g0.get("dropped_global", 0),
-                    "b_still_has_peer": bool(st.get("peers")),
-                }
+        st0 = b.status()
+        rss0 = b.rss_mb()
+        cpu0 = cpu_seconds(b.proc.pid)
+        t0 = time.monotonic()
+        flooder = None
+        if kind != "unloaded":
+            flooder = self.x_ns.popen(
+                [PY, "-c", FLOODER, payload, sources, "10.76.0.2", str(rate), str(seconds + 1), PING_HEX],
+                stdout=subprocess.PIPE,
             )
+            self.topo.processes.append(flooder)
+        mbit = iperf(self.a_ns, "10.120.0.2", seconds)
+        cpu = (cpu_seconds(b.proc.pid) - cpu0) / (time.monotonic() - t0)
+        sent = 0
+        if flooder is not None:
+            out, _ = flooder.communicate(timeout=60)
+            sent = int(out.decode().strip() or 0)
+        rss1 = b.rss_mb()
+        reflected_during = _reflected(self.b_ns)
+        if kind != "unloaded":
+            time.sleep(after)  # the window after the flood in which nothing may go to the range
+        reflected_after = _reflected(self.b_ns) - reflected_during
+        self.b_ns.iptables("-Z", "OUTPUT")
+        st1 = b.status()
+        if kind == "unloaded":
+            self.unloaded = mbit
+        alive = b.proc.poll() is None and self.a_ns.ping("10.120.0.2", count=3, timeout=2.0)
+        dp0, dp1 = st0.get("dataplane") or {}, st1.get("dataplane") or {}
+        return {
+            "impl": self.label,
+            "flood": kind,
+            "mbit": round(mbit, 1),
+            "share_pct": round(100 * mbit / self.unloaded) if self.unloaded else 0,
+            "b_cpu_pct": round(100 * cpu),
+            "flood_sent": sent,
+            "to_range_during": reflected_during,
+            "to_range_after": reflected_after,
+            "rss_growth_mb": round(rss1 - rss0, 1),
+            "listen_reads": dp1.get("listen_socket_datagrams", 0) - dp0.get("listen_socket_datagrams", 0),
+            "session_ok": bool(alive) and (b.original is not None or bool(st1.get("peers"))),
+        }
+
+
+PING_HEX = ""
+
+
+def bench_flood(
+    tmp: Path, rate: int, seconds: float, after: float, baseline: Path | None, kinds: list[str]
+) -> list[dict[str, Any]]:
+    global PING_HEX
+    PING_HEX = genuine_ping().hex()
+    rows = []
+    impls: list[tuple[str, Path | None, str | None]] = [("ours", None, None)]
+    if baseline is not None:
+        impls.append(("main", baseline, None))
+    if os.environ.get("VPNCLOUD_ORIGINAL"):
+        impls.append(("original", None, os.environ["VPNCLOUD_ORIGINAL"]))
+    with Topology() as topo:
+        setups = [Setup(topo, tmp, label, tree, original) for label, tree, original in impls]
+        for kind, payload, sources in [("unloaded", "", ""), *(f for f in FLOODS if f[0] in kinds)]:
+            # interleaved: every implementation takes each flood before the next flood starts
+            for setup in setups:
+                row = setup.run(kind, payload, sources, rate, seconds, after)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     return rows
 
 
@@ -339,7 +455,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=int, default=50000, help="flood datagrams per second (max 50000)")
-    ap.add_argument("--seconds", type=float, default=8.0, help="iperf3 / flood duration per run")
+    ap.add_argument("--seconds", type=float, default=15.0, help="iperf3 / flood duration per run")
+    ap.add_argument("--after", type=float, default=15.0, help="watch window after each flood")
+    ap.add_argument("--baseline", type=Path, help="a source tree (e.g. /work/main) to run interleaved")
+    ap.add_argument("--kinds", default=",".join(f[0] for f in FLOODS), help="flood kinds, comma-separated")
     ap.add_argument("--churn-seconds", type=float, default=40.0)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--skip", action="append", default=[], choices=["flood", "replay", "churn"])
@@ -352,10 +471,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vc-bench-sec-") as d:
         tmp = Path(d)
         if "flood" not in ns.skip:
-            print(
-                f"== forged PING flood at up to {rate}/s, iperf3 a -> b in the tunnel, {seconds:.0f} s each"
-            )
-            print(table(bench_flood(tmp, rate, seconds)), flush=True)
+            print(f"== floods at up to {rate}/s, iperf3 a -> b in the tunnel, {seconds:.0f} s each")
+            kinds = ns.kinds.split(",")
+            print(table(bench_flood(tmp, rate, seconds, ns.after, ns.baseline, kinds)), flush=True)
         if "replay" not in ns.skip:
             print("\n== replayed DATA (real crypto cores, in-process)")
             print(table([bench_replay()]), flush=True)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpncloud.core.crypto_core import CryptoCore, increment_nonce
-from vpncloud.core.errors import CryptoError
+from vpncloud.core.crypto_core import REPLAY_WINDOW, CryptoCore, increment_nonce
+from vpncloud.core.errors import CryptoError, ReplayError
 from vpncloud.core.primitives import Algorithm
 
 AEADS = [Algorithm.AES128, Algorithm.AES256, Algorithm.CHACHA20]
@@ -91,13 +91,80 @@ def test_replay_window() -> None:
     sender, receiver = pair(Algorithm.AES256)
     frame = sender.encrypt(b"data")
     assert receiver.decrypt(frame) == b"data"
-    assert receiver.decrypt(frame) == b"data"  # exact duplicate accepted within the window
+    # an exact duplicate inside the window: the original accepts it (quirk 16), the bitmap does not
+    with pytest.raises(ReplayError, match="Duplicate nonce"):
+        receiver.decrypt(frame)
     receiver.every_tick()
-    assert receiver.decrypt(frame) == b"data"  # still accepted after one tick
+    with pytest.raises(ReplayError, match="Duplicate nonce"):
+        receiver.decrypt(frame)
     receiver.every_tick()
-    with pytest.raises(CryptoError, match="Old nonce"):
+    with pytest.raises(ReplayError, match="Old nonce"):
         receiver.decrypt(frame)
     assert receiver.decrypt(sender.encrypt(b"new")) == b"new"
+
+
+def test_replay_window_in_every_decrypt_path() -> None:
+    sender, receiver = pair(Algorithm.CHACHA20)
+    frames = [sender.encrypt(bytes((0, i)) * 50) for i in range(6)]
+    # reordered and duplicated inside one batch: every nonce once
+    batch = [frames[2], frames[0], frames[2], frames[1], frames[0]]
+    assert [p is not None for p in receiver.decrypt_many(batch)] == [True, True, False, True, False]
+    # a train (all frames of one length) repeating frames already seen and one new one
+    train = frames[1] + frames[3] + frames[3] + frames[2]
+    _rows, lengths = receiver.decrypt_train(train, len(frames[0]))
+    assert lengths == [-1, 100, -1, -1]
+    with pytest.raises(ReplayError):
+        receiver.decrypt(frames[3])
+    assert receiver.decrypt(frames[5]) == bytes((0, 5)) * 50
+
+
+def test_replay_window_edges() -> None:
+    sender, receiver = pair(Algorithm.AES128)
+    frames = [sender.encrypt(i.to_bytes(2, "big")) for i in range(200)]
+    assert receiver.decrypt(frames[100])
+    # the first frame of a key: a few sent just before it are still accepted, once
+    assert receiver.decrypt(frames[99]) and receiver.decrypt(frames[40])
+    with pytest.raises(ReplayError):
+        receiver.decrypt(frames[99])
+    assert receiver.decrypt(frames[150])
+    for i in (120, 149, 101):  # holes of the gap 101..149, each once
+        assert receiver.decrypt(frames[i])
+        with pytest.raises(ReplayError):
+            receiver.decrypt(frames[i])
+    # REPLAY_WINDOW nonces later the rest of that gap is too old to tell from a replay, while the
+    # newest holes of the long gap are still accepted
+    for _ in range(REPLAY_WINDOW - 81):
+        sender.encrypt(b"")
+    near = sender.encrypt(b"near")
+    assert receiver.decrypt(sender.encrypt(b"far"))
+    with pytest.raises(ReplayError):
+        receiver.decrypt(frames[102])
+    assert receiver.decrypt(near) == b"near"
+    # a jump far ahead forgets everything behind it
+    for _ in range(3 * REPLAY_WINDOW):
+        sender.encrypt(b"")
+    ahead = [sender.encrypt(bytes((i,))) for i in range(20)]
+    assert receiver.decrypt(ahead[19])
+    with pytest.raises(ReplayError):
+        receiver.decrypt(ahead[18])
+
+
+def test_many_holes_stay_bounded() -> None:
+    sender, receiver = pair(Algorithm.CHACHA20)
+    for _ in range(50):
+        for _ in range(100):
+            sender.encrypt(b"")  # lost
+        assert receiver.decrypt(sender.encrypt(b"x"))
+    assert all(len(slot.holes) <= 1024 + 100 for slot in receiver._slots)
+
+
+def test_forged_frame_marks_nothing() -> None:
+    sender, receiver = pair(Algorithm.AES256)
+    frame = sender.encrypt(b"data")
+    forged = frame[:-1] + bytes((frame[-1] ^ 1,))
+    with pytest.raises(CryptoError):
+        receiver.decrypt(forged)
+    assert receiver.decrypt(frame) == b"data"
 
 
 def test_reordering_inside_and_outside_window() -> None:

@@ -86,6 +86,41 @@ def test_tap_mtu_follows_default_route(topology: Topology) -> None:
     assert out.split() == ["eth0", str(1400 - 87)]
 
 
+@pytest.mark.netns
+def test_mtu_without_default_route_follows_the_routed_interface(topology: Topology) -> None:
+    """Issue 24: the original keeps 1500 without a default route and TCP crawls; we take the MTU of
+    the interface that carries the routes, and say so at WARNING level."""
+    ns = topology.node("r", "10.79.0.1/24", default_route=False)
+    ns.ip("link", "set", "eth0", "mtu", "1400")
+    code = """
+        import logging, sys
+        logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
+        from vpncloud.daemon.device import Device, setup_mtu, default_interface
+        d = Device.open("tun", "vctun%d")
+        setup_mtu(d)
+        print("RESULT", default_interface(), d.get_mtu())
+        """
+    out = py_in_ns(ns, code)
+    assert "RESULT None " + str(1400 - 73) in out
+    assert "WARNING No default route: taking the MTU of eth0 (1400)" in out
+    # nothing routed at all: the MTU stays, with a warning that says what it costs
+    bare = topology.namespace("bare")
+    out = py_in_ns(bare, code)
+    assert "RESULT None 1500" in out
+    assert "WARNING No default route and no routed interface found: keeping MTU 1500" in out
+
+
+def test_route_interfaces_parsing(tmp_path: Path) -> None:
+    v4 = tmp_path / "route"
+    v6 = tmp_path / "ipv6_route"
+    v4.write_text(
+        "Iface\tDestination\tGateway\tFlags\nlo\t0000007F\t00000000\t0001\neth1\t0000A8C0\t00000000\t0001\n"
+    )
+    v6.write_text("fd00 40 00 00 00 00 00 00 00 eth2\nfe80 40 00 00 00 00 00 00 00 eth1\n")
+    assert devmod.route_interfaces(str(v4), str(v6)) == ["eth1", "eth2"]
+    assert devmod.route_interfaces(str(tmp_path / "none"), str(tmp_path / "none")) == []
+
+
 def test_default_interface_parsing(tmp_path: Path) -> None:
     table = tmp_path / "route"
     header = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
@@ -302,3 +337,16 @@ def test_freed_heap_memory_is_kept_instead_of_faulted_in_again() -> None:
     # glibc's default trims the top of the heap after every round, so each round faults it back in
     assert faults("default") >= 200
     assert faults("keep") < 20
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"),
+    [("6.18.44-fc-v1272", True), ("5.7.0", True), ("5.6.19-generic", False), ("4.19.0", False), ("x", False)],
+)
+def test_peer_sockets_need_linux_5_7(monkeypatch: pytest.MonkeyPatch, release: str, expected: bool) -> None:
+    from vpncloud.daemon import loop
+
+    real = os.uname()
+    fake = os.uname_result((real.sysname, real.nodename, release, real.version, real.machine))
+    monkeypatch.setattr(loop.os, "uname", lambda: fake)
+    assert loop._kernel_at_least(5, 7) is expected

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncloud.core.errors import CryptoError, DecodeError, InitError, InitFatal
+from vpncloud.core.errors import CryptoError, DecodeError, InitError, InitFatal, ReplayError
 from vpncloud.core.identity import Identity
 from vpncloud.core.peer_crypto import (
     CryptoConfig,
@@ -205,7 +205,8 @@ def test_tampered_and_replayed_frames() -> None:
         b.handle_message(bytes(bad))
     assert b.handle_message(f3) == Message(0, b"\x02")
     assert b.handle_message(f1) == Message(0, b"\x00")  # reordered, inside the window
-    assert b.handle_message(f1) == Message(0, b"\x00")  # duplicate inside the window (quirk 16)
+    with pytest.raises(ReplayError, match="Duplicate"):
+        b.handle_message(f1)  # duplicate inside the window: the original accepts it (quirk 16)
     b.every_tick()
     assert b.handle_message(f2) == Message(0, b"\x01")
     b.every_tick()
@@ -271,7 +272,8 @@ def test_rotation_frames_replayed_are_harmless() -> None:
     a, b, results = connect(seed=30)
     rot1 = results[2]
     assert isinstance(rot1, Initialized) and rot1.reply is not None
-    assert a.handle_message(rot1.reply) == Nothing()  # duplicate inside the window: ignored by id
+    with pytest.raises(ReplayError):
+        a.handle_message(rot1.reply)  # duplicate inside the window: the original ignores it by id
     for _ in range(119):
         assert a.every_tick() is None
         assert b.every_tick() is None
@@ -279,7 +281,8 @@ def test_rotation_frames_replayed_are_harmless() -> None:
     assert rot2 is not None and len(rot2) == 99
     assert b.handle_message(rot2) == Nothing()
     assert b.send_slot == 2
-    assert b.handle_message(rot2) == Nothing()  # processed again, nothing changes
+    with pytest.raises(ReplayError):
+        b.handle_message(rot2)  # the original processes it again, and nothing changes
     assert b.send_slot == 2
     assert a.handle_message(b.send_message(0, b"x")) == Message(0, b"x")
 

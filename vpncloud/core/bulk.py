@@ -21,6 +21,7 @@ from .crypto_core import FRAME_OVERHEAD
 from .errors import CryptoError, DecodeError
 from .messages import MSG_DATA
 from .payload import parse_frame
+from .peer_crypto import Message
 from .relay import MSG_RELAY_FROM, MSG_RELAY_TO, SYNTHETIC_PREFIX
 from .rows import PacketRows
 from .superpacket import (
@@ -164,10 +165,10 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
             slow = peers.get(addr) is not peer
             continue
         if plain[:1] != _DATA_PREFIX:
-            # rotation, NODE_INFO, keepalive, close...: the normal path (decrypting again is harmless:
-            # the replay window only moves on housekeeping ticks). After a CLOSE or a new handshake
+            # rotation, NODE_INFO, keepalive, close...: the normal path, from the plaintext (the
+            # replay bitmap would refuse a second decryption). After a CLOSE or a new handshake
             # the rest of the batch takes the normal path too.
-            node.receive_datagram(data, addr, now)
+            _plain_message(node, peer, len(data), plain, addr, now)
             slow = peers.get(addr) is not peer
             continue
         nbytes += len(data)
@@ -193,6 +194,20 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
     _count_in(
         traffic, {(k[: len(k) // 2], k[len(k) // 2 :]): v for k, v in pairs.items()}, addr, nbytes, count
     )
+
+
+def _plain_message(node: Node, peer: Peer, nbytes: int, plain: bytes, addr: SocketAddr, now: float) -> None:
+    """A session message of ``peer`` decrypted by a batch: what ``receive_datagram`` does after
+    the decryption (traffic count, rotation or the node's message dispatch)."""
+    node.traffic.count_in_traffic(addr, nbytes)
+    try:
+        result = peer.crypto.handle_plain(plain)
+    except (CryptoError, DecodeError) as err:
+        node.traffic.count_invalid_protocol(nbytes, drop_reason(err))
+        log.debug("Crypto error from %s: %s", addr, err)
+        return
+    if isinstance(result, Message):
+        node._handle_message(peer, result.msg_type, result.payload, addr, now)
 
 
 def _count_in(
@@ -345,7 +360,8 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
             same_sums[1] += 1
             continue
         # anything else (failed frames, rotation, NODE_INFO, keepalive, close, empty DATA): the
-        # normal path, in order (decrypting again is harmless: the window moves on ticks only)
+        # normal path, in order; a decrypted one from its plaintext (the replay bitmap would
+        # refuse a second decryption), a failed one again to be counted with its reason
         if run:
             device_out.append(PacketRows(view[run_start * stride :], stride, run))
             run = []
@@ -353,7 +369,11 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
             # in order: what came before this message has been learned when it is handled
             for src, _dst in pairs:
                 learn(src, addr, now)
-        node.receive_datagram(data[i * seg : (i + 1) * seg], addr, now)
+        if size < 0:
+            node.receive_datagram(data[i * seg : (i + 1) * seg], addr, now)
+        else:
+            frame_len = min(seg, total - i * seg)
+            _plain_message(node, peer, frame_len, bytes(view[start : start + size]), addr, now)
         if peers.get(addr) is not peer:
             # a CLOSE or a new handshake: the rest takes the normal path too
             for pos in range((i + 1) * seg, total, seg):

@@ -37,10 +37,17 @@ def increment_nonce(nonce: bytes) -> bytes:
     return ((int.from_bytes(nonce, "big") + 1) % (1 << 96)).to_bytes(12, "big")
 
 
+#: A frame more than this many nonces behind the newest one is taken for a replay (WireGuard keeps
+#: 8,128); and at most this many missing nonces inside that window are remembered.
+REPLAY_WINDOW = 8192
+_MAX_HOLES = 1024
+_FIRST_HOLES = 64
+
+
 class _Slot:
     """One key with its own send counter and receive window."""
 
-    __slots__ = ("aead", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
+    __slots__ = ("aead", "holes", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
 
     def __init__(self, aead: Aead, nonce: int) -> None:
         self.aead = aead
@@ -48,6 +55,42 @@ class _Slot:
         self.min_nonce = 0
         self.next_min_nonce = 0
         self.seen_nonce = 0
+        # The original only has the 1-2 tick window (min_nonce), so a duplicate captured within a
+        # tick reached the device (quirk 16). We remember the nonces *not* received behind the
+        # newest one instead of those received: in-order traffic (nearly all of it) then costs
+        # one comparison, and a frame behind the newest is accepted once, if it is such a hole.
+        # Receiving side only: the wire does not change.
+        self.holes: set[int] = set()
+
+    def fresh(self, nonce: int) -> bool:
+        """Whether ``nonce`` may be accepted: ahead of the newest, or a hole inside the window."""
+        top = self.seen_nonce
+        if nonce > top:
+            return True
+        return nonce >= self.min_nonce and top - nonce < REPLAY_WINDOW and nonce in self.holes
+
+    def mark(self, nonce: int) -> None:
+        """Record an authenticated ``nonce`` (only after the tag checked: forgeries mark nothing)."""
+        top = self.seen_nonce
+        if nonce <= top:
+            self.holes.discard(nonce)
+            return
+        self.seen_nonce = nonce
+        if nonce - top == 1:
+            return
+        holes = self.holes
+        if nonce - top > REPLAY_WINDOW:
+            holes.clear()
+            if top == 0:
+                # the first frame of a key: the few sent just before it may still be on their way
+                holes.update(range(nonce - _FIRST_HOLES, nonce))
+            return
+        holes.update(range(top + 1, nonce))
+        if len(holes) > _MAX_HOLES:
+            floor = nonce - REPLAY_WINDOW
+            kept = sorted(h for h in holes if h > floor)[-_MAX_HOLES:]
+            holes.clear()
+            holes.update(kept)
 
 
 class CryptoCore:
@@ -137,13 +180,12 @@ class CryptoCore:
             raise CryptoError("Message too short")
         slot = self._slots[frame[0] & 3]
         nonce = self._peer_half | int.from_bytes(frame[1:8], "big")
-        if nonce < slot.min_nonce:
-            raise ReplayError("Old nonce rejected")
+        if nonce <= slot.seen_nonce and not slot.fresh(nonce):
+            raise ReplayError("Old nonce rejected" if nonce < slot.min_nonce else "Duplicate nonce rejected")
         # a super-packet frame is 64 KB: slicing bytes would copy it once more before the AEAD
         body = frame[8:] if len(frame) < _VIEW_FROM else memoryview(frame)[8:]
         plaintext = slot.aead.open(nonce.to_bytes(12, "big"), body)
-        if nonce > slot.seen_nonce:
-            slot.seen_nonce = nonce
+        slot.mark(nonce)
         return plaintext
 
     def decrypt_many(self, frames: list[bytes]) -> list[bytes | None]:
@@ -158,7 +200,7 @@ class CryptoCore:
                 continue
             slot = slots[frame[0] & 3]
             nonce = peer_half | int.from_bytes(frame[1:8], "big")
-            if nonce < slot.min_nonce:
+            if nonce <= slot.seen_nonce and not slot.fresh(nonce):
                 append(None)
                 continue
             try:
@@ -166,8 +208,10 @@ class CryptoCore:
             except CryptoError:
                 append(None)
                 continue
-            if nonce > slot.seen_nonce:
-                slot.seen_nonce = nonce
+            if nonce - slot.seen_nonce == 1:
+                slot.seen_nonce = nonce  # in order: mark() without the call
+            else:
+                slot.mark(nonce)
             append(plain)
         return out
 
@@ -202,7 +246,7 @@ class CryptoCore:
                 continue
             slot = slots[head >> 56]
             nonce = peer_half | (head & _LOW56)
-            if nonce < slot.min_nonce:
+            if nonce <= slot.seen_nonce and not slot.fresh(nonce):
                 append(-1)
                 continue
             try:
@@ -212,8 +256,10 @@ class CryptoCore:
             except TagError:
                 append(-1)
                 continue
-            if nonce > slot.seen_nonce:
-                slot.seen_nonce = nonce
+            if nonce - slot.seen_nonce == 1:
+                slot.seen_nonce = nonce  # in order: mark() without the call
+            else:
+                slot.mark(nonce)
             append(size)
         return rows, lengths
 

@@ -668,7 +668,10 @@ class Node:
         except (CryptoError, DecodeError) as err:
             reason = drop_reason(err)
             self.traffic.count_invalid_protocol(len(data), reason)
-            self._drops.drop(reason, now, logging.ERROR, "Crypto error: %s", err)
+            # replays are counted, and logged at debug level only: even aggregated, a replay flood is
+            # not an error of ours
+            level = logging.DEBUG if reason == "replay" else logging.ERROR
+            self._drops.drop(reason, now, level, "Crypto error: %s", err)
             return
         if not isinstance(result, (Reply, Initialized)):
             peer.heard = True

@@ -167,7 +167,11 @@ class PeerCrypto:
         if core is None:
             # Unencrypted session: [type][payload].
             return Message(datagram[0], datagram[1:])
-        plain = core.decrypt(datagram)
+        return self.handle_plain(core.decrypt(datagram))
+
+    def handle_plain(self, plain: bytes) -> HandleResult:
+        """A session frame's plaintext that a batch path already decrypted: decrypting it again
+        would find its nonce taken (the replay bitmap)."""
         if not plain:
             raise CryptoError("Empty message")
         msg_type = plain[0]

@@ -242,12 +242,64 @@ def default_mtu() -> int | None:
         return None
 
 
+def route_interfaces(
+    route_file: str = "/proc/net/route", route6_file: str = "/proc/net/ipv6_route"
+) -> list[str]:
+    """Interfaces that carry any IPv4 or IPv6 route, loopback left out, in table order."""
+    names: list[str] = []
+    for path, col in ((route_file, 0), (route6_file, -1)):
+        try:
+            with open(path) as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            continue
+        for line in lines[1:] if col == 0 else lines:
+            cols = line.split()
+            if cols and cols[col] not in names and cols[col] != "lo" and cols[col] != "Iface":
+                names.append(cols[col])
+    return names
+
+
+def underlay_mtu(exclude: str) -> tuple[str, int] | None:
+    """Without a default route (issue 24): the smallest MTU of the interfaces that carry routes
+    (the peers must be behind one of them), the VPN device itself left out."""
+    best: tuple[str, int] | None = None
+    for name in route_interfaces():
+        if name == exclude:
+            continue
+        try:
+            mtu = read_mtu(name)
+        except (OSError, ValueError):
+            continue
+        if best is None or mtu < best[1]:
+            best = (name, mtu)
+    return best
+
+
 def setup_mtu(device: Device) -> None:
-    """Set MTU = uplink MTU - overhead; errors are only logged (spec 12 step 3)."""
+    """Set MTU = uplink MTU - overhead; errors are only logged (spec 12 step 3).
+
+    The original only looks at the default route and otherwise keeps 1500 silently: the datagrams
+    of full-size packets then exceed the underlay's MTU, every one is refused with EMSGSIZE and TCP
+    through the tunnel crawls. We fall back to the interfaces that carry routes, and say so."""
     base = default_mtu()
     if base is None:
-        log.warning("Failed to set MTU: no default route found, keeping MTU %s", _safe_mtu(device))
-        return
+        found = underlay_mtu(device.ifname)
+        if found is None:
+            log.warning(
+                "No default route and no routed interface found: keeping MTU %s on %s; packets whose "
+                "datagrams exceed the underlay MTU will be dropped (set the MTU, e.g. in ifup)",
+                _safe_mtu(device),
+                device.ifname,
+            )
+            return
+        log.warning(
+            "No default route: taking the MTU of %s (%d) as the underlay MTU for %s",
+            found[0],
+            found[1],
+            device.ifname,
+        )
+        base = found[1]
     mtu = base - (OVERHEAD_TUN if device.device_type == "tun" else OVERHEAD_TAP)
     try:
         device.set_mtu(mtu)

@@ -68,6 +68,12 @@ DEFAULT_PEER_PORT = 3210
 DEVICE_FLUSH_BYTES = 256 * 1024
 #: Offload mode: GRO reads (each up to 64 KB) per wake-up of the socket before flushing.
 SOCKET_TRAIN_BATCH = 32
+#: Reads per wake-up of the listening socket while peer sockets had data in the same wake-up: with
+#: peer sockets (issue 24) it only carries handshakes and unknown sources, and under a flood it is
+#: always ready; a small batch keeps the loop coming back to the peers (the kernel drops the rest).
+LISTEN_BATCH_BUSY = 32
+#: Peers beyond this many share the listening socket (file descriptors are limited, often to 1024).
+MAX_PEER_SOCKETS = 512
 
 #: Data-plane modes (environment ``VPNCLOUD_DATAPLANE``): ``off`` = one packet per syscall as the
 #: original; ``socket`` = one packet per device read/write, but UDP GSO sends and GRO receives on the
@@ -149,6 +155,14 @@ class Daemon:
         self.gso_reads = 0
         self.gso_writes = 0
         self.sock_gro = False
+        #: connected sockets of established peers (issue 24), see ``_sync_peer_sockets``
+        self.peer_socks: dict[SocketAddr, Any] = {}
+        self.peer_socket_reads = 0  # datagrams read from peer sockets that have been closed since
+        wanted = os.environ.get("VPNCLOUD_PEER_SOCKETS", "1").strip() not in ("0", "off", "no")
+        self.peer_sockets_on = wanted and _kernel_at_least(5, 7)
+        self._peers_busy = False
+        self._peers_changed = False
+        self._peer_sock_failed: set[SocketAddr] = set()
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -457,6 +471,11 @@ class Daemon:
                     ready = self.sel.select(timeout)
                 except InterruptedError:
                     ready = []
+                if len(ready) > 1:
+                    # established peers first: the listening socket may be full of a flood
+                    listen_fd = self.sock.fileno()
+                    ready.sort(key=lambda item: item[0].fd == listen_fd)
+                self._peers_busy = False
                 for key, _mask in ready:
                     key.data(key)
                 now = self.now()
@@ -466,6 +485,8 @@ class Daemon:
                     self.node.handle_timer(now)
                     if self.portmap is not None:
                         self.portmap.renew_if_due(now)
+                    self._flush()
+                    self._sync_peer_sockets()
                 self._flush()
                 if self.reload_requested:
                     self.reload_requested = False
@@ -495,11 +516,19 @@ class Daemon:
 
     def _on_socket(self, key: selectors.SelectorKey) -> None:
         assert self.sock is not None
+        busy = self._peers_busy
+        self._read_socket(self.sock, LISTEN_BATCH_BUSY if busy else None)
+
+    def _on_peer_socket(self, sock: Any) -> None:
+        self._peers_busy = True
+        self._read_socket(sock, None)
+
+    def _read_socket(self, sock: Any, limit: int | None) -> None:
         if self.sock_gro:
-            self._on_socket_gro()
+            self._on_socket_gro(sock, min(limit or SOCKET_TRAIN_BATCH, SOCKET_TRAIN_BATCH))
             return
         try:
-            batch = self.sock.recv_batch()
+            batch = sock.recv_batch() if limit is None else sock.recv_batch(limit)
         except OSError as exc:
             # only the proxy client raises here: without its session nobody can be reached
             log.error("%s", exc)
@@ -523,12 +552,12 @@ class Daemon:
             i = j
         self._flush()
 
-    def _on_socket_gro(self) -> None:
+    def _on_socket_gro(self, sock: Any, limit: int) -> None:
         """Offload mode: each read is a GRO train of datagrams from one source (any split)."""
         receive = self.node.receive_datagram
         receive_train = self.node.receive_train
         now = self.now()
-        for data, seg, addr in self.sock.recv_trains(SOCKET_TRAIN_BATCH):
+        for data, seg, addr in sock.recv_trains(limit):
             try:
                 if seg >= len(data):
                     receive(data, addr, now)
@@ -538,6 +567,42 @@ class Daemon:
                 log.error("Unexpected error while processing input: %s: %s", type(exc).__name__, exc)
                 log.debug("Details", exc_info=True)
         self._flush()
+
+    def _sync_peer_sockets(self) -> None:
+        """One connected socket per established peer (issue 24): opened when a peer is there,
+        closed when it is gone; a roaming peer is a new address, so it gets a new socket."""
+        listener = self.sock
+        if not self.peer_sockets_on or self.node is None or not isinstance(listener, UdpSocket):
+            return
+        wanted = self.node.peers
+        socks = self.peer_socks
+        failed = self._peer_sock_failed
+        for addr in [a for a in socks if a not in wanted]:
+            self._close_peer_socket(addr)
+        failed.intersection_update(wanted)
+        for addr in wanted:
+            if addr in socks or addr in failed or len(socks) >= MAX_PEER_SOCKETS:
+                continue
+            try:
+                peer_sock = listener.connect_peer(addr)
+            except OSError as exc:
+                # the listening socket still receives everything from this peer; no retry each tick
+                failed.add(addr)
+                log.debug("No own socket for peer %s: %s", _peer_text(addr), exc.strerror or exc)
+                continue
+            peer_sock.set_buffers()
+            socks[addr] = peer_sock
+            self.sel.register(
+                peer_sock.fileno(), selectors.EVENT_READ, lambda _key, s=peer_sock: self._on_peer_socket(s)
+            )
+
+    def _close_peer_socket(self, addr: SocketAddr) -> None:
+        peer_sock = self.peer_socks.pop(addr)
+        # what is still queued there is lost, as on any peer that goes away
+        self.peer_socket_reads += peer_sock.received
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(peer_sock.fileno())
+        peer_sock.close()
 
     def _update_socket_interest(self) -> None:
         """Watch write readiness only while the proxy client has output waiting."""
@@ -732,11 +797,14 @@ class Daemon:
                     elif type(item) is not SuperPacketView:
                         # (super-packets are only announced, so only sent, with device offloads)
                         write(item)
+        self._peers_changed = False
         while True:
             event = node.next_event()
             if event is None:
                 break
             self._guard(self._on_event, event)
+        if self._peers_changed:
+            self._sync_peer_sockets()
         # events may have queued datagrams (e.g. connects after beacon loads)
         for data, addr in node.datagrams_to_send():
             self.sock.send(data, addr)
@@ -745,6 +813,8 @@ class Daemon:
     def _on_event(self, event: Any) -> None:
         from vpncloud.core import node as n
 
+        if isinstance(event, (n.PeerConnected, n.PeerDisconnected, n.PeerTimedOut)):
+            self._peers_changed = True
         if isinstance(event, n.PeerConnecting):
             self.hooks.fire("peer_connecting", self._env(PEER=_peer_text(event.addr)))
         elif isinstance(event, n.PeerConnected):
@@ -849,6 +919,11 @@ class Daemon:
             "super_peers": sorted(
                 _peer_text(addr) for addr, peer in node.peers.items() if node.super_features and peer.features
             ),
+            # issue 24: where datagrams were read (a flood only reaches the listening socket)
+            "peer_sockets": len(self.peer_socks),
+            "listen_socket_datagrams": getattr(sock, "received", 0),
+            "peer_socket_datagrams": self.peer_socket_reads
+            + sum(p.received for p in self.peer_socks.values()),
         }
 
     def _reload(self) -> None:
@@ -952,6 +1027,8 @@ class Daemon:
         if self.portmap is not None:
             self.portmap.stop()  # spec 17: the mapping is removed at exit
             self.portmap = None
+        for addr in list(self.peer_socks):
+            self._close_peer_socket(addr)
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -983,6 +1060,16 @@ class _Rng:
 
     def random(self) -> float:
         return int.from_bytes(os.urandom(7), "big") / float(1 << 56)
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    """Before Linux 5.7 a connected socket could be picked from a reuseport group for datagrams of
+    other sources, so peer sockets would steal the listening socket's handshakes."""
+    try:
+        parts = os.uname().release.split(".")
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
 
 
 def _peer_text(addr: SocketAddr) -> str:

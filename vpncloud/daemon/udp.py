@@ -4,6 +4,11 @@ The core keys everything by mapped addresses (``::ffff:a.b.c.d``). On a dual-sta
 exactly what the kernel reports and accepts. When IPv6 is unavailable the socket is plain IPv4 and the
 conversion happens here, at the boundary: received sources are mapped before they reach the core, and
 mapped destinations are unmapped before ``sendto``; real IPv6 destinations are dropped.
+
+Besides the listening socket, the daemon opens one *connected* socket per established peer on the
+same address and port (:meth:`UdpSocket.connect_peer`, issue 24). Linux delivers a datagram to the
+most specific matching socket, so a peer's datagrams land in its own receive queue and a flood from
+unknown sources only fills the listening socket's queue, where the kernel drops what overflows.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class UdpSocket:
     def __init__(self, bind: SocketAddr, *, force_ipv4: bool = False) -> None:
         host, port = bind
         self.ipv6 = False
+        #: datagrams read from this socket (the flood test tells the queues apart with it)
+        self.received = 0
+        self.size_warned = False
         self.sock: socket.socket
         is_v4_host = "." in host and ":" not in host
         if not force_ipv4:
@@ -62,8 +70,7 @@ class UdpSocket:
                 host = str(v4.ipv4_mapped)
             elif ":" in host:
                 host = "0.0.0.0"
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind((host, port))
+            self.sock = _bind_shared(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), (host, port))
         self.sock.setblocking(False)
         self.gso = False
         self.gro = False
@@ -114,6 +121,7 @@ class UdpSocket:
                     seg = int.from_bytes(value[:4], "little") or seg
             host = addr[0] if self.ipv6 else "::ffff:" + addr[0]
             out.append((data, seg, (host, addr[1])))
+            self.received += (len(data) + seg - 1) // seg if seg else 1
         return out
 
     def send_many(self, datagrams: list[bytes], addr: SocketAddr) -> None:
@@ -181,7 +189,7 @@ class UdpSocket:
                     for pos in range(0, len(d), size):
                         self._sendto(d[pos : pos + size], target)
             else:
-                log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
+                self._send_failed(exc, size, target)
 
     def _target(self, addr: SocketAddr) -> tuple[str, int] | None:
         host, port = addr[0], addr[1]
@@ -203,20 +211,53 @@ class UdpSocket:
         except BlockingIOError:
             log.debug("Socket buffer full, dropping a datagram to %s", target[0])
         except OSError as exc:
-            log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
+            self._send_failed(exc, len(data), target)
         return False
+
+    def _send_failed(self, exc: OSError, size: int, target: tuple[str, int]) -> None:
+        if exc.errno == errno.EMSGSIZE and not self.size_warned:
+            # every full-size packet is lost from now on, so TCP crawls: say it once, loudly
+            self.size_warned = True
+            log.warning(
+                "Datagrams of %d bytes do not fit the path to [%s]:%d (%s): the device MTU is too "
+                "large for the underlay; lower it (further failures are only logged at debug level)",
+                size,
+                target[0],
+                target[1],
+                exc.strerror,
+            )
+        else:
+            log.debug("Failed to send to [%s]:%d: %s", target[0], target[1], exc.strerror)
 
     @staticmethod
     def _open_v6(addr: SocketAddr) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        return _bind_shared(_dual_stack(), addr)
+
+    def connect_peer(self, addr: SocketAddr) -> UdpSocket:
+        """A socket on this socket's address and port, connected to the peer at ``addr`` (mapped):
+        the kernel queues the peer's datagrams there instead of on this socket. Raises OSError."""
+        target = self._target(addr)
+        if target is None:
+            raise OSError(errno.EAFNOSUPPORT, f"cannot reach {addr[0]} without IPv6")
+        sock = _dual_stack() if self.ipv6 else socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            # dual stack regardless of the OS default (net.ipv6.bindv6only)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(addr)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(self.sock.getsockname()[:2])
+            sock.connect(target)
+            sock.setblocking(False)
+            if self.gro:
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         except OSError:
             sock.close()
             raise
-        return sock
+        peer = UdpSocket.__new__(UdpSocket)
+        peer.sock = sock
+        peer.ipv6 = self.ipv6
+        peer.gso = self.gso
+        peer.gro = self.gro
+        peer.received = 0
+        peer.size_warned = False
+        return peer
 
     @property
     def port(self) -> int:
@@ -243,6 +284,7 @@ class UdpSocket:
             if not self.ipv6:
                 host = "::ffff:" + host
             out.append((data, (host, port)))
+        self.received += len(out)
         return out
 
     def send(self, data: bytes, addr: SocketAddr) -> bool:
@@ -250,19 +292,47 @@ class UdpSocket:
         target = self._target(addr)
         if target is None:
             return False
-        host, port = target
         try:
             self.sock.sendto(data, target)
             return True
         except BlockingIOError:
-            log.debug("Socket buffer full, dropping a datagram to %s", host)
+            log.debug("Socket buffer full, dropping a datagram to %s", target[0])
         except OSError as exc:
-            log.debug("Failed to send to [%s]:%d: %s", host, port, exc.strerror)
+            self._send_failed(exc, len(data), target)
         return False
 
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+def _dual_stack() -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        # dual stack regardless of the OS default (net.ipv6.bindv6only)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_shared(sock: socket.socket, addr: SocketAddr) -> socket.socket:
+    """Bind the listening socket so that peer sockets may share its port (``SO_REUSEPORT``, which
+    the kernel only allows between sockets of one user), while a port already taken by anybody
+    still fails as before: a probe without the option binds first."""
+    try:
+        with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
+            if sock.family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            probe.bind(addr)
+            addr = (addr[0], probe.getsockname()[1])  # port 0: keep the one the probe got
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _ipv6_disabled() -> bool:
