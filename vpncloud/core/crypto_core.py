@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import struct
 
+from .. import fastpath
 from .errors import CryptoError, ReplayError
-from .primitives import TAG_LEN, Aead, Algorithm, Rng, TagError
+from .primitives import TAG_LEN, Aead, Algorithm, Rng
 from .rows import PacketRows, Train
 
 __all__ = ["EXTRA_LEN", "FRAME_OVERHEAD", "NUM_SLOTS", "CryptoCore", "increment_nonce"]
@@ -28,6 +29,7 @@ _MIN_FRAME = EXTRA_LEN + TAG_LEN
 FRAME_OVERHEAD = EXTRA_LEN + TAG_LEN
 _HEADER = struct.Struct(">Q")
 _LOW56 = (1 << 56) - 1
+_LOW64 = (1 << 64) - 1
 #: Frames from this size on are decrypted through a view (below it, the copy costs less than the view).
 _VIEW_FROM = 4096
 
@@ -40,10 +42,12 @@ def increment_nonce(nonce: bytes) -> bytes:
 class _Slot:
     """One key with its own send counter and receive window."""
 
-    __slots__ = ("aead", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
+    __slots__ = ("aead", "kernel", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
 
-    def __init__(self, aead: Aead, nonce: int) -> None:
+    def __init__(self, aead: Aead, kernel: fastpath.Aead, nonce: int) -> None:
         self.aead = aead
+        # the same key for the buffer kernels (rows and trains), with its own reused contexts
+        self.kernel = kernel
         self.nonce = nonce  # last send nonce used; incremented before each use
         self.min_nonce = 0
         self.next_min_nonce = 0
@@ -64,14 +68,15 @@ class CryptoCore:
         self._half = _HALF if half else 0
         self._peer_half = 0 if half else _HALF
         # Slots 1..3 share one random dummy key, so frames naming them just fail to decrypt.
-        dummy = Aead(alg, rng.randbytes(alg.key_len))
-        self._slots = [self._new_slot(Aead(alg, key))] + [self._new_slot(dummy) for _ in range(3)]
+        dummy = rng.randbytes(alg.key_len)
+        self._slots = [self._new_slot(key)] + [self._new_slot(dummy) for _ in range(3)]
         self._send_id = 0
         self._send = self._slots[0]
 
-    def _new_slot(self, aead: Aead) -> _Slot:
+    def _new_slot(self, key: bytes) -> _Slot:
         # bytes 1..5 zero, bytes 6..11 random start (spec 7.2)
-        return _Slot(aead, self._half | int.from_bytes(self._rng.randbytes(6), "big"))
+        nonce = self._half | int.from_bytes(self._rng.randbytes(6), "big")
+        return _Slot(Aead(self.algorithm, key), fastpath.Aead(self.algorithm, key), nonce)
 
     @property
     def send_slot(self) -> int:
@@ -105,30 +110,14 @@ class CryptoCore:
         length except a shorter last one (the segments of one super-packet)."""
         lengths = rows.lengths
         n = len(lengths)
-        seg = lengths[0] + 1 + FRAME_OVERHEAD
-        out = bytearray(seg * (n - 1) + lengths[-1] + 1 + FRAME_OVERHEAD)
-        ov = memoryview(out)
-        buf = rows.buf
-        src = memoryview(buf)
-        stride = rows.stride
+        length = lengths[0]
         slot = self._send
-        seal_into = slot.aead.seal_into
-        sid = self._send_id << 56
-        put_header = _HEADER.pack_into
-        nonce = slot.nonce
-        pos = 0
-        start = 0
-        for length in lengths:
-            nonce += 1
-            # frame header: slot id + the nonce's low 7 bytes (spec 7.2)
-            put_header(out, pos, sid | (nonce & _LOW56))
-            buf[start] = prefix
-            end = pos + 9 + length + TAG_LEN
-            seal_into(nonce.to_bytes(12, "big"), src[start : start + length + 1], None, ov[pos + 8 : end])
-            pos = end
-            start += stride
-        slot.nonce = nonce
-        return Train(out, seg, n)
+        first = slot.nonce + 1
+        out = slot.kernel.seal_rows(
+            prefix, rows.buf, rows.stride, n, length, lengths[-1], self._send_id, first >> 64, first & _LOW64
+        )
+        slot.nonce += n
+        return Train(out, length + 1 + FRAME_OVERHEAD, n)
 
     def decrypt(self, frame: bytes | memoryview) -> bytes:
         """Plaintext of a frame; raises ``CryptoError`` (too short, old nonce, bad tag)."""
@@ -175,52 +164,27 @@ class CryptoCore:
         """``decrypt`` for each ``seg``-byte frame of ``data`` (the last may be shorter), straight
         into rows of ``seg - 24`` bytes of one buffer. Returns the buffer and each plaintext's
         length, -1 for a frame that fails (too short, old nonce, bad tag, slice or handshake)."""
-        stride = seg - FRAME_OVERHEAD
-        total = len(data)
-        n = (total + seg - 1) // seg
-        rows = bytearray(stride * n)
-        out = memoryview(rows)
-        view = memoryview(data)
-        lengths: list[int] = []
-        append = lengths.append
-        peer_half = self._peer_half
         slots = self._slots
-        header = _HEADER.unpack_from
-        last_pos = (n - 1) * seg
-        size = stride
-        for start, pos in zip(range(0, stride * n, stride), range(0, total, seg), strict=True):
-            if pos == last_pos:
-                size = total - pos - FRAME_OVERHEAD
-                if size < 0:
-                    append(-1)
-                    break
-            # slot id byte + the nonce's low 7 bytes, as one big-endian integer
-            head = header(data, pos)[0]
-            if head >> 58:
-                # not a session frame (handshake 0xff, slice 0x56): the normal path
-                append(-1)
-                continue
-            slot = slots[head >> 56]
-            nonce = peer_half | (head & _LOW56)
-            if nonce < slot.min_nonce:
-                append(-1)
-                continue
-            try:
-                slot.aead.open_into(
-                    nonce.to_bytes(12, "big"), view[pos + 8 : pos + seg], None, out[start : start + size]
-                )
-            except TagError:
-                append(-1)
-                continue
-            if nonce > slot.seen_nonce:
-                slot.seen_nonce = nonce
-            append(size)
+        peer_half = self._peer_half
+        # the kernel compares the 56 bits of the header: a window floor below the peer's half
+        # byte lets every nonce through, as the full comparison would
+        floors = tuple(min(max(s.min_nonce - peer_half, 0), _LOW64) for s in slots)
+        rows, lengths, seen = fastpath.open_train(
+            (slots[0].kernel, slots[1].kernel, slots[2].kernel, slots[3].kernel),
+            (floors[0], floors[1], floors[2], floors[3]),
+            peer_half >> 88,
+            data,
+            seg,
+        )
+        for slot, low in zip(slots, seen, strict=True):
+            if low >= 0 and peer_half | low > slot.seen_nonce:
+                slot.seen_nonce = peer_half | low
         return rows, lengths
 
     def rotate(self, key: bytes, slot_id: int, use_for_sending: bool) -> None:
         """Install ``key`` in slot ``slot_id mod 4`` with fresh nonce state; maybe send with it."""
         slot_id &= 3
-        slot = self._new_slot(Aead(self.algorithm, key))
+        slot = self._new_slot(key)
         self._slots[slot_id] = slot
         if use_for_sending:
             self._send_id = slot_id

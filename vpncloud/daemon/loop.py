@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vpncloud import fastpath
 from vpncloud.config import (
     VERSION_TEXT,
     Config,
@@ -192,6 +193,7 @@ class Daemon:
                     f"Failed to open socket {format_sockaddr(listen)}: {exc.strerror or exc}"
                 ) from None
             log.info("Listening on %s", format_sockaddr(nice(self.sock.sock.getsockname()[:2])))
+        log.info("Data-plane kernels: %s (%s)", fastpath.KERNELS, fastpath.KERNELS_REASON)
         self._setup_device()
         self._setup_offloads()
         if cfg.stats_file:
@@ -823,6 +825,7 @@ class Daemon:
         sock = self.sock
         return {
             "mode": self.mode,
+            "kernels": fastpath.KERNELS,
             "device_offloads": self.device.offloads if self.device is not None and self.vnet else 0,
             "udp_gso": bool(getattr(sock, "gso", False)),
             "udp_gro": self.sock_gro,
