@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # prometheus: only for promtool (the metrics tests lint the exposition and the dashboard queries);
 # graphviz: `dot` renders `vpncloud lab status --dot` as SVG
 APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv
-    prometheus graphviz gcc libssl-dev)
+    prometheus graphviz gcc libssl-dev clang)
 
 t0=$(date +%s)
 missing=()
