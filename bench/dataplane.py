@@ -169,10 +169,11 @@ TAP_ARGS = ["-t", "tap", "-m", "switch"]
 
 
 def _our_daemon(
-    mode: str, args: list[str] | None = None
+    mode: str, args: list[str] | None = None, pure_python: bool = False
 ) -> Callable[[Topology, Netns, Netns, Path], list[subprocess.Popen[bytes]]]:
     def start(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
         env = dict(os.environ, VPNCLOUD_DATAPLANE=mode, PYTHONPATH=str(REPO))
+        env["VPNCLOUD_PURE_PYTHON"] = "1" if pure_python else ""
         extra = ["--control-socket", str(tmp / "{name}.sock"), *(args or [])]
         return _vpncloud_pair(topo, a, b, tmp, [PY, "-m", "vpncloud"], extra, env)
 
@@ -374,6 +375,18 @@ SUBJECTS = {
     "raw": Subject("raw", "raw veth (no tunnel)", lambda *_: [], lambda: None),
     "t2": Subject("t2", "ours T2 (offloads + super-packets)", _our_daemon("super"), lambda: None),
     "t1": Subject("t1", "ours T1 (offloads, wire-compatible)", _our_daemon("wire"), lambda: None),
+    "t2-py": Subject(
+        "t2-py",
+        "ours T2, Python kernels (VPNCLOUD_PURE_PYTHON=1)",
+        _our_daemon("super", None, True),
+        lambda: None,
+    ),
+    "t1-py": Subject(
+        "t1-py",
+        "ours T1, Python kernels (VPNCLOUD_PURE_PYTHON=1)",
+        _our_daemon("wire", None, True),
+        lambda: None,
+    ),
     "sock": Subject("sock", "ours, socket offloads only (TUN)", _our_daemon("socket"), lambda: None),
     "off": Subject("off", "ours, no offloads", _our_daemon("off"), lambda: None),
     "tap": Subject("tap", "ours, TAP switch mode (offloads)", _our_daemon("super", TAP_ARGS), lambda: None),
@@ -601,8 +614,77 @@ def write_report(path: Path, text: str) -> None:
         path.write_text(f"{START_MARK}\n{text}{END_MARK}\n")
 
 
+# ------------------------------------------------------------------------------------ core micro
+
+
+def micro(rounds: int, batches: int) -> str:
+    """CPU per packet of the kernels in one process, C against Python, interleaved (issue 21).
+
+    What T1 runs per super-packet: ``encrypt_rows`` of its segments (46 rows of 1,400 bytes, one
+    64 KB TSO read at MTU 1427) on the sender and ``decrypt_train`` of the GRO train on the receiver,
+    through the node's ``CryptoCore``; the per-packet figure is CPU time (``process_time``) over
+    rows. Each round runs both kernels one after the other, so noise hits both alike; the table
+    shows the median over rounds and the ratio of the medians.
+    """
+    import random
+
+    from vpncloud import fastpath
+    from vpncloud.core.crypto_core import CryptoCore
+    from vpncloud.core.primitives import Algorithm
+    from vpncloud.core.rows import PacketRows
+
+    names = ["python"]
+    try:
+        fastpath.implementation("c")
+        names.insert(0, "c")
+    except ImportError:
+        print("micro: C kernels not built, Python only", file=sys.stderr)
+    count, length, stride = 46, 1400, 1448
+    results: dict[tuple[str, str, str], list[float]] = {}
+    for alg in (Algorithm.AES256, Algorithm.CHACHA20):
+        rng = random.Random(1)
+        key = rng.randbytes(alg.key_len)
+        buf = bytearray(rng.randbytes(stride * count))
+        rows = PacketRows(buf, stride, [length] * count)
+        for _ in range(rounds):
+            for name in names:
+                kernels = fastpath.implementation(name)
+                sender = CryptoCore(alg, key, True, random.Random(2), kernels)
+                receiver = CryptoCore(alg, key, False, random.Random(3), kernels)
+                t0 = time.process_time()
+                trains = [sender.encrypt_rows(0, rows) for _ in range(batches)]
+                t1 = time.process_time()
+                for train in trains:
+                    lengths = receiver.decrypt_train(bytes(train.buf), train.seg)[1]
+                t2 = time.process_time()
+                assert lengths == [length + 1] * count  # every frame opened: the work was real
+                per = 1e6 / (batches * count)
+                results.setdefault((alg.name, "seal", name), []).append((t1 - t0) * per)
+                results.setdefault((alg.name, "open", name), []).append((t2 - t1) * per)
+    lines = [
+        f"Core micro, {rounds} interleaved rounds x {batches} super-packets of {count} x {length} B, "
+        "CPU µs per packet (median over rounds):",
+        "",
+        "| algorithm | step | " + " | ".join(names) + (" | Python / C |" if "c" in names else " |"),
+        "|---" * (len(names) + 2 + ("c" in names)) + "|",
+    ]
+    for alg in (Algorithm.AES256, Algorithm.CHACHA20):
+        for step in ("seal", "open"):
+            meds = {n: statistics.median(results[(alg.name, step, n)]) for n in names}
+            cells = " | ".join(f"{meds[n]:.3f}" for n in names)
+            ratio = f" | {meds['python'] / meds['c']:.2f}x" if "c" in names else ""
+            lines.append(f"| {alg.name} | {step} | {cells}{ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--micro",
+        type=int,
+        metavar="ROUNDS",
+        help="only the core micro benchmark (no namespaces, no root): C against Python kernels",
+    )
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--duration", type=int, default=10, help="seconds per iperf3 run")
     p.add_argument("--subjects", default=",".join(SUBJECTS), help="comma list of " + ", ".join(SUBJECTS))
@@ -610,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", metavar="FILE", help="also write the report to FILE (e.g. docs/performance.md)")
     p.add_argument("--title", default="", help="extra line for the report")
     ns = p.parse_args(argv)
+    if ns.micro:
+        print(micro(ns.micro, 50))
+        return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2

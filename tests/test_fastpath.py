@@ -251,3 +251,20 @@ def test_open_train_c_equals_python(
         return _outcome(lambda: k.open_train(keys, floors, HALF, bytes(data), seg))
 
     assert run(C) == run(PY)  # type: ignore[arg-type]
+
+
+def test_micro_benchmark_runs_both_kernels() -> None:
+    """bench/dataplane.py --micro: one round gives a row per algorithm and step for each kernel
+    (the figures themselves are for the benchmark, not for a test)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "dataplane.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--micro", "1"], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith(("| AES256", "| CHACHA20"))]
+    assert len(rows) == 4
+    cells = 5 if C is not None else 4
+    assert all(len(row.strip("|").split("|")) == cells for row in rows), out

@@ -13,6 +13,7 @@ receiver rebuilds the peer's nonce with the opposite half byte and zero bytes 1.
 from __future__ import annotations
 
 import struct
+from types import ModuleType
 
 from .. import fastpath
 from .errors import CryptoError, ReplayError
@@ -60,10 +61,14 @@ class CryptoCore:
     ``half`` is ``own salted node-id hash > peer's`` (spec 7.2).
     """
 
-    __slots__ = ("_half", "_peer_half", "_rng", "_send", "_send_id", "_slots", "algorithm")
+    __slots__ = ("_half", "_kernels", "_peer_half", "_rng", "_send", "_send_id", "_slots", "algorithm")
 
-    def __init__(self, alg: Algorithm, key: bytes, half: bool, rng: Rng) -> None:
+    def __init__(
+        self, alg: Algorithm, key: bytes, half: bool, rng: Rng, kernels: ModuleType | None = None
+    ) -> None:
         self.algorithm = alg
+        # the buffer kernels: the ones chosen at import unless a benchmark or test names others
+        self._kernels = fastpath if kernels is None else kernels
         self._rng = rng
         self._half = _HALF if half else 0
         self._peer_half = 0 if half else _HALF
@@ -76,7 +81,7 @@ class CryptoCore:
     def _new_slot(self, key: bytes) -> _Slot:
         # bytes 1..5 zero, bytes 6..11 random start (spec 7.2)
         nonce = self._half | int.from_bytes(self._rng.randbytes(6), "big")
-        return _Slot(Aead(self.algorithm, key), fastpath.Aead(self.algorithm, key), nonce)
+        return _Slot(Aead(self.algorithm, key), self._kernels.Aead(self.algorithm, key), nonce)
 
     @property
     def send_slot(self) -> int:
@@ -169,7 +174,10 @@ class CryptoCore:
         # the kernel compares the 56 bits of the header: a window floor below the peer's half
         # byte lets every nonce through, as the full comparison would
         floors = tuple(min(max(s.min_nonce - peer_half, 0), _LOW64) for s in slots)
-        rows, lengths, seen = fastpath.open_train(
+        rows: bytearray
+        lengths: list[int]
+        seen: tuple[int, int, int, int]
+        rows, lengths, seen = self._kernels.open_train(
             (slots[0].kernel, slots[1].kernel, slots[2].kernel, slots[3].kernel),
             (floors[0], floors[1], floors[2], floors[3]),
             peer_half >> 88,

@@ -75,9 +75,10 @@ class Aead:
         out = bytearray(seg * (count - 1) + last + 1 + OVERHEAD)
         ov = memoryview(out)
         view = memoryview(src)
-        # the row's free byte takes the prefix only in a private copy of the row: src stays as it is
-        head = bytearray(1)
-        head[0] = prefix
+        # the row's free byte takes the prefix (as the rows' contract allows) so that the AEAD reads
+        # type + packet in one piece; a read-only buffer gets a copy per row instead
+        writable = not view.readonly
+        head = bytes((prefix,))
         enc_into = self._enc_into
         encrypt = self._encrypt
         nonce = nonce_hi << 64 | nonce_lo
@@ -87,7 +88,11 @@ class Aead:
         for i in range(count):
             size = last if i == count - 1 else length
             start = i * stride + 1
-            plain = head + view[start : start + size]
+            if writable:
+                view[start - 1] = prefix
+                plain = view[start - 1 : start + size]
+            else:
+                plain = memoryview(head + view[start : start + size])
             nb = (nonce & ((1 << 96) - 1)).to_bytes(12, "big")
             put(out, pos, sid | (nonce & _LOW56))
             end = pos + HEADER_LEN + 1 + size + TAG_LEN
