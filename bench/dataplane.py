@@ -631,7 +631,7 @@ def micro(rounds: int, batches: int) -> str:
     from vpncloud import fastpath
     from vpncloud.core.crypto_core import CryptoCore
     from vpncloud.core.primitives import Algorithm
-    from vpncloud.core.rows import PacketRows
+    from vpncloud.fastpath.rows import PacketRows
 
     names = ["python"]
     try:

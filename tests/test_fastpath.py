@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from vpncloud import fastpath
 from vpncloud.core.crypto_core import CryptoCore
 from vpncloud.core.primitives import Algorithm
-from vpncloud.core.rows import PacketRows
+from vpncloud.fastpath.rows import PacketRows
 
 KEY_LEN = {1: 16, 2: 32, 3: 32}
 HALF = 0x80

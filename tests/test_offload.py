@@ -1,4 +1,4 @@
-"""Offload fast paths (vpncloud/daemon/offload.py) against slow, obviously-correct references.
+"""Offload fast paths (vpncloud/fastpath/offload.py) against slow, obviously-correct references.
 
 * TSO/USO segmentation and checksums: every segment equals the one a naive per-segment builder makes
   (IPv4 and IPv6, TCP and UDP, options, odd and even segment sizes, FIN/PSH/CWR handling, seq wrap).
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncloud.core.rows import PacketRows
-from vpncloud.daemon import offload as o
+from vpncloud.fastpath import offload as o
+from vpncloud.fastpath.rows import PacketRows
 
 # --------------------------------------------------------------------------------------- references
 

@@ -17,12 +17,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .crypto_core import FRAME_OVERHEAD
-from .errors import CryptoError, DecodeError
-from .messages import MSG_DATA
-from .payload import parse_frame
-from .rows import PacketRows
-from .superpacket import (
+from vpncloud.fastpath.rows import PacketRows
+from vpncloud.fastpath.superpacket import (
     FEATURE_TCP,
     FEATURE_UDP,
     MSG_SUPER,
@@ -34,7 +30,12 @@ from .superpacket import (
     split_frame_train,
     whole_message,
 )
-from .superpacket import _np as _np  # numpy or None, as there
+from vpncloud.fastpath.superpacket import _np as _np  # numpy or None, as there
+
+from .crypto_core import FRAME_OVERHEAD
+from .errors import CryptoError, DecodeError
+from .messages import MSG_DATA
+from .payload import parse_frame
 from .traffic import TrafficEntry, TrafficStats, drop_reason
 from .types import DeviceType, SocketAddr, mapped
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import struct
 from types import ModuleType
 
+from vpncloud.fastpath.rows import PacketRows, Train
+
 from .. import fastpath
 from .errors import CryptoError, ReplayError
 from .primitives import TAG_LEN, Aead, Algorithm, Rng
-from .rows import PacketRows, Train
 
 __all__ = ["EXTRA_LEN", "FRAME_OVERHEAD", "NUM_SLOTS", "CryptoCore", "increment_nonce"]
 

@@ -36,12 +36,13 @@ from vpncloud.config import (
     parse_metrics_listen,
 )
 from vpncloud.core import base62
-from vpncloud.core.rows import PacketRows, Train
-from vpncloud.core.superpacket import SuperPacketView
 from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
+from vpncloud.fastpath import offload
+from vpncloud.fastpath.rows import PacketRows, Train
+from vpncloud.fastpath.superpacket import SuperPacketView
 
 from . import device as devmod
-from . import heap, offload
+from . import heap
 from .control import ControlServer, default_socket_path
 from .hooks import Hooks, run_sync
 from .logs import get_logger
@@ -343,7 +344,7 @@ class Daemon:
             # super-packets are routed by IP address; a switch learns MAC addresses per frame
             log.info("Super-packets are for TUN devices; this TAP device sends ordinary frames")
             return
-        from vpncloud.core.superpacket import FEATURE_TCP, FEATURE_UDP
+        from vpncloud.fastpath.superpacket import FEATURE_TCP, FEATURE_UDP
 
         features = FEATURE_TCP | (FEATURE_UDP if dev.offloads & devmod.TUN_F_USO4 else 0)
         try:

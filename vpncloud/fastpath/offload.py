@@ -34,8 +34,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from vpncloud.core.rows import PacketRows
-from vpncloud.core.superpacket import SuperPacketView
+from .rows import PacketRows
+from .superpacket import SuperPacketView
 
 _np: Any
 try:  # optional speed-up, see the module docstring
