@@ -14,10 +14,10 @@ non-DATA messages (rotation, NODE_INFO, keepalive, close), unencrypted sessions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-from vpncloud.fastpath.rows import PacketRows
+from vpncloud.fastpath.rows import PacketRows, Train
 from vpncloud.fastpath.superpacket import (
     FEATURE_TCP,
     FEATURE_UDP,
@@ -32,15 +32,54 @@ from vpncloud.fastpath.superpacket import (
 )
 from vpncloud.fastpath.superpacket import _np as _np  # numpy or None, as there
 
+from .acl import AclPolicy
 from .crypto_core import FRAME_OVERHEAD
 from .errors import CryptoError, DecodeError
 from .messages import MSG_DATA
 from .payload import parse_frame
+from .peer_crypto import PeerCrypto
+from .table import ClaimTable
 from .traffic import TrafficEntry, TrafficStats, drop_reason
 from .types import DeviceType, SocketAddr, mapped
 
-if TYPE_CHECKING:
-    from .node import Node, Peer
+
+# What the batch paths use of a node and its peers: node.py calls this module, so this module
+# names the node's parts through protocols instead of importing node.py (no import circle).
+class _Config(Protocol):
+    @property
+    def device_type(self) -> DeviceType: ...
+
+
+class Peer(Protocol):
+    crypto: PeerCrypto
+    features: int
+    reassembly: Any
+
+
+class Node(Protocol):
+    @property
+    def config(self) -> _Config: ...
+
+    table: ClaimTable
+    traffic: TrafficStats
+    acl: AclPolicy | None
+    super_features: int
+    super_datagram: int
+    super_id: int
+    _learning: bool
+    _pending: dict[SocketAddr, PeerCrypto]
+    _out: list[tuple[bytes | Train, SocketAddr]]
+    _device_out: list[bytes | PacketRows | SuperPacketView]
+
+    @property
+    def _peers(self) -> Mapping[SocketAddr, Peer]: ...
+
+    def _parse(self, data: bytes, /) -> tuple[bytes, bytes]: ...
+
+    def receive_datagram(self, data: bytes, addr: SocketAddr, now: float) -> None: ...
+
+    def receive_packet(self, packet: bytes, now: float) -> None: ...
+
 
 _DATA_PREFIX = bytes((MSG_DATA,))
 #: Trains of smaller datagrams are not worth the row layout (and cannot hold a DATA message).
