@@ -2,7 +2,7 @@
 
     python fuzz/kernels.py TARGET SO_PATH [libFuzzer flags]
 
-TARGET is one of aead, seal, seal_rows, open_train; SO_PATH the extension built with
+TARGET is one of aead, seal, seal_rows, open_train, tcp_rows; SO_PATH the extension built with
 -fsanitize=address,undefined,fuzzer-no-link (the script builds it). Each target feeds the C entry
 point arbitrary arguments and checks the result against the Python twin: a memory error (ASan), an
 undefined behaviour (UBSan), an exception other than the documented ones or a difference from the
@@ -113,7 +113,32 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
         py_aead = PY.Aead(alg, key)
         assert c == outcome(lambda: PY.open_train((py_aead,) * 4, floors, half, train, seg))
 
-    return {"aead": aead, "seal": seal, "seal_rows": seal_rows, "open_train": open_train}
+    def tcp_rows(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        iphl = fdp.ConsumeIntInRange(0, 64)
+        args = (
+            fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 70)),  # prefix
+            iphl,
+            iphl + fdp.ConsumeIntInRange(0, 80),  # hl
+            fdp.ConsumeIntInRange(-1, 2000),  # mss
+            fdp.ConsumeBool(),
+            fdp.ConsumeIntInRange(-1, 0x10000),
+            fdp.ConsumeIntInRange(0, 1 << 33),
+            fdp.ConsumeIntInRange(0, 1 << 33),
+            fdp.ConsumeIntInRange(0, 1 << 33),
+            (fdp.ConsumeIntInRange(-1, 256), fdp.ConsumeIntInRange(0, 255), fdp.ConsumeIntInRange(0, 255)),
+        )
+        packet = fdp.ConsumeBytes(fdp.remaining_bytes())
+        c = outcome(lambda: C.tcp_rows(packet, *args))
+        assert c == outcome(lambda: PY.tcp_rows(packet, *args)), args
+
+    return {
+        "aead": aead,
+        "seal": seal,
+        "seal_rows": seal_rows,
+        "open_train": open_train,
+        "tcp_rows": tcp_rows,
+    }
 
 
 def main() -> None:

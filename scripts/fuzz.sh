@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-1000000}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(aead seal seal_rows open_train)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(aead seal seal_rows open_train tcp_rows)
 PY=${PYTHON:-.venv/bin/python}
 FUZZ_DIR=${FUZZ_DIR:-/tmp/vpncloud-fuzz}
 mkdir -p "$FUZZ_DIR"

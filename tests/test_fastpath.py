@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import NO_C, c_kernels
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,23 +22,7 @@ KEY_LEN = {1: 16, 2: 32, 3: 32}
 HALF = 0x80
 
 
-def _c_or_skip() -> ModuleType | None:
-    try:
-        return fastpath.implementation("c")
-    except ImportError:
-        return None
-
-
-C = _c_or_skip()
-NO_C = "C kernels not built (no compiler or no OpenSSL headers at install time)"
-
-
-@pytest.fixture(params=["c", "python"])
-def kernels(request: pytest.FixtureRequest) -> ModuleType:
-    """Each test once with the C kernels and once with the Python twin."""
-    if request.param == "c" and C is None:
-        pytest.skip(NO_C)
-    return fastpath.implementation(request.param)
+C = c_kernels()
 
 
 def _reference(alg: int, key: bytes) -> Any:
@@ -265,6 +250,33 @@ def test_micro_benchmark_runs_both_kernels() -> None:
         [sys.executable, str(bench), "--micro", "1"], capture_output=True, text=True, check=True, timeout=120
     ).stdout
     rows = [line for line in out.splitlines() if line.startswith(("| AES256", "| CHACHA20"))]
-    assert len(rows) == 4
+    assert len(rows) == 10  # segment, seal, open, coalesce and their total, per algorithm
     cells = 5 if C is not None else 4
     assert all(len(row.strip("|").split("|")) == cells for row in rows), out
+
+
+#: Arguments of tcp_rows, fitting or not: packet, prefix, iphl, hl beyond iphl + 20, mss, ipv4,
+#: ip_id, ip_base, tcp_base, seq0, flags.
+TCP_ROWS_ARGS = st.tuples(
+    st.binary(max_size=700),
+    st.binary(max_size=20),
+    st.sampled_from([0, 19, 20, 24, 40, 60]),
+    st.integers(-2, 44),
+    st.integers(-1, 300),
+    st.booleans(),
+    st.integers(-1, 0x10000),
+    st.integers(0, 2**32),
+    st.integers(0, 2**32),
+    st.integers(0, 2**32),
+    st.tuples(*[st.integers(-1, 256)] * 3),
+)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TCP_ROWS_ARGS)
+def test_tcp_rows_c_equals_python(drawn: tuple[Any, ...]) -> None:
+    """The C segmentation against the numpy twin, also for layouts that do not fit (both refuse)."""
+    packet, prefix, iphl, extra, *rest = drawn
+    args = (packet, prefix, iphl, iphl + 20 + extra, *rest)
+    assert _outcome(lambda: C.tcp_rows(*args)) == _outcome(lambda: PY.tcp_rows(*args))  # type: ignore[union-attr]

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 
 from . import _python
 
-__all__ = ["KERNELS", "KERNELS_REASON", "Aead", "KernelError", "implementation", "open_train"]
+__all__ = [
+    "KERNELS",
+    "KERNELS_REASON",
+    "TCP_ROWS",
+    "Aead",
+    "KernelError",
+    "implementation",
+    "open_train",
+    "tcp_rows",
+]
 
 
 def _load() -> tuple[ModuleType, str]:
@@ -43,8 +52,19 @@ _impl, KERNELS_REASON = _load()
 KERNELS = "python" if _impl is _python else "c"
 if TYPE_CHECKING:
     # both twins have one interface: the Python one's signatures are the types
-    from ._python import Aead, KernelError, open_train
+    from ._python import Aead, KernelError, open_train, tcp_rows
 else:
     Aead = _impl.Aead
     KernelError = _impl.KernelError
     open_train = _impl.open_train
+    tcp_rows = _impl.tcp_rows
+
+
+def _has_numpy() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numpy") is not None
+
+
+#: Whether ``tcp_rows`` can run: always in C, with numpy in Python (else segment by segment).
+TCP_ROWS = KERNELS == "c" or _has_numpy()

@@ -1,5 +1,8 @@
 /* Data-plane kernels: seal and open the rows of one buffer with OpenSSL's EVP (issue 21).
  *
+ * Also the TCP segmentation of a TSO super-packet into such rows, with its checksums
+ * (vpncloud/fastpath/offload.py decides the layout and the flags, the kernel only writes them).
+ *
  * Pure functions over buffers: no I/O, no clock, no protocol state. The only state is the pair of
  * cipher contexts an Aead object owns, created once per key because setting up a context (key
  * schedule, GHASH tables) costs more than sealing a 1400-byte packet. The frame layout is the one
@@ -312,7 +315,107 @@ done:
     return result;
 }
 
-static PyMethodDef module_methods[] = {{"open_train", open_train, METH_VARARGS, open_train_doc}, {NULL}};
+
+/* Sum of data as big-endian 16-bit words, an odd last byte padded with zero (RFC 1071); the
+ * caller reduces mod 0xFFFF, as the Python twin does with its integers. */
+static uint64_t be_sum(const unsigned char *data, Py_ssize_t len)
+{
+    uint64_t sum = 0;
+    Py_ssize_t i = 0;
+    for (; i + 1 < len; i += 2)
+        sum += (uint64_t)data[i] << 8 | data[i + 1];
+    if (i < len)
+        sum += (uint64_t)data[i] << 8;
+    return sum;
+}
+
+/* The checksum field for a sum: its ones' complement, 0 for a sum of 0 mod 0xFFFF (offload.finish). */
+static unsigned finish(uint64_t total)
+{
+    total %= 0xFFFF;
+    return total ? (unsigned)(0xFFFF - total) : 0;
+}
+
+static void put16(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+PyDoc_STRVAR(tcp_rows_doc,
+             "tcp_rows(packet, prefix, iphl, hl, mss, ipv4, ip_id, ip_base, tcp_base, seq0, flags) -> bytearray\n\n"
+             "The TCP segments of a TSO super-packet as rows of 1 + len(prefix) + hl + mss bytes: a zero\n"
+             "byte, prefix, then the first hl bytes of packet (IP + TCP header) with the per-segment fields\n"
+             "set, then mss payload bytes (fewer in the last row, zero padded). ip_base / tcp_base: the\n"
+             "sums of the header templates (offload._tcp_template); flags: (first, middle, last) segment.");
+
+static PyObject *tcp_rows(PyObject *module, PyObject *args)
+{
+    Py_buffer packet, prefix;
+    Py_ssize_t iphl, hl, mss;
+    int ipv4, first, mid, lastf;
+    unsigned long ip_id, seq0;
+    unsigned long long ip_base, tcp_base;
+    if (!PyArg_ParseTuple(args, "y*y*nnnpkKKk(iii)", &packet, &prefix, &iphl, &hl, &mss, &ipv4, &ip_id, &ip_base,
+                          &tcp_base, &seq0, &first, &mid, &lastf))
+        return NULL;
+    PyObject *rows = NULL;
+    Py_ssize_t total = packet.len - hl;
+    /* total > mss: a packet that needs no cutting never comes here (the caller's rule) */
+    if (iphl < 20 || hl < iphl + 20 || hl > packet.len || hl > 1024 || mss < 1 || mss > MAX_CHUNK ||
+        total <= mss || (total + mss - 1) / mss > MAX_ROWS || prefix.len > 64 || ip_id > 0xFFFF ||
+        seq0 > 0xFFFFFFFFul || ip_base > 0xFFFFFFFFull || tcp_base > 0xFFFFFFFFull || (first | mid | lastf) < 0 ||
+        (first | mid | lastf) > 255) {
+        PyErr_SetString(KernelError, "tcp_rows: the layout does not fit the packet");
+        goto done;
+    }
+    Py_ssize_t count = (total + mss - 1) / mss;
+    Py_ssize_t ip0 = 1 + prefix.len;
+    Py_ssize_t stride = ip0 + hl + mss;
+    rows = PyByteArray_FromStringAndSize(NULL, stride * count);
+    if (rows == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(rows);
+    const unsigned char *pkt = packet.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        unsigned char *row = out + i * stride;
+        unsigned char *ip = row + ip0;
+        unsigned char *tcp = ip + iphl;
+        Py_ssize_t seglen = i < count - 1 ? mss : total - (count - 1) * mss;
+        row[0] = 0;
+        memcpy(row + 1, prefix.buf, prefix.len);
+        memcpy(ip, pkt, hl);
+        memcpy(ip + hl, pkt + hl + i * mss, seglen);
+        memset(ip + hl + seglen, 0, mss - seglen);
+        uint32_t seq = (uint32_t)(seq0 + (uint64_t)i * mss);
+        unsigned flags = (unsigned)(i == 0 ? first : i == count - 1 ? lastf : mid);
+        if (ipv4) {
+            unsigned ip_len = (unsigned)(hl + seglen);
+            unsigned ident = (unsigned)((ip_id + i) & 0xFFFF);
+            put16(ip + 2, ip_len);
+            put16(ip + 4, ident);
+            put16(ip + 10, finish(ip_base + ip_len + ident));
+        } else {
+            put16(ip + 4, (unsigned)(hl - iphl + seglen));
+        }
+        tcp[4] = (unsigned char)(seq >> 24);
+        tcp[5] = (unsigned char)(seq >> 16);
+        tcp[6] = (unsigned char)(seq >> 8);
+        tcp[7] = (unsigned char)seq;
+        tcp[13] = (unsigned char)flags;
+        uint64_t sum = tcp_base + (uint64_t)seglen + (seq >> 16) + (seq & 0xFFFF) + flags + be_sum(ip + hl, seglen);
+        put16(tcp + 16, finish(sum));
+    }
+done:
+    PyBuffer_Release(&packet);
+    PyBuffer_Release(&prefix);
+    return rows;
+}
+
+static PyMethodDef module_methods[] = {
+    {"open_train", open_train, METH_VARARGS, open_train_doc},
+    {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
+    {NULL}};
 
 static struct PyModuleDef kernels_module = {
     PyModuleDef_HEAD_INIT, "vpncloud.fastpath._kernels", "Data-plane kernels (C twin of _python.py).", -1,
