@@ -251,6 +251,16 @@ def _ip_template(packet: bytes, version: int, iphl: int, hl: int) -> tuple[bytea
     return tmpl, 0
 
 
+def _put_ip_fields(h: bytearray, version: int, ip_len: int, ident: int, ip_base: int, v6_len: int) -> None:
+    """The per-segment IP fields of a header copy: IPv4 total length, id and header checksum
+    (``ip_base``: the sum of the template), or the IPv6 payload length."""
+    if version == 4:
+        _HH.pack_into(h, 2, ip_len, ident)
+        _H.pack_into(h, 10, finish(ip_base + ip_len + ident))
+    else:
+        _H.pack_into(h, 4, v6_len)
+
+
 def segment_tcp(packet: bytes, mss: int, expect_v6: bool | None = None) -> list[bytes]:
     """Cut a TCP super-packet into segments of ``mss`` payload bytes with full checksums."""
     version, iphl, doff, hl, src, dst, ip_id = _tcp_layout(packet, expect_v6)
@@ -291,13 +301,7 @@ def segment_tcp(packet: bytes, mss: int, expect_v6: bool | None = None) -> list[
         h = bytearray(tmpl)
         _L.pack_into(h, iphl + 4, seq)
         h[iphl + 13] = fl
-        if version == 4:
-            ip_len = hl + seglen
-            ident = (ip_id + i) & 0xFFFF
-            _HH.pack_into(h, 2, ip_len, ident)
-            _H.pack_into(h, 10, finish(ip_base + ip_len + ident))
-        else:
-            _H.pack_into(h, 4, doff + seglen)
+        _put_ip_fields(h, version, hl + seglen, (ip_id + i) & 0xFFFF, ip_base, doff + seglen)
         csum = tcp_base + seglen + (seq >> 16) + (seq & 0xFFFF) + fl + sums[i]
         _H.pack_into(h, iphl + 16, finish(csum))
         h += view[pos : pos + seglen]
@@ -369,13 +373,7 @@ def segment_udp(packet: bytes, size: int) -> list[bytes]:
         seglen = size if i < full else total - full * size
         h = bytearray(tmpl)
         udp_len = 8 + seglen
-        if version == 4:
-            ip_len = hl + seglen
-            ident = (ip_id + i) & 0xFFFF
-            _HH.pack_into(h, 2, ip_len, ident)
-            _H.pack_into(h, 10, finish(ip_base + ip_len + ident))
-        else:
-            _H.pack_into(h, 4, udp_len)
+        _put_ip_fields(h, version, hl + seglen, (ip_id + i) & 0xFFFF, ip_base, udp_len)
         csum = finish(addr_sum + udp_len + ports + udp_len + sums[i]) or 0xFFFF
         _HH.pack_into(h, iphl + 4, udp_len, csum)
         h += packet[pos : pos + seglen]
