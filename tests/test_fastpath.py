@@ -125,6 +125,8 @@ def test_bad_keys_and_layouts_are_clear_errors(kernels: ModuleType) -> None:
         ((aead,) * 4, (0,) * 4, HALF, b"", 30),  # nothing
         ((aead,) * 4, (0,) * 4, 256, b"x" * 30, 30),  # the half byte is a byte
         ((aead, aead, aead, "key"), (0,) * 4, HALF, b"x" * 30, 30),  # not a kernel key
+        ((aead,) * 4, (0, 0, 0, -1), HALF, b"x" * 30, 30),  # a negative floor
+        ((aead,) * 4, (0, 0, 0, 1 << 64), HALF, b"x" * 30, 30),  # a floor beyond 64 bits
     ):
         with pytest.raises(kernels.KernelError):
             kernels.open_train(slots, floors, half, data, seg)

@@ -265,8 +265,12 @@ static PyObject *open_train(PyObject *module, PyObject *args)
         }
         aead[s] = (AeadObject *)a;
         floors[s] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(floors_obj, s));
-        if (PyErr_Occurred())
+        if (PyErr_Occurred()) {
+            /* a negative or too large floor is a bad call like any other: the one exception */
+            PyErr_Clear();
+            PyErr_SetString(KernelError, "open_train: floors must be 4 integers in 0..2**64-1");
             goto done;
+        }
     }
     Py_ssize_t stride = seg - OVERHEAD;
     Py_ssize_t n = (data.len + seg - 1) / seg;
