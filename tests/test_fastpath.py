@@ -282,3 +282,19 @@ def test_tcp_rows_c_equals_python(drawn: tuple[Any, ...]) -> None:
     packet, prefix, iphl, extra, *rest = drawn
     args = (packet, prefix, iphl, iphl + 20 + extra, *rest)
     assert _outcome(lambda: C.tcp_rows(*args)) == _outcome(lambda: PY.tcp_rows(*args))  # type: ignore[union-attr]
+
+
+def test_the_python_twin_runs_when_asked_or_when_c_is_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VPNCLOUD_PURE_PYTHON=1 picks the twin; so does an install that could not build the C file."""
+    import importlib.util
+
+    monkeypatch.setenv("VPNCLOUD_PURE_PYTHON", "1")
+    assert fastpath._load() == (PY, "VPNCLOUD_PURE_PYTHON is set")
+    monkeypatch.setenv("VPNCLOUD_PURE_PYTHON", "")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.endswith("_kernels") else real(name, *a)
+    )
+    impl, reason = fastpath._load()
+    assert impl is PY
+    assert "not built" in reason

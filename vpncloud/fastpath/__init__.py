@@ -29,10 +29,14 @@ __all__ = [
 def _load() -> tuple[ModuleType, str]:
     if os.environ.get("VPNCLOUD_PURE_PYTHON", "").strip() not in ("", "0"):
         return _python, "VPNCLOUD_PURE_PYTHON is set"
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__name__}._kernels") is None:
+        return _python, "C kernels not built (no compiler or no OpenSSL headers at install time)"
     try:
         from . import _kernels  # type: ignore[attr-defined]
-    except ImportError as exc:
-        return _python, f"C kernels not built ({exc})"
+    except ImportError as exc:  # built, but for another Python or without its libcrypto
+        return _python, f"C kernels do not load ({exc})"
     return _kernels, "C kernels built"
 
 
