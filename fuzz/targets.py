@@ -157,6 +157,8 @@ def _established_pair() -> tuple[Node, Node, list[bytes]]:
     b = Node(NodeConfig(), cfg, 0.0, rng_b)
     a_addr, b_addr = ("::ffff:10.0.0.1", 3210), ("::ffff:10.0.0.2", 3210)
     a.connect([b_addr], 0.0)
+    # The initiator's first tick repeats the PING (spec 6.7): b's byte budget pays its PONG only then.
+    a.handle_timer(0.0)
     for _ in range(10):
         for d, _dst in a.datagrams_to_send():
             b.receive_datagram(d, a_addr, 0.0)

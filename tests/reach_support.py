@@ -158,6 +158,36 @@ def nat_router(
     return rt
 
 
+def home_firewall(rt: Netns) -> None:
+    """Drop unsolicited inbound traffic on ``wan0`` like a home router: only replies pass.
+
+    Without this, Linux would route the WAN side's packets
+    for 10.241/10.242 straight in if anybody had a route, and the test would prove nothing.
+    The INPUT rule matters too, and is what home routers do: an unsolicited packet to the
+    router's own address is dropped before conntrack confirms an entry for it. Without it, the
+    first hole-punching PING to arrive leaves an "unreplied" entry on the far router, and that
+    router's MASQUERADE must then give its own node's outgoing PING a different source port
+    (the tuple is taken), which breaks hole punching between two Linux NATs.
+    """
+    rt.iptables(
+        "-A",
+        "FORWARD",
+        "-i",
+        "wan0",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    )
+    rt.iptables("-A", "FORWARD", "-i", "wan0", "-j", "DROP")
+    rt.iptables(
+        "-A", "INPUT", "-i", "wan0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"
+    )
+    rt.iptables("-A", "INPUT", "-i", "wan0", "-j", "DROP")
+
+
 def behind(topo: Topology, short: str, switch: Netns, cidr: str, gateway: str) -> Netns:
     """A host namespace on ``switch`` with ``cidr`` on ``eth0`` and a default route via ``gateway``."""
     ns = topo.namespace(short)

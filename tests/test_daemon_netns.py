@@ -342,15 +342,20 @@ for hexdata in sys.argv[5:]:
 """
 
 
+def tunnel_pair(lan3: Any, tmp_path: Path) -> tuple[VNode, VNode]:
+    """Daemons in ``a`` (10.100.0.1) and ``b`` (10.100.0.2, configured to connect to a), tunnel up."""
+    a = VNode(lan3.topo, lan3.nodes["a"], "a", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24"])
+    b_args = ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{lan3.v4['a']}:3210"]
+    b = VNode(lan3.topo, lan3.nodes["b"], "b", tmp_path, b_args)
+    full_mesh([a, b])
+    wait_for(lambda: ping(lan3.nodes["a"], "10.100.0.2"), interval=0.1, what="tunnel")
+    return a, b
+
+
 def test_garbage_truncated_and_replayed_datagrams(lan3: Any, tmp_path: Path) -> None:
     v4 = lan3.v4
     a_ns, b_ns, c_ns = lan3.nodes["a"], lan3.nodes["b"], lan3.nodes["c"]
-    a = VNode(lan3.topo, a_ns, "a", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24"])
-    b = VNode(
-        lan3.topo, b_ns, "b", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.2/24", "-c", f"{v4['a']}:3210"]
-    )
-    full_mesh([a, b])
-    wait_for(lambda: ping(a_ns, "10.100.0.2"), interval=0.1, what="tunnel")
+    a, b = tunnel_pair(lan3, tmp_path)
 
     def invalid() -> int:
         st = a.status()

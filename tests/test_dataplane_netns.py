@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +103,8 @@ def tcp_transfer(src: Netns, dst: Netns, addr: str, tmp: Path, nbytes: int, seed
 
 def udp_transfer(src: Netns, dst: Netns, addr: str, tmp: Path, seed: int) -> None:
     out = tmp / f"udp-{seed}.json"
-    server = dst.popen([PY, SUPPORT, "udp-server", addr, "5002", str(out), "4"])
-    time.sleep(0.5)
+    server = dst.popen([PY, SUPPORT, "udp-server", addr, "5002", str(out), "2"], stdout=subprocess.PIPE)
+    assert server.stdout is not None and server.stdout.readline() == b"ready\n"
     src.run([PY, SUPPORT, "udp-client", addr, "5002", str(seed)], timeout=30)
     server.wait(timeout=30)
     got = json.loads(out.read_text())

@@ -94,13 +94,20 @@ def _vpncloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=500, check=False)
 
 
-def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_path: Path) -> None:
-    (tmp_path / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
-    inventory = _local_inventory(tmp_path, f"        vpncloud_wheelhouse: {tmp_path / 'wheelhouse'}\n")
+def _applied(tmp: Path) -> tuple[list[str], list[str]]:
+    """The two-host mesh applied through Ansible without health checks (no daemons run here);
+    returns the target arguments and the no-health arguments for the commands that follow."""
+    (tmp / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
+    inventory = _local_inventory(tmp, f"        vpncloud_wheelhouse: {tmp / 'wheelhouse'}\n")
     target = ["--target", "ansible", "--inventory", str(inventory)]
     no_health = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false"]
-    proc = _apply(tmp_path, *target[2:], *no_health)
+    proc = _apply(tmp, *target[2:], *no_health)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return target, no_health
+
+
+def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_path: Path) -> None:
+    target, no_health = _applied(tmp_path)
     config_a = tmp_path / "root-alpha" / "etc" / "vpncloud" / "anstest.net"
     deployed = config_a.read_text()
 
@@ -143,3 +150,38 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_p
         "a.key",
         "b.key",
     ]
+
+
+def test_rotate_apply_through_ansible_rekeys_the_hosts(tmp_path: Path) -> None:
+    target, no_health = _applied(tmp_path)
+    store = Keystore(tmp_path / "keys")
+    old = store.get("anstest", "a")
+    assert old is not None
+
+    mesh = str(tmp_path / "mesh.yaml")
+    proc = _vpncloud(tmp_path, "rotate", mesh, "a", "--apply", *target, *no_health)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Rotation complete." in out
+    new = store.get("anstest", "a")
+    assert new is not None and new.public_key != old.public_key
+    assert store.get("anstest", "a", next_key=True) is None
+    config = {
+        h: (tmp_path / f"root-{h}" / "etc" / "vpncloud" / "anstest.net").read_text()
+        for h in ("alpha", "beta")
+    }
+    # a runs on its new key; b trusts the new key only; nobody holds a's old private key any more
+    # (booleans, so that a failure does not print a private key)
+    new_secret, old_secret = new.private_key.get_secret_value(), old.private_key.get_secret_value()
+    assert (new_secret in config["alpha"]) is True, "alpha does not run on its new key"
+    assert new.public_key in config["beta"] and old.public_key not in config["beta"]
+    assert [old_secret in text for text in config.values()] == [False, False]
+    assert (new_secret in config["beta"]) is False
+    state = json.loads(next((tmp_path / "state").glob("*.state.json")).read_text())
+    assert state.get("rotation") is None
+    for key in (old.private_key.get_secret_value(), new.private_key.get_secret_value()):
+        assert key not in out
+    # the files on the hosts are what the mesh says: only the daemons (not run here) differ
+    proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
+    assert "config edited on the host" not in proc.stdout, proc.stdout
+    assert "will be updated" not in proc.stdout, proc.stdout

@@ -91,6 +91,7 @@ class FakeTarget:
         self.fail = fail
         self.calls: list[list[tuple[str, str]]] = []
         self.health_checks = 0
+        self.rotations: list[tuple[str, int] | None] = []
 
     def deploy(
         self,
@@ -98,7 +99,9 @@ class FakeTarget:
         rendered: dict[str, RenderedNode],
         changes: list[ResourceChange],
         progress: Callable[[str], None],
+        rotation: tuple[str, int] | None = None,
     ) -> None:
+        self.rotations.append(rotation)
         if self.fail:
             self.fail = False
             raise ApplyError("node a: step restart: simulated failure")
@@ -236,6 +239,8 @@ def test_rotation_apply_runs_phases_in_order_and_converges(env: tuple[Keystore, 
         [("node.a", "update"), ("node.b", "update"), ("node.c", "update")],
     ]
     assert target.health_checks == 3
+    # a target that renders on its own (Ansible) is told which phase each rollout is
+    assert target.rotations == [("a", 1), ("a", 2), ("a", 3)]
     new = store.get("g", "a")
     assert old is not None and new is not None and new.public_key != old.public_key
     assert not compute_plan(mesh, store, load_state(state_dir, "g")).has_changes
@@ -248,7 +253,7 @@ def test_interrupted_rotation_resumes(env: tuple[Keystore, Path]) -> None:
     failing = FakeTarget()
     calls = 0
 
-    def deploy_then_fail(*args: object) -> None:
+    def deploy_then_fail(*args: object, **kwargs: object) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from reach_support import VpnNode, behind, conntrack_udp, nat_router, wait_for
+from reach_support import VpnNode, behind, conntrack_udp, home_firewall, nat_router, wait_for
 
 from vpncloud.lab.netns import Netns, Topology
 
@@ -59,32 +59,9 @@ def _build(topology: Topology, workdir: Path, *, random_fully: bool) -> NatWorld
     topology.plug(pub, wan)
     pub.add_addr("eth0", f"{PUB}/24")
     pub.add_default_route("eth0")
-    # The routers drop unsolicited inbound traffic like a home router does (only replies to
-    # connections started inside pass): without this, Linux would route the WAN side's packets
-    # for 10.241/10.242 straight in if anybody had a route, and the test would prove nothing.
-    # The INPUT rule matters too, and is what home routers do: an unsolicited packet to the
-    # router's own address is dropped before conntrack confirms an entry for it. Without it, the
-    # first hole-punching PING to arrive leaves an "unreplied" entry on the far router, and that
-    # router's MASQUERADE must then give its own node's outgoing PING a different source port
-    # (the tuple is taken), which breaks hole punching between two Linux NATs.
+    # The routers drop unsolicited inbound traffic like a home router does (see home_firewall).
     for rt in (ra, rb):
-        rt.iptables(
-            "-A",
-            "FORWARD",
-            "-i",
-            "wan0",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        )
-        rt.iptables("-A", "FORWARD", "-i", "wan0", "-j", "DROP")
-        rt.iptables(
-            "-A", "INPUT", "-i", "wan0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"
-        )
-        rt.iptables("-A", "INPUT", "-i", "wan0", "-j", "DROP")
+        home_firewall(rt)
     # counting rules (no target): UDP forwarded between the two routers' WAN addresses
     ra.iptables("-I", "FORWARD", "-i", "wan0", "-s", RB_WAN, "-p", "udp")
     rb.iptables("-I", "FORWARD", "-i", "wan0", "-s", RA_WAN, "-p", "udp")

@@ -44,10 +44,18 @@ def test_handshake_one_way(direction: str) -> None:
     # half-way between ticks to see the bare exchange.
     h.run_for(0.5)
     h.connect(init, resp)
-    assert h.run_until(h.full_mesh, timeout=2)
+    assert h.run_until(h.full_mesh, timeout=3)
     h.run_for(0.3)
     i, r = init.name, resp.name
-    assert wire(h) == [(f"{i}>{r}", PING), (f"{r}>{i}", PONG), (f"{i}>{r}", PENG), (f"{r}>{i}", ROTATION_1)]
+    # The amplification budget (guard.py, issue 24): the PONG is larger than the PING, so it answers
+    # the PING's first repetition, one tick later.
+    assert wire(h) == [
+        (f"{i}>{r}", PING),
+        (f"{i}>{r}", PING),
+        (f"{r}>{i}", PONG),
+        (f"{i}>{r}", PENG),
+        (f"{r}>{i}", ROTATION_1),
+    ]
     # Roles (spec 6.8): the handshake initiator does not start the key rotation.
     assert next(iter(init.node.peers.values())).crypto.handshake_initiator is True
     assert next(iter(resp.node.peers.values())).crypto.handshake_initiator is False
@@ -79,8 +87,8 @@ def test_handshake_message_lost_once(stage: int) -> None:
     h.connect(a, b)
     assert h.run_until(lambda: h.full_mesh() and not b.node.pending, timeout=10)
     assert len(lost.dropped) == 1
-    # Recovery needs the next retransmission tick (1 s later at most).
-    assert 1.0 <= h.now <= 3.0
+    # Recovery needs the next retransmission tick (1 s later at most), plus one for the budget.
+    assert 1.0 <= h.now <= 4.0
     exchange_works(h, a, b)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vpncloud.core.node import TICK
 from vpncloud.sim.harness import Harness
 from vpncloud.sim.network import LinkParams
 
@@ -45,9 +46,11 @@ def test_staggered_joins_mesh_through_handshake_payloads() -> None:
         h.run_for(10)
         joined = h.now
         h.add_node(peers=[n1])
-        assert h.run_until(h.full_mesh, timeout=TICK_SLACK_ORIGINAL + 4 * RTT)
-        assert h.now - joined <= TICK_SLACK_ORIGINAL + 4 * RTT, k
-    assert h.now < NODE_INFO_INTERVAL + 10
+        # + up to four ticks: the budget answers the first PING repetition (guard.py), to n1, then to the
+        # rest (measured: up to 5 s at k = 9, 10; not analysed further)
+        assert h.run_until(h.full_mesh, timeout=TICK_SLACK_ORIGINAL + 4 * TICK + 4 * RTT)
+        assert h.now - joined <= TICK_SLACK_ORIGINAL + 4 * TICK + 4 * RTT, k
+    assert h.now < NODE_INFO_INTERVAL + 10 + 9 * 4 * TICK  # nine joins, each up to four budget ticks
     assert len(h.connected_pairs()) == 90
 
 

@@ -83,7 +83,9 @@ def test_reordering_link_with_steady_traffic(reorder_delay: float, rejected: boo
     """20 % of frames are held back: by 0.5 s (inside the window: all delivered, out of order) or by
     3 s (outside: exactly the held-back frames are rejected and counted invalid)."""
     link = LinkParams(delay=0.01, reorder=0.2, reorder_delay=reorder_delay)
-    h, a, b = connected_pair(92, link)
+    # (seed 92 held back the very last frame, which no newer one overtakes, so it was accepted
+    # correctly; the handshake one tick later (amplification budget) had shifted the draws)
+    h, a, b = connected_pair(94, link)
     invalid = b.invalid_packets()
     h.net.trace.clear()
     sent = []

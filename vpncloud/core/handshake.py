@@ -490,6 +490,19 @@ class Handshake:
         self.state = State.CLOSING
         return HandshakeStep(session=Session(self.algorithm, self._core, peer_info, False))
 
+    def opens(self, frame: bytes) -> bool:
+        """Whether a session frame decrypts with the key our PONG offered (so its sender got the PONG).
+
+        Only meaningful for a responder waiting for the PENG: proof that the address receives.
+        """
+        if self.state is not State.EXPECT_PENG or self._core is None:
+            return False
+        try:
+            self._core.decrypt(frame)
+        except CryptoError:
+            return False
+        return True
+
     # --- time ------------------------------------------------------------------------------
 
     def every_tick(self) -> bytes | None:

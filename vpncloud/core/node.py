@@ -49,12 +49,21 @@ from vpncloud.fastpath.superpacket import (
 from . import bulk, messages
 from .acl import AclPolicy
 from .beacon import encode_beacon, hour_stamp
+from .droplog import DropLog
 from .errors import CryptoError, DecodeError, InitFatal, VpnCloudError
-from .guard import HandshakeGuard
+from .guard import GuardConfig, HandshakeGuard
 from .handshake import STAGE_PING, decode_init
 from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
+from .relay import (
+    MSG_RELAY_FROM,
+    MSG_RELAY_TO,
+    SYNTHETIC_PREFIX,
+    RelayConfig,
+    RelayManager,
+    is_synthetic,
+)
 from .table import ClaimTable
 from .traffic import TrafficStats, drop_reason
 from .types import (
@@ -73,6 +82,8 @@ log = logging.getLogger("vpncloud.node")
 
 #: Housekeeping period. The original intends 1 s (and ticks every ~2 s by accident, spec 2.2).
 TICK = 1.0
+#: Ticks after a handshake we started in which we send keepalives until the peer is heard from.
+PENG_PROBE_TICKS = 10
 #: ``completed``: a new session; ``failed``: a pending handshake given up (fatal error, timeout, bad
 #: node info); ``rejected``: a handshake message that did not verify (untrusted key, bad signature).
 HANDSHAKE_RESULTS = ("completed", "failed", "rejected")
@@ -116,6 +127,8 @@ class NodeConfig:
     beacon_load: bool = False
     stats_interval: int = 60
     statsd_prefix: str | None = None
+    #: Handshake flood limits, pending bounds and the amplification budget (guard.py).
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     @property
     def learning(self) -> bool:
@@ -239,6 +252,8 @@ class Peer:
     features: int = 0
     #: Super-packet reassembly state (superpacket.Reassembler), created on the first slice.
     reassembly: Any = None
+    #: A session frame from the peer arrived (as initiator: our PENG got through).
+    heard: bool = False
 
 
 @dataclass
@@ -312,28 +327,38 @@ class Node:
         self._closed = False
 
         # Security additions (issue 10): handshake flood guard, optional ACL, key expiry.
-        self.guard = HandshakeGuard()
+        self.guard = HandshakeGuard(config.guard)
         self.acl: AclPolicy | None = None
         self._wall_now: float | None = None
         # Pending handshakes the peer started -> the PING that started them.
         self._inbound: dict[SocketAddr, bytes] = {}
-        self._next_guard_log = 0.0
-        self._next_expiry_log = 0.0
-        self._next_unknown_log = 0.0
+        # ... and the PONG we answered it with, repeated only when that PING is repeated.
+        self._inbound_reply: dict[SocketAddr, bytes] = {}
+        self._proven_repeat: dict[SocketAddr, float] = {}
+        # One line per interval for dropped datagrams, however many arrive (issue 24).
+        self._drops = DropLog(log)
         self.expired_key_refusals = 0
         #: handshakes by result since start (a fixed key set: ``HANDSHAKE_RESULTS``)
         self.handshakes: dict[str, int] = dict.fromkeys(HANDSHAKE_RESULTS, 0)
+        #: Relays between our nodes (issue 22, relay.py); None = off, as the original.
+        self.relay: RelayManager | None = None
+        #: The synthetic source of the datagram the relay manager is delivering right now.
+        self.relayed_from: SocketAddr | None = None
 
     # ------------------------------------------------------------------ outputs
 
     def datagrams_to_send(self) -> list[tuple[bytes, SocketAddr]]:
         out, self._out = self._out, []
+        if self.relay is not None and self.relay.active:
+            out = self.relay.wrap_output(out)
         return [(d, addr) for data, addr in out for d in _as_datagrams(data)]
 
     def take_output(self) -> list[tuple[bytes | Train, SocketAddr]]:
         """Like ``datagrams_to_send`` but a run of datagrams to one address may come as one
         :class:`~vpncloud.fastpath.rows.Train` (for senders with UDP GSO), in order with the rest."""
         out, self._out = self._out, []
+        if self.relay is not None and self.relay.active:
+            out = self.relay.wrap_output(out)
         return out
 
     def packets_to_device(self) -> list[bytes]:
@@ -389,6 +414,10 @@ class Node:
             addr = mapped(addr)
         elif len(addr) != 2:
             addr = (addr[0], addr[1])
+        if addr[0][:5] == SYNTHETIC_PREFIX and addr != self.relayed_from:
+            # A real source in the discard prefix must not pass for a relayed peer (relay.py).
+            self.traffic.count_invalid_protocol(len(data), "unknown_peer")
+            return
         # Per-address traffic only for known addresses: a flood from spoofed sources must not grow
         # the table (issue 10); admitted handshake messages from new sources are counted below.
         known = addr in self._peers or addr in self._pending
@@ -398,6 +427,12 @@ class Node:
             bulk.receive_slice(self, data, addr, now)
             return
         if data[:1] == b"\xff" and not self._init_admitted(data, addr, now, count=not known):
+            return
+        if addr in self._inbound and data == self._inbound[addr]:
+            # The initiator repeats the PING we verified (byte-identical): answer it with our PONG again,
+            # without another signature check. This is the only way an unverified address gets a PONG
+            # repeated: never on our own timer (issue 24).
+            self._repeat_reply(addr, now)
             return
         pending = self._pending.get(addr)
         if pending is not None:
@@ -414,27 +449,34 @@ class Node:
             self._handle_peer(peer, data, addr, now)
             return
         self.traffic.count_invalid_protocol(len(data), "unknown_peer")
-        if now >= self._next_unknown_log:
-            # At most one line per 10 s: junk from unknown (spoofable) sources must not flood the log.
-            self._next_unknown_log = now + 10.0
-            log.info("Ignoring non-init message from unknown peer %s", format_sockaddr(nice(addr)))
+        self._drops.drop(
+            "unknown_peer",
+            now,
+            logging.INFO,
+            "Ignoring non-init message from unknown peer %s",
+            _fmt(addr),
+        )
 
     def _init_admitted(self, data: bytes, addr: SocketAddr, now: float, *, count: bool = False) -> bool:
         """Flood guard for handshake messages, BEFORE any signature check (see ``guard.py``).
 
-        Order: per-source bucket; cheap key-hash lookup (untrusted messages go on to the normal
-        path, which rejects them without a signature check); expired keys; global bucket.
+        Order: per-address bucket; cheap key-hash lookup (untrusted messages are dropped here, before
+        any parse, responder object or global token); expired keys; global bucket.
         """
         guard = self.guard
-        if not guard.allow_source(addr[0], now):
+        # Addresses that proved they receive (sessions) or that we contacted ourselves.
+        verified = addr in self._peers or (addr in self._pending and addr not in self._inbound)
+        if not guard.allow_source(addr, now, known=verified):
             self._note_guard_drop(now)
             return False
-        if len(data) < 9:
-            return True  # rejected as "untrusted peer" by the normal path
         identity = self.crypto.identity
-        key = identity.find_trusted(bytes(data[1:5]), bytes(data[5:9]))
+        key = identity.find_trusted(bytes(data[1:5]), bytes(data[5:9])) if len(data) >= 9 else None
         if key is None:
-            return True  # cheap rejection downstream, no global token spent
+            guard.note_untrusted()
+            self.handshakes["rejected"] += 1
+            self.traffic.count_invalid_protocol(len(data), "authentication")
+            self._drops.drop("untrusted", now, logging.ERROR, "Crypto error: untrusted peer (%s)", _fmt(addr))
+            return False
         wall = self._wall_now
         if (
             wall is not None
@@ -443,10 +485,16 @@ class Node:
         ):
             self.expired_key_refusals += 1
             self.traffic.count_invalid_protocol(len(data), "expired_key")
-            if now >= self._next_expiry_log:
-                self._next_expiry_log = now + 10.0
-                log.warning("Refusing handshake from %s: its trusted key has expired", _fmt(addr))
+            self._drops.drop(
+                "expired_key",
+                now,
+                logging.WARNING,
+                "Refusing handshake from %s: its trusted key has expired",
+                _fmt(addr),
+            )
             return False
+        if self._ping_key(data, addr, now) is None:
+            return False  # a PING answered elsewhere: dropped before it costs a global token
         if addr not in self._peers:
             guard.note_received(addr, len(data), now)
         if not guard.allow_global(now):
@@ -458,23 +506,86 @@ class Node:
 
     def _note_guard_drop(self, now: float) -> None:
         self.traffic.count_invalid_protocol(0, "flood_guard")
-        if now >= self._next_guard_log:
-            # At most one line per 10 s: a flood must not turn into a log flood.
-            self._next_guard_log = now + 10.0
-            c = self.guard.counters
-            log.warning(
-                "Rate-limiting handshake messages (dropped so far: %d per source, %d global)",
-                c.dropped_source,
-                c.dropped_global,
-            )
+        c = self.guard.counters
+        self._drops.drop(
+            "flood_guard",
+            now,
+            logging.WARNING,
+            "Rate-limiting handshake messages (dropped so far: %d per address, %d new addresses, %d global)",
+            c.dropped_source + c.dropped_overflow,
+            c.dropped_new_address,
+            c.dropped_global,
+        )
 
     def _send_budgeted(self, data: bytes, addr: SocketAddr, now: float) -> None:
         """Send a handshake reply; to a peer that started the handshake only within its byte budget."""
-        if addr in self._inbound and not self.guard.may_send(addr, len(data), now):
+        if (
+            addr in self._inbound
+            and addr not in self._peers
+            and not self.guard.may_send(addr, len(data), now)
+        ):
             return
         self._send(data, addr)
 
+    def _repeat_reply(self, addr: SocketAddr, now: float) -> None:
+        reply = self._inbound_reply.get(addr)
+        if reply is not None:
+            self._send_budgeted(reply, addr, now)
+
+    def _start_inbound(self, addr: SocketAddr, ping: bytes, crypto: PeerCrypto) -> None:
+        """Register a handshake the peer started; over ``max_pending`` the oldest such one goes."""
+        evict = self.guard.pending_started(addr)
+        if evict is not None:
+            self._pending.pop(evict, None)
+            self._inbound.pop(evict, None)
+            self._inbound_reply.pop(evict, None)
+            self._proven_repeat.pop(evict, None)
+        self._pending[addr] = crypto
+        self._inbound[addr] = ping
+
+    def _forget_inbound(self, addr: SocketAddr) -> None:
+        self._inbound_reply.pop(addr, None)
+        self._proven_repeat.pop(addr, None)
+        if self._inbound.pop(addr, None) is not None:
+            self.guard.pending_ended(addr)
+
+    def _ping_key(self, data: bytes, addr: SocketAddr, now: float) -> bytes | None:
+        """The ephemeral key of a PING, b"" for other stages; None if the PING is a replay from elsewhere."""
+        key = self.guard.verified_ping_key(data)
+        if key is None:
+            try:
+                msg = decode_init(data)
+            except DecodeError:
+                return b""  # rejected with its error by the normal path
+            if msg.stage != STAGE_PING or msg.ecdh_public_key is None:
+                return b""
+            key = msg.ecdh_public_key
+        if not self.guard.ping_allowed(key, addr, now):
+            self.traffic.count_invalid_protocol(len(data), "replay")
+            self._drops.drop(
+                "replayed_ping",
+                now,
+                logging.WARNING,
+                "Ignoring a PING already answered elsewhere, from %s",
+                _fmt(addr),
+            )
+            return None
+        return key
+
     def _handle_new_init(self, data: bytes, addr: SocketAddr, now: float, *, established: bool) -> None:
+        ping_key = self._ping_key(data, addr, now)
+        if ping_key is None:
+            return
+        if ping_key and not self.guard.pending_allowed(addr):
+            self.traffic.count_invalid_protocol(len(data), "flood_guard")
+            self._drops.drop(
+                "pending_limit",
+                now,
+                logging.WARNING,
+                "Too many pending handshakes from %s",
+                _fmt(addr),
+            )
+            return
         crypto = PeerCrypto.responder(self.crypto, self.node_id, self._node_info_bytes(), self._rng)
         try:
             result = crypto.handle_message(data)
@@ -489,13 +600,16 @@ class Node:
                 self._events.append(PeerDisconnected(nice(addr), None))
             return
         except (CryptoError, DecodeError) as err:
-            self.traffic.count_invalid_protocol(len(data), drop_reason(err))
+            reason = drop_reason(err)
+            self.traffic.count_invalid_protocol(len(data), reason)
             self.handshakes["rejected"] += 1
-            log.error("Crypto error: %s", err)
+            self._drops.drop(reason, now, logging.ERROR, "Crypto error: %s", err)
             return
+        if ping_key:
+            self.guard.record_ping(ping_key, addr, now, bytes(data))
         if isinstance(result, Reply):
-            self._pending[addr] = crypto
-            self._inbound[addr] = data
+            self._start_inbound(addr, data, crypto)
+            self._inbound_reply[addr] = result.data
             self._events.append(PeerConnecting(nice(addr)))
             self._send_budgeted(result.data, addr, now)
         elif isinstance(result, Initialized):
@@ -510,11 +624,14 @@ class Node:
             # with its stale PONG, which the new initiator cannot use, for up to 120 ticks; we answer
             # the new PING afresh, but only if it verifies (else the old state stays).
             old = self._pending.pop(addr)
+            old_reply = self._inbound_reply.pop(addr, None)
             self._inbound.pop(addr, None)
             self._handle_new_init(data, addr, now, established=addr in self._peers)
             if addr not in self._pending:
                 self._pending[addr] = old
                 self._inbound[addr] = first
+                if old_reply is not None:
+                    self._inbound_reply[addr] = old_reply
             return
         try:
             result = crypto.handle_message(data)
@@ -523,8 +640,22 @@ class Node:
             self._drop_pending(addr, str(err))
             return
         except (CryptoError, DecodeError) as err:
-            self.traffic.count_invalid_protocol(len(data), drop_reason(err))
-            log.error("Crypto error: %s", err)
+            reason = drop_reason(err)
+            self.traffic.count_invalid_protocol(len(data), reason)
+            self._drops.drop(reason, now, logging.ERROR, "Crypto error: %s", err)
+            if (
+                data[:1] != b"\xff"
+                and addr in self._inbound
+                and now >= self._proven_repeat.get(addr, now)
+                and crypto.proves_receipt(data)
+            ):
+                # Session traffic before the PENG: the PENG was lost, and the initiator only repeats
+                # it in answer to a repeated PONG (which we do not send on a timer). The frame opened
+                # with the key of our PONG, so the address receives: repeat the PONG, once a tick.
+                self._proven_repeat[addr] = now + TICK
+                reply = self._inbound_reply.get(addr)
+                if reply is not None:
+                    self._send(reply, addr)
             return
         if isinstance(result, Reply):
             self._send_budgeted(result.data, addr, now)
@@ -542,9 +673,12 @@ class Node:
             log.debug("Fatal crypto init error from %s: %s", format_sockaddr(addr), err)
             return
         except (CryptoError, DecodeError) as err:
-            self.traffic.count_invalid_protocol(len(data), drop_reason(err))
-            log.error("Crypto error: %s", err)
+            reason = drop_reason(err)
+            self.traffic.count_invalid_protocol(len(data), reason)
+            self._drops.drop(reason, now, logging.ERROR, "Crypto error: %s", err)
             return
+        if not isinstance(result, (Reply, Initialized)):
+            peer.heard = True
         if isinstance(result, Message):
             self._handle_message(peer, result.msg_type, result.payload, addr, now)
         elif isinstance(result, Reply):
@@ -560,7 +694,14 @@ class Node:
                 src, dst = self._parse(payload)
             except DecodeError as err:
                 self.traffic.count_invalid_protocol(len(payload))
-                log.error("Invalid payload from %s: %s", _fmt(addr), err)
+                self._drops.drop(
+                    "malformed",
+                    now,
+                    logging.ERROR,
+                    "Invalid payload from %s: %s",
+                    _fmt(addr),
+                    err,
+                )
                 return
             if self.acl is not None and self._acl_denies(payload, now, outbound=False):
                 return
@@ -573,7 +714,7 @@ class Node:
                 info = NodeInfo.decode(payload)
             except DecodeError as err:
                 self.traffic.count_invalid_protocol(len(payload))
-                log.error("Message error: %s", err)
+                self._drops.drop("malformed", now, logging.ERROR, "Message error: %s", err)
                 return
             peer.features = decode_features(payload)
             self._update_peer_info(peer, addr, info, now)
@@ -584,9 +725,17 @@ class Node:
             log.info("Closing connection to %s", _fmt(addr))
             self._remove_peer(addr)
             self._events.append(PeerDisconnected(addr, peer.node_id, raw_addr=True))
+        elif msg_type in (MSG_RELAY_TO, MSG_RELAY_FROM) and self.relay is not None:
+            self.relay.on_message(peer, addr, msg_type, payload, now)
         else:
             self.traffic.count_invalid_protocol(len(payload))
-            log.error("Message error: Unknown message type %d", msg_type)
+            self._drops.drop(
+                "malformed",
+                now,
+                logging.ERROR,
+                "Message error: Unknown message type %d",
+                msg_type,
+            )
 
     # ------------------------------------------------------------------ handshakes and peers
 
@@ -597,10 +746,10 @@ class Node:
             log.error("Invalid node info in handshake from %s: %s", _fmt(addr), err)
             self.handshakes["failed"] += 1
             self._pending.pop(addr, None)
-            self._inbound.pop(addr, None)
+            self._forget_inbound(addr)
             return
         self._pending.pop(addr, None)
-        self._inbound.pop(addr, None)
+        self._forget_inbound(addr)
         self.guard.forget(addr)
         existing = self._peers.get(addr)
         if existing is not None and existing.crypto is crypto:
@@ -643,6 +792,8 @@ class Node:
             peer.claims = list(info.claims)
             self._events.append(ClaimsChanged())
         self._route_claims(peer, addr, info, now)
+        if self.relay is not None:
+            self.relay.note_node_info(peer, addr, info, now)
         known_ids = {p.node_id for p in self._peers.values()}
         for entry in info.peers:
             if any(a in self._peers for a in entry.addrs):
@@ -698,7 +849,7 @@ class Node:
     def _drop_pending(self, addr: SocketAddr, reason: str) -> None:
         self.handshakes["failed"] += 1
         self._pending.pop(addr, None)
-        self._inbound.pop(addr, None)
+        self._forget_inbound(addr)
         log.info("Closing pending connection to %s due to error in crypto init (%s)", _fmt(addr), reason)
         self._events.append(PeerDisconnected(nice(addr), None))
 
@@ -883,14 +1034,20 @@ class Node:
             peers = peers[:MAX_NODE_INFO_PEERS]
         return NodeInfo(
             node_id=self.node_id,
-            peers=[PeerInfo(node_id=p.node_id, addrs=list(p.addrs)) for p in peers],
+            # Synthetic "via relay" addresses (relay.py) never leave the node.
+            peers=[
+                PeerInfo(node_id=p.node_id, addrs=addrs)
+                for p in peers
+                if (addrs := [a for a in p.addrs if not is_synthetic(a)])
+            ],
             claims=list(self.config.claims),
             peer_timeout=self.config.peer_timeout & 0xFFFF,
             addrs=list(self._own_addresses),
         )
 
     def _node_info_bytes(self) -> bytes:
-        return add_features(self._node_info().encode(), self.super_features)
+        relay = self.relay.config.features if self.relay is not None else 0
+        return add_features(self._node_info().encode(), self.super_features | relay)
 
     def _broadcast_node_info(self) -> None:
         payload = self._node_info_bytes()
@@ -930,6 +1087,7 @@ class Node:
             self.connect([addr], now)
         # 2. claim table
         self.table.housekeep(now)
+        self._drops.flush(now)
         # 2b. security additions: idle ACL flows, peers whose trusted key expired
         if self.acl is not None:
             self.acl.expire(now)
@@ -945,8 +1103,10 @@ class Node:
                     self._remove_peer(addr)
                     self.connect([addr], now)
                 continue
-            if msg:
-                self._send_budgeted(msg, addr, now)
+            if msg and addr not in self._inbound:
+                # Only handshakes we started repeat on our timer; a responder repeats its PONG in
+                # answer to a repeated PING (an unverified address must not get datagrams unasked).
+                self._send(msg, addr)
         for addr, peer in list(self._peers.items()):
             try:
                 msg = peer.crypto.every_tick()
@@ -957,12 +1117,23 @@ class Node:
                 continue
             if msg:
                 self._send(msg, addr)
+            elif (
+                not peer.heard
+                and peer.crypto.handshake_initiator
+                and now - peer.connected_at <= PENG_PROBE_TICKS * TICK
+            ):
+                # Our PENG may be lost, and a responder that follows issue 24 does not repeat its
+                # PONG unasked; a session frame proves we got the PONG and earns it again.
+                self._send(peer.crypto.send_message(messages.MSG_KEEPALIVE, b""), addr)
         # 5. NODE_INFO broadcast
         if self._next_peers <= now:
             self._broadcast_node_info()
             self._next_peers = now + self._node_info_interval()
         # 6. configured peers
         self._reconnect_tick(now)
+        # 6b. relayed peers: relay choice, direct retries, moving back (ours, relay.py)
+        if self.relay is not None:
+            self.relay.tick(now)
         # 7. statistics
         if self._next_stats < now:
             self._events.append(StatsDue(self._stats_text(now), self._statsd_text()))
@@ -1106,6 +1277,7 @@ class Node:
                 "expired_key_refusals": self.expired_key_refusals,
                 "acl": self.acl.snapshot() if self.acl is not None else None,
             },
+            "relay": self.relay.snapshot() if self.relay is not None else None,
         }
 
     # ------------------------------------------------------------------ control
@@ -1136,6 +1308,33 @@ class Node:
         if claims_changed:
             # Tell peers about the new claims now rather than at the next interval.
             self._next_peers = now
+
+    def enable_relays(self, config: RelayConfig, now: float | None = None) -> None:
+        """Relay for peers and/or reach peers through relays (issue 22); announced from the next
+        NODE_INFO on (at ``now``, or at the next housekeeping)."""
+        self.relay = RelayManager(self, config, self._next_housekeep if now is None else now)
+        self._next_peers = self._next_housekeep if now is None else now
+
+    def set_relays(self, config: RelayConfig | None) -> None:
+        """Apply a (re)loaded relay configuration; None drops relayed sessions and stops relaying."""
+        if config is None:
+            if self.relay is not None:
+                for addr in [a for a in [*self._peers, *self._pending] if is_synthetic(a)]:
+                    self.drop_relayed(addr, self._peers.get(addr), announce=True)
+                self.relay = None
+                self._next_peers = self._next_housekeep
+        elif self.relay is None:
+            self.enable_relays(config)
+        elif config != self.relay.config:
+            self.relay.reconfigure(config)
+            self._next_peers = self._next_housekeep
+
+    def drop_relayed(self, addr: SocketAddr, peer: Peer | None, *, announce: bool) -> None:
+        """Forget a relayed session or handshake (moved to direct, or its relay is gone)."""
+        self._pending.pop(addr, None)
+        self._inbound.pop(addr, None)
+        if peer is not None and self._remove_peer(addr) is not None and announce:
+            self._events.append(PeerDisconnected(addr, peer.node_id))
 
     def set_acl(self, policy: AclPolicy | None) -> None:
         """Install (or with None remove) the ACL policy; None allows everything like the original."""

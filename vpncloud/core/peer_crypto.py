@@ -125,6 +125,10 @@ class PeerCrypto:
         """
         return self._core
 
+    def proves_receipt(self, frame: bytes) -> bool:
+        """A session frame that opens with the key of the PONG we sent (responder, PENG not yet in)."""
+        return self._handshake is not None and not self.is_ready and self._handshake.opens(frame)
+
     @property
     def send_slot(self) -> int | None:
         """Current sending key slot (None without a core)."""

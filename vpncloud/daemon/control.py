@@ -277,6 +277,10 @@ def print_status(status: dict[str, Any]) -> None:
             _fmt_bytes(t.get("out_bytes")),
         )
     console.print(peers)
+    relay = status.get("relay") or {}
+    for e in relay.get("relayed_peers", []):
+        # short lines: the synthetic address means nothing without its relay
+        console.print(f"{e.get('addr')} via relay {str(e.get('relay', ''))[:12]}")
     table = Table(title="Table")
     for col in ("kind", "address", "peer", "ttl"):
         table.add_column(col)
@@ -286,6 +290,13 @@ def print_status(status: dict[str, Any]) -> None:
     for c in tbl.get("cache", []):
         table.add_row("cache", c.get("addr", ""), c.get("peer", ""), f"{c.get('ttl_secs', 0)} s")
     console.print(table)
+    if relay.get("offer"):
+        counters = relay.get("counters", {})
+        dropped = sum(v for k, v in counters.items() if not k.startswith("forwarded"))
+        console.print(
+            f"relaying: {relay.get('pairs', 0)} pairs, {counters.get('forwarded_packets', 0)} packets "
+            f"({_fmt_bytes(counters.get('forwarded_bytes'))}) forwarded, {dropped} refused"
+        )
     traffic = status.get("traffic", {})
     inv = traffic.get("invalid_protocol", {})
     drop = traffic.get("dropped_payload", {})

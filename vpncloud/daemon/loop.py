@@ -222,6 +222,7 @@ class Daemon:
             self._apply_security(self._read_security())
         except ConfigError as exc:
             raise Fatal(str(exc)) from None
+        self._lower_mtu_for_relays()
         self._enable_super_packets()
         self._set_own_addresses()
         self._start_port_forwarding()
@@ -334,6 +335,22 @@ class Daemon:
             "on" if self.sock_gro else "off",
             size,
         )
+
+    def _lower_mtu_for_relays(self) -> None:
+        """A relayed datagram carries the relay session's overhead too (issue 22): make room for it,
+        or full-size packets to relayed peers would exceed the uplink MTU."""
+        from vpncloud.core.relay import RELAY_OVERHEAD
+
+        dev = self.device
+        if dev is None or self.node is None or self.node.relay is None or not self.node.relay.config.use:
+            return
+        try:
+            mtu = dev.get_mtu() - RELAY_OVERHEAD
+            dev.set_mtu(mtu)
+        except Exception as exc:  # as setup_mtu: netlink errors come in several classes; only logged
+            log.error("Failed to lower the MTU for relayed peers: %s", exc)
+            return
+        log.info("Relays in use: MTU %d on device %s", mtu, dev.ifname)
 
     def _enable_super_packets(self) -> None:
         """T2: announce super-packets to peers of ours (mode ``super`` with TUN offloads)."""

@@ -11,6 +11,12 @@ path given with ``--security-file FILE``. Format (YAML or JSON)::
       allow_non_ip: true
     key_expiry:               # optional: base62 public key -> Unix time (seconds) it stops being trusted
       AbCd...: 1801234567
+    relay:                    # optional (issue 22, docs/relays.md); absent = no relays (the original's)
+      offer: true             # forward for peers of ours that cannot reach each other
+      use: true               # reach such peers through a relay
+      pair_rate: 1000000      # bytes/s per relayed pair, and for all pairs together
+      total_rate: 8000000
+      max_pairs: 64
 
 :func:`load_security_file` raises ``ConfigError`` with one clear line for every problem.
 :func:`apply_security` installs the result into a running :class:`~vpncloud.core.node.Node`.
@@ -28,6 +34,7 @@ import yaml
 from vpncloud.core import base62
 from vpncloud.core.acl import AclPolicy
 from vpncloud.core.errors import ConfigError, DecodeError
+from vpncloud.core.relay import RelayConfig
 
 __all__ = ["Security", "apply_security", "default_path", "load_security_file", "parse_security"]
 
@@ -36,6 +43,7 @@ __all__ = ["Security", "apply_security", "default_path", "load_security_file", "
 class Security:
     acl: AclPolicy | None = None
     key_expiry: dict[bytes, float] = field(default_factory=dict)
+    relay: RelayConfig | None = None
 
 
 def default_path(config_file: str | None) -> Path | None:
@@ -51,7 +59,7 @@ def parse_security(data: Any, source: str = "security file") -> Security:
         return Security()
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a mapping with 'acl' and/or 'key_expiry'")
-    unknown = set(data) - {"version", "acl", "key_expiry"}
+    unknown = set(data) - {"version", "acl", "key_expiry", "relay"}
     if unknown:
         raise ConfigError(f"{source}: unknown keys {', '.join(sorted(map(str, unknown)))}")
     if data.get("version", 1) != 1:
@@ -73,7 +81,36 @@ def parse_security(data: Any, source: str = "security file") -> Security:
         if not isinstance(when, (int, float)) or isinstance(when, bool):
             raise ConfigError(f"{source}: expiry of a key must be a Unix time in seconds")
         sec.key_expiry[public] = float(when)
+    if data.get("relay") is not None:
+        sec.relay = _parse_relay(data["relay"], source)
     return sec
+
+
+_RELAY_RATES = ("pair_rate", "total_rate")
+
+
+def _parse_relay(raw: Any, source: str) -> RelayConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: 'relay' must be a mapping (offer, use, pair_rate, total_rate, max_pairs)"
+        )
+    unknown = set(raw) - {"offer", "use", "max_pairs", *_RELAY_RATES}
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys in 'relay': {', '.join(sorted(map(str, unknown)))}")
+    cfg = RelayConfig()
+    for key in ("offer", "use"):
+        value = raw.get(key, False)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: relay {key} must be true or false")
+        setattr(cfg, key, value)
+    for key in (*_RELAY_RATES, "max_pairs"):
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{source}: relay {key} must be a positive integer")
+        setattr(cfg, key, float(value) if key in _RELAY_RATES else value)
+    return cfg
 
 
 def load_security_file(path: str | Path, *, required: bool = True) -> Security:
@@ -106,3 +143,4 @@ def apply_security(node: Any, sec: Security, wall_now: float | None = None) -> N
     identity = node.crypto.identity
     node.crypto.identity = identity.with_expiry(sec.key_expiry)
     node.set_wall_time(time.time() if wall_now is None else wall_now)
+    node.set_relays(sec.relay)

@@ -80,7 +80,7 @@ class Target(Protocol):
     def destroy(self, mesh: Mesh, progress: Progress) -> None: ...
 
     def deploy(self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange],
-               progress: Progress) -> None: ...  # fmt: skip
+               progress: Progress, rotation: tuple[str, int] | None = None) -> None: ...  # fmt: skip
 
     def wait_healthy(self, mesh: Mesh, progress: Progress) -> None: ...
 
@@ -191,13 +191,23 @@ class AnsibleTarget:
         return cmd, env
 
     def deploy(
-        self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange], progress: Progress
+        self,
+        mesh: Mesh,
+        rendered: dict[str, RenderedNode],
+        changes: list[ResourceChange],
+        progress: Progress,
+        rotation: tuple[str, int] | None = None,
     ) -> None:
         # A rollout restarts only what changed; a replacement (-replace, or a drifted node) asks the
         # role to restart that node even if its files did not change.
         replace = sorted(c.address.split(".", 1)[1] for c in changes if c.action == "replace" and
                          c.address.startswith("node."))  # fmt: skip
         extra = ["-e", json.dumps({"vpncloud_restart_nodes": replace})] if replace else []
+        if rotation is not None:
+            # The role renders from the keystore, not from `rendered`: it must be told the phase, or
+            # it would deploy the current key in every phase and the rotation would change nothing.
+            node, phase = rotation
+            extra += ["-e", json.dumps({"vpncloud_rotation_node": node, "vpncloud_rotation_phase": phase})]
         progress(f"mesh {mesh.mesh.name}: running ansible-playbook site.yml (rolling, health-checked)")
         self._playbook(mesh, extra, "ansible-playbook")
 
@@ -353,7 +363,12 @@ class LabTarget:
         return any(n.running for n in status.nodes)
 
     def deploy(
-        self, mesh: Mesh, rendered: dict[str, RenderedNode], changes: list[ResourceChange], progress: Progress
+        self,
+        mesh: Mesh,
+        rendered: dict[str, RenderedNode],
+        changes: list[ResourceChange],
+        progress: Progress,
+        rotation: tuple[str, int] | None = None,  # the lab runs `rendered`, which holds the phase's keys
     ) -> None:
         lab = self._lab()
         spec = self.spec(mesh, rendered)
@@ -668,7 +683,7 @@ def apply_rotation(
         progress(f"node {node}: rotation phase {phase}")
         rendered = render_mesh(mesh, keys)
         write_configs(mesh, rendered, state_dir)
-        target.deploy(mesh, rendered, changes, progress)
+        target.deploy(mesh, rendered, changes, progress, rotation=(node, phase))
         target.wait_healthy(mesh, progress)
         state = _record(state, desired, changes)
         state = save_state(

@@ -282,6 +282,15 @@ class NatBox:
         self._next_port = first_port
         self._by_key: dict[Any, _Mapping] = {}
         self._by_port: dict[int, _Mapping] = {}
+        # Static port forwards (ext port -> inside) and the remotes that came in through them
+        # ((inside, remote) -> ext port), so replies leave from the forwarded port (conntrack).
+        self._forwards: dict[int, SocketAddr] = {}
+        self._forward_conns: dict[tuple[SocketAddr, SocketAddr], int] = {}
+
+    def forward(self, ext_port: int, inside: SocketAddr) -> None:
+        """Add a static port forward (DNAT): datagrams from anyone to ``ext_port`` reach ``inside``,
+        and its replies to those senders leave from ``ext_port``, whatever the NAT kind."""
+        self._forwards[ext_port] = canon(inside)
 
     def _key(self, inside: SocketAddr, dst: SocketAddr) -> Any:
         return (inside, dst) if self.kind is NatKind.SYMMETRIC else inside
@@ -298,6 +307,10 @@ class NatBox:
     def outbound(self, inside: SocketAddr, dst: SocketAddr, now: float) -> SocketAddr:
         """Translate the source of a datagram leaving the NAT; creates/refreshes the mapping."""
         self._expire(now)
+        if self._forward_conns:
+            port = self._forward_conns.get((inside, dst))
+            if port is not None:
+                return (self.public_host, port)
         key = self._key(inside, dst)
         m = self._by_key.get(key)
         if m is None:
@@ -318,6 +331,10 @@ class NatBox:
     def inbound(self, src: SocketAddr, ext_port: int, now: float) -> SocketAddr | None:
         """Inside address for a datagram from ``src`` to our ``ext_port``, or None if filtered."""
         self._expire(now)
+        forwarded = self._forwards.get(ext_port)
+        if forwarded is not None:
+            self._forward_conns[(forwarded, src)] = ext_port
+            return forwarded
         m = self._by_port.get(ext_port)
         if m is None:
             return None

@@ -1,0 +1,206 @@
+"""Relays (issue 22) with real namespaces, real iptables NAT and real daemons.
+
+Topology ("internet" = 10.240.0.0/24)::
+
+    A 10.241.1.2 -- rA (MASQUERADE --random-fully) 10.240.0.1 --+-- pub1 10.240.0.10
+    B 10.242.1.2 -- rB (MASQUERADE --random-fully) 10.240.0.2 --+-- pub2 10.240.0.11
+
+Port-randomising NAT on both sides: A and B can never punch a hole to each other (see
+test_nat_netns.test_symmetric_nat_limit). With a ``relay`` section in their security files (pub1
+and pub2 offer, A and B use), they reach each other through one of the public nodes; the relay's
+capture holds no plaintext; when that relay stops the other takes over; when rB gets a port forward
+that B advertises, A and B move to the direct path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reach_support import VpnNode, behind, home_firewall, nat_router, wait_for
+
+from vpncloud.lab.netns import Netns, Topology
+
+pytestmark = pytest.mark.netns
+
+PUB1, PUB2 = "10.240.0.10", "10.240.0.11"
+RA_WAN, RB_WAN = "10.240.0.1", "10.240.0.2"
+A_LAN, B_LAN = "10.241.1.2", "10.242.1.2"
+VPN = {"pub1": "10.99.3.10", "pub2": "10.99.3.11", "a": "10.99.3.1", "b": "10.99.3.2"}
+#: ping -p pattern: what must never show up in the relay's capture
+PATTERN = "5265c4a79e11d00d"
+
+
+@dataclass
+class RelayWorld:
+    topo: Topology
+    ns: dict[str, Netns]
+    nodes: dict[str, VpnNode]
+
+
+def _build(topology: Topology, workdir: Path) -> RelayWorld:
+    wan = topology.switch("wan")
+    lan_a = topology.switch("lana")
+    lan_b = topology.switch("lanb")
+    ra = nat_router(topology, "ra", lan_a, wan, "10.241.1.1/24", f"{RA_WAN}/24", random_fully=True)
+    rb = nat_router(topology, "rb", lan_b, wan, "10.242.1.1/24", f"{RB_WAN}/24", random_fully=True)
+    for rt in (ra, rb):
+        home_firewall(rt)
+    ns = {
+        "ra": ra,
+        "rb": rb,
+        "a": behind(topology, "a", lan_a, f"{A_LAN}/24", "10.241.1.1"),
+        "b": behind(topology, "b", lan_b, f"{B_LAN}/24", "10.242.1.1"),
+    }
+    for name, addr in (("pub1", PUB1), ("pub2", PUB2)):
+        pub = ns[name] = topology.namespace(name)
+        topology.plug(pub, wan)
+        pub.add_addr("eth0", f"{addr}/24")
+        pub.add_default_route("eth0")
+    offer = workdir / "offer.security.yaml"
+    offer.write_text("relay: {offer: true, use: true}\n")
+    use = workdir / "use.security.yaml"
+    use.write_text("relay: {use: true}\n")
+    common = ["--no-port-forwarding", "--keepalive", "10"]
+    peers = ["-c", f"{PUB1}:3210", "-c", f"{PUB2}:3210"]
+
+    def node(name: str, sec: Path, *args: str) -> VpnNode:
+        return VpnNode(
+            topology,
+            ns[name],
+            workdir,
+            name,
+            "--ip",
+            f"{VPN[name]}/24",
+            "--security-file",
+            str(sec),
+            *common,
+            *args,
+        )
+
+    nodes = {
+        "pub1": node("pub1", offer),
+        "pub2": node("pub2", offer, "-c", f"{PUB1}:3210"),
+        "a": node("a", use, *peers),
+        # B advertises the address a port forward will give it later (useless until then)
+        "b": node("b", use, *peers, "--advertise_addresses", f"{RB_WAN}:3210"),
+    }
+    for n in nodes.values():
+        n.wait_running()
+    return RelayWorld(topology, ns, nodes)
+
+
+def _relay_of(node: VpnNode, other: VpnNode) -> str | None:
+    """Node id of the relay through which ``node`` has ``other`` as a peer (None if not relayed)."""
+    st, ot = node.status(), other.status()
+    if not st or not ot or not st.get("relay"):
+        return None
+    for entry in st["relay"]["relayed_peers"]:
+        if entry["node_id"] == ot["node_id"]:
+            return str(entry["relay"])
+    return None
+
+
+def _node_id(node: VpnNode) -> str:
+    st = node.status()
+    assert st is not None
+    return str(st["node_id"])
+
+
+def _direct(node: VpnNode, other_addr: str) -> bool:
+    return other_addr in node.peer_addrs()
+
+
+TCP_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5001)); s.listen(1)
+c, _ = s.accept(); n = 0
+while True:
+    d = c.recv(65536)
+    if not d: break
+    n += len(d)
+c.sendall(str(n).encode()); c.close()
+"""
+TCP_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5001), timeout=60)
+c.sendall(bytes(1_000_000)); c.shutdown(socket.SHUT_WR)
+print(c.recv(100).decode())
+"""
+
+
+def _tcp_transfer(w: RelayWorld) -> str:
+    server = w.topo.spawn(w.ns["b"], [sys.executable, "-c", TCP_SERVER, VPN["b"]])
+    try:
+        ok = wait_for(
+            lambda: w.ns["b"].run(["ss", "-ltn"], check=False).stdout.find(f"{VPN['b']}:5001") >= 0, 10
+        )
+        assert ok
+        res = w.ns["a"].run([sys.executable, "-c", TCP_CLIENT, VPN["b"]], check=False, timeout=90)
+        return res.stdout.strip() or res.stderr[-2000:]
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _capture(w: RelayWorld, relay: str, path: Path) -> subprocess.Popen[bytes]:
+    log = path.with_suffix(".log")
+    proc = w.topo.spawn(
+        w.ns[relay],
+        ["tcpdump", "-i", "eth0", "-U", "-w", str(path), "udp"],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    assert wait_for(lambda: "listening on" in log.read_text(errors="replace"), 10), log.read_text()
+    return proc
+
+
+@pytest.mark.timeout(600)
+def test_symmetric_nats_relay_failover_and_direct(topology: Topology, tmp_path: Path) -> None:
+    w = _build(topology, tmp_path)
+    a, b = w.nodes["a"], w.nodes["b"]
+    ids = {name: _node_id(w.nodes[name]) for name in ("pub1", "pub2")}
+    # the relay with the lower node id is chosen
+    first = min(ids, key=lambda k: ids[k])
+    second = "pub2" if first == "pub1" else "pub1"
+    relayed = wait_for(lambda: _relay_of(a, b) == ids[first] and _relay_of(b, a) == ids[first], 120, 1.0)
+    assert relayed, f"A: {a.status()}\nA log:\n{a.log_text()}"
+
+    # ping and a TCP transfer through the relay; the relay's capture has no plaintext
+    pcap = tmp_path / "relay.pcap"
+    dump = _capture(w, first, pcap)
+    assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 20)
+    res = w.ns["a"].run(["ping", "-c", "5", "-i", "0.2", "-p", PATTERN, VPN["b"]], check=False)
+    assert res.returncode == 0, res.stdout
+    assert _tcp_transfer(w) == "1000000"
+    dump.terminate()
+    dump.wait()
+    captured = pcap.read_bytes()
+    assert len(captured) > 1_000_000  # the transfer went through this relay ...
+    assert bytes.fromhex(PATTERN) not in captured  # ... and it saw none of it in the clear
+    st: dict[str, Any] = w.nodes[first].status() or {}
+    assert st["relay"]["counters"]["forwarded_bytes"] > 1_000_000
+    assert st["relay"]["counters"]["not_capable"] == 0
+
+    # the relay stops: the other one takes over
+    assert w.nodes[first].stop() == 0
+    took_over = wait_for(lambda: _relay_of(a, b) == ids[second] and _relay_of(b, a) == ids[second], 150, 1.0)
+    assert took_over, f"A: {a.status()}\nA log:\n{a.log_text()}"
+    assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 20)
+
+    # a port forward on rB (to the address B advertises): A and B move to the direct path
+    rb = w.ns["rb"]
+    rb.iptables("-t", "nat", "-A", "PREROUTING", "-i", "wan0", "-p", "udp", "--dport", "3210", "-j", "DNAT",
+                "--to-destination", f"{B_LAN}:3210")  # fmt: skip
+    rb.iptables("-I", "FORWARD", "-i", "wan0", "-d", B_LAN, "-p", "udp", "--dport", "3210", "-j", "ACCEPT")
+    moved = wait_for(lambda: _direct(a, f"{RB_WAN}:3210") and _relay_of(a, b) is None, 150, 1.0)
+    assert moved, f"A: {a.status()}\nA log:\n{a.log_text()}"
+    assert "now reached directly" in a.log_text()
+    assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 20)
+    for name in ("pub2" if second == "pub2" else "pub1", "a", "b"):
+        assert w.nodes[name].stop() == 0
