@@ -169,10 +169,11 @@ TAP_ARGS = ["-t", "tap", "-m", "switch"]
 
 
 def _our_daemon(
-    mode: str, args: list[str] | None = None
+    mode: str, args: list[str] | None = None, pure_python: bool = False
 ) -> Callable[[Topology, Netns, Netns, Path], list[subprocess.Popen[bytes]]]:
     def start(topo: Topology, a: Netns, b: Netns, tmp: Path) -> list[subprocess.Popen[bytes]]:
         env = dict(os.environ, VPNCLOUD_DATAPLANE=mode, PYTHONPATH=str(REPO))
+        env["VPNCLOUD_PURE_PYTHON"] = "1" if pure_python else ""
         extra = ["--control-socket", str(tmp / "{name}.sock"), *(args or [])]
         return _vpncloud_pair(topo, a, b, tmp, [PY, "-m", "vpncloud"], extra, env)
 
@@ -374,6 +375,18 @@ SUBJECTS = {
     "raw": Subject("raw", "raw veth (no tunnel)", lambda *_: [], lambda: None),
     "t2": Subject("t2", "ours T2 (offloads + super-packets)", _our_daemon("super"), lambda: None),
     "t1": Subject("t1", "ours T1 (offloads, wire-compatible)", _our_daemon("wire"), lambda: None),
+    "t2-py": Subject(
+        "t2-py",
+        "ours T2, Python kernels (VPNCLOUD_PURE_PYTHON=1)",
+        _our_daemon("super", None, True),
+        lambda: None,
+    ),
+    "t1-py": Subject(
+        "t1-py",
+        "ours T1, Python kernels (VPNCLOUD_PURE_PYTHON=1)",
+        _our_daemon("wire", None, True),
+        lambda: None,
+    ),
     "sock": Subject("sock", "ours, socket offloads only (TUN)", _our_daemon("socket"), lambda: None),
     "off": Subject("off", "ours, no offloads", _our_daemon("off"), lambda: None),
     "tap": Subject("tap", "ours, TAP switch mode (offloads)", _our_daemon("super", TAP_ARGS), lambda: None),
@@ -601,8 +614,104 @@ def write_report(path: Path, text: str) -> None:
         path.write_text(f"{START_MARK}\n{text}{END_MARK}\n")
 
 
+# ------------------------------------------------------------------------------------ core micro
+
+
+def _tso_read(payload_len: int, mss: int) -> tuple[bytes, bytes]:
+    """A TCP/IPv4 super-packet as an offloading TUN hands it over: virtio header and packet (TCP
+    checksum field = pseudo-header sum; the figures do not depend on the checksums being right)."""
+    import struct
+
+    from vpncloud.fastpath import offload
+
+    payload = bytes(range(256)) * (payload_len // 256 + 1)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 0, 1, 0x4000, 64, 6, 0, bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))
+    )
+    tcp = struct.pack("!HHLLBBHHH", 40000, 5201, 1000, 555, 5 << 4, 0x18, 500, 0, 0)
+    hdr = offload.VNET_HDR.pack(offload.F_NEEDS_CSUM, offload.GSO_TCPV4, 40, mss, 20, 16)
+    return hdr, ip + tcp + payload[:payload_len]
+
+
+def micro(rounds: int, batches: int) -> str:
+    """CPU per packet of T1's steps in one process, C kernels against Python ones, interleaved.
+
+    One 64 KB TSO read at MTU 1427 (46 segments of 1,387 bytes) through what T1 runs for it:
+    ``segment`` (offload.py: TCP segmentation into rows, numpy), ``seal`` (``encrypt_rows``:
+    the kernels), on the receiver ``open`` (``decrypt_train`` of the GRO train: the kernels) and
+    ``coalesce`` (offload.py: the device write). CPU time (``process_time``) over segments. Each
+    round runs both kernels one after the other, so noise hits both alike; the table shows the
+    median over rounds and the ratio of the medians (issue 21).
+    """
+    import random
+
+    from vpncloud import fastpath
+    from vpncloud.core.crypto_core import CryptoCore
+    from vpncloud.core.primitives import Algorithm
+    from vpncloud.fastpath import offload
+    from vpncloud.fastpath.rows import PacketRows
+
+    names = ["python"]
+    try:
+        fastpath.implementation("c")
+        names.insert(0, "c")
+    except ImportError:
+        print("micro: C kernels not built, Python only", file=sys.stderr)
+    hdr, packet = _tso_read(46 * 1387, 1387)
+    steps = ("segment", "seal", "open", "coalesce")
+    results: dict[tuple[str, str, str], list[float]] = {}
+    for alg in (Algorithm.AES256, Algorithm.CHACHA20):
+        key = random.Random(1).randbytes(alg.key_len)
+        for _ in range(rounds):
+            for name in names:
+                kernels = fastpath.implementation(name)
+                sender = CryptoCore(alg, key, True, random.Random(2), kernels)
+                receiver = CryptoCore(alg, key, False, random.Random(3), kernels)
+                t0 = time.process_time()
+                segs = [offload.segment_any(hdr, packet) for _ in range(batches)]
+                t1 = time.process_time()
+                trains = [sender.encrypt_rows(0, rows) for rows in segs]  # type: ignore[arg-type]
+                t2 = time.process_time()
+                opened = [receiver.decrypt_train(bytes(t.buf), t.seg) for t in trains]
+                t3 = time.process_time()
+                for (buf, lengths), train in zip(opened, trains, strict=True):
+                    offload.coalesce([PacketRows(memoryview(buf), train.seg - 24, [n - 1 for n in lengths])])
+                t4 = time.process_time()
+                count = len(opened[0][1])
+                assert min(opened[0][1]) > 0  # every frame opened: the work was real
+                per = 1e6 / (batches * count)
+                for step, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    results.setdefault((alg.name, step, name), []).append(dt * per)
+    lines = [
+        f"Core micro, {rounds} interleaved rounds x {batches} TSO reads of {count} segments, "
+        "CPU µs per packet (median over rounds):",
+        "",
+        "| algorithm | step | " + " | ".join(names) + (" | Python / C |" if "c" in names else " |"),
+        "|---" * (len(names) + 2 + ("c" in names)) + "|",
+    ]
+    for alg in (Algorithm.AES256, Algorithm.CHACHA20):
+        total = dict.fromkeys(names, 0.0)
+        for step in steps:
+            meds = {n: statistics.median(results[(alg.name, step, n)]) for n in names}
+            for n in names:
+                total[n] += meds[n]
+            cells = " | ".join(f"{meds[n]:.3f}" for n in names)
+            ratio = f" | {meds['python'] / meds['c']:.2f}x" if "c" in names else ""
+            lines.append(f"| {alg.name} | {step} | {cells}{ratio} |")
+        cells = " | ".join(f"**{total[n]:.3f}**" for n in names)
+        ratio = f" | {total['python'] / total['c']:.2f}x" if "c" in names else ""
+        lines.append(f"| {alg.name} | all four | {cells}{ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--micro",
+        type=int,
+        metavar="ROUNDS",
+        help="only the core micro benchmark (no namespaces, no root): C against Python kernels",
+    )
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--duration", type=int, default=10, help="seconds per iperf3 run")
     p.add_argument("--subjects", default=",".join(SUBJECTS), help="comma list of " + ", ".join(SUBJECTS))
@@ -610,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", metavar="FILE", help="also write the report to FILE (e.g. docs/performance.md)")
     p.add_argument("--title", default="", help="extra line for the report")
     ns = p.parse_args(argv)
+    if ns.micro:
+        print(micro(ns.micro, 50))
+        return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vpncloud.core.superpacket import SLICE_HEADER, SLICE_MARK
 from vpncloud.daemon.device import Device
 from vpncloud.daemon.loop import gso_max_size_for
+from vpncloud.fastpath.superpacket import SLICE_HEADER, SLICE_MARK
 
 PORT = 3210
 MTU = 1427  # what our daemon and the original choose on a 1500-byte underlay

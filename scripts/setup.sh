@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 . scripts/stage.sh
 
 # prometheus: only for promtool (the metrics tests lint the exposition and the dashboard queries);
-# graphviz: `dot` renders `vpncloud lab status --dot` as SVG
+# graphviz: `dot` renders `vpncloud lab status --dot` as SVG; gcc + libssl-dev: the C kernels
+# (vpncloud/fastpath, optional: without them the Python twin runs); clang: scripts/fuzz.sh
 APT_PACKAGES=(iproute2 iputils-ping iptables procps kmod systemd tcpdump iperf3 conntrack miniupnpd-iptables python3-venv
-    prometheus graphviz)
+    prometheus graphviz gcc libssl-dev clang)
 
 t0=$(date +%s)
 missing=()

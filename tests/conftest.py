@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import pytest
 
+from vpncloud import fastpath
 from vpncloud.lab.netns import Netns, Topology, requirements_missing
 
 # Every run greps all captured output and output files for the secrets the suite uses (issue 10):
@@ -64,3 +66,22 @@ def lan3(topology: Topology) -> Lan:
         v6[name] = f"fd20:1::{i}"
         nodes[name] = topology.node(name, f"{v4[name]}/24", f"{v6[name]}/64")
     return Lan(topology, sw, nodes, v4, v6)
+
+
+NO_C = "C kernels not built (no compiler or no OpenSSL headers at install time)"
+
+
+def c_kernels() -> ModuleType | None:
+    """The C kernels (vpncloud/fastpath/_kernels.c), None when they are not built."""
+    try:
+        return fastpath.implementation("c")
+    except ImportError:
+        return None
+
+
+@pytest.fixture(params=["c", "python"])
+def kernels(request: pytest.FixtureRequest) -> ModuleType:
+    """The data-plane kernels: each test once with the C ones and once with the Python twin."""
+    if request.param == "c" and c_kernels() is None:
+        pytest.skip(NO_C)
+    return fastpath.implementation(request.param)

@@ -237,7 +237,7 @@ def test_decrypt_random_bytes_never_crashes(data: bytes) -> None:
 def test_encrypt_rows_equals_encrypt_many(alg: Algorithm, lengths: list[int]) -> None:
     """The T1 fast path (rows in one buffer -> one train) puts the same bytes on the wire as one
     ``encrypt`` per packet, and the peer decrypts every datagram."""
-    from vpncloud.core.rows import PacketRows
+    from vpncloud.fastpath.rows import PacketRows
 
     rng = random.Random(len(lengths) + lengths[-1])
     packets = [rng.randbytes(n) for n in lengths]

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from vpncloud import fastpath
 from vpncloud.daemon.control import ControlError, request
 from vpncloud.lab.netns import Netns, Topology
 
@@ -64,12 +65,13 @@ class Daemon:
         mode: str,
         peer: str | None,
         device: str = "tun",
+        pure_python: bool = False,
     ) -> None:
         self.name = name
         self.sock = str(tmp / f"{name}.sock")
         self.log = tmp / f"{name}.log"
         args = [PY, "-m", "vpncloud", "--control-socket", self.sock, *node_args(name, peer, device)]
-        env = {**os.environ, "VPNCLOUD_DATAPLANE": mode}
+        env = {**os.environ, "VPNCLOUD_DATAPLANE": mode, "VPNCLOUD_PURE_PYTHON": "1" if pure_python else ""}
         with open(self.log, "ab") as out:
             self.proc = topo.spawn(ns, args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
@@ -152,9 +154,20 @@ def test_tap_transfers_through_the_tunnel(lan3: Any, tmp_path: Path, mode_a: str
     _transfers(lan3, tmp_path, mode_a, mode_b, "tap")
 
 
-def _transfers(lan3: Any, tmp_path: Path, mode_a: str, mode_b: str, device: str) -> None:
+@pytest.mark.parametrize("mode", ["wire", "super"])
+def test_kernels_python_and_c_through_the_tunnel(lan3: Any, tmp_path: Path, mode: str) -> None:
+    """Node a runs the Python twin of the kernels (VPNCLOUD_PURE_PYTHON=1), node b the C ones
+    when they are built: every frame one side's kernels seal, the other side's open (issue 21)."""
+    st_a, st_b = _transfers(lan3, tmp_path, mode, mode, "tun", pure_a=True)
+    assert st_a["dataplane"]["kernels"] == "python"
+    assert st_b["dataplane"]["kernels"] == fastpath.KERNELS
+
+
+def _transfers(
+    lan3: Any, tmp_path: Path, mode_a: str, mode_b: str, device: str, pure_a: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     a_ns, b_ns = lan3.nodes["a"], lan3.nodes["b"]
-    a = Daemon(lan3.topo, a_ns, "a", tmp_path, mode_a, None, device)
+    a = Daemon(lan3.topo, a_ns, "a", tmp_path, mode_a, None, device, pure_python=pure_a)
     b = Daemon(lan3.topo, b_ns, "b", tmp_path, mode_b, lan3.v4["a"], device)
     wait_for(lambda: a_ns.ping(TUN4["b"], count=1, timeout=1.0), 30, what="ping over the tunnel")
     wait_for(lambda: a_ns.ping(TUN6["b"], count=1, timeout=1.0), 30, what="ping6 over the tunnel")
@@ -187,3 +200,6 @@ def _transfers(lan3: Any, tmp_path: Path, mode_a: str, mode_b: str, device: str)
         assert d.proc.poll() is None
         assert "Traceback" not in d.log_text()
         assert "Unexpected error" not in d.log_text()
+    want = "python" if pure_a else fastpath.KERNELS
+    assert f"Data-plane kernels: {want}" in a.log_text()
+    return st_a, st_b

@@ -139,3 +139,10 @@ def test_parse_metrics_listen(text: str, want: tuple[str, int]) -> None:
 def test_parse_metrics_listen_rejects(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_metrics_listen(text)
+
+
+def test_dataplane_info_names_the_kernels() -> None:
+    """The data-plane info carries which kernels run (issue 21), as the status says."""
+    samples = scrape(lambda: {"dataplane": {"mode": "wire", "kernels": "python", "udp_gso": True}})
+    (labels,) = samples["vpncloud_dataplane_info"]
+    assert dict(labels) == {"mode": "wire", "kernels": "python", "udp_gso": "true", "udp_gro": "false"}

@@ -1,4 +1,4 @@
-"""Offload fast paths (vpncloud/daemon/offload.py) against slow, obviously-correct references.
+"""Offload fast paths (vpncloud/fastpath/offload.py) against slow, obviously-correct references.
 
 * TSO/USO segmentation and checksums: every segment equals the one a naive per-segment builder makes
   (IPv4 and IPv6, TCP and UDP, options, odd and even segment sizes, FIN/PSH/CWR handling, seq wrap).
@@ -16,13 +16,15 @@ import ipaddress
 import os
 import random
 import struct
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncloud.core.rows import PacketRows
-from vpncloud.daemon import offload as o
+from vpncloud import fastpath
+from vpncloud.fastpath import offload as o
+from vpncloud.fastpath.rows import PacketRows
 
 # --------------------------------------------------------------------------------------- references
 
@@ -177,14 +179,18 @@ def test_tso_segments_equal_reference(v6: bool, mss: int, options: bytes) -> Non
     assert all(l4_ok(s) for s in got)
 
 
-@pytest.mark.skipif(not o.HAVE_NUMPY, reason="the row layout is built with numpy")
 @pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("mss", [1387, 1388, 536, 1])
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("flags", [0x10, 0x18 | 0x80, 0x19])
-def test_tso_rows_equal_reference(v6: bool, mss: int, options: bytes, flags: int) -> None:
-    """The numpy row layout (the T1 fast path) holds exactly the reference segments, each behind
-    one free byte, for odd and even segment sizes, a short or a full last segment, seq wrap."""
+def test_tso_rows_equal_reference(
+    kernels: ModuleType, monkeypatch: pytest.MonkeyPatch, v6: bool, mss: int, options: bytes, flags: int
+) -> None:
+    """The row layout (the T1 fast path, tcp_rows of the C kernels and of the numpy twin) holds
+    exactly the reference segments, each behind one free byte, for odd and even segment sizes,
+    a short or a full last segment, seq wrap."""
+    monkeypatch.setattr(fastpath, "tcp_rows", kernels.tcp_rows)
+    monkeypatch.setattr(fastpath, "TCP_ROWS", True)
     rng = random.Random(mss * 11 + len(options) + v6 + flags)
     for size in (mss * 44, mss * 43 + rng.randrange(1, max(mss, 2))) if mss > 1 else (37,):
         payload = rng.randbytes(min(size, 60000))
@@ -199,8 +205,9 @@ def test_tso_rows_equal_reference(v6: bool, mss: int, options: bytes, flags: int
         assert all(l4_ok(s) for s in rows.packets())
 
 
-def test_tso_rows_fall_back_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(o, "_np", None)
+def test_tso_rows_fall_back_without_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither C kernels nor numpy: segment by segment, the same bytes."""
+    monkeypatch.setattr(fastpath, "TCP_ROWS", False)
     full = tcp_packet(False, bytes(range(256)) * 20)
     hdr = vnet(o.GSO_TCPV4, 1000, 40, 20, 16)
     got = o.segment_any(hdr, as_tso(full))
@@ -503,18 +510,18 @@ def expand_frames(writes: list[bytes]) -> list[bytes]:
 
 @pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("vlans", [0, 1, 2])
-@pytest.mark.parametrize("kind", ["tcp", "tcp-odd", "tcp-no-numpy", "udp"])
+@pytest.mark.parametrize("kind", ["tcp", "tcp-odd", "tcp-no-kernels", "udp"])
 def test_tso_frame_segments_equal_reference(
     v6: bool, vlans: int, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A TSO/USO frame from a TAP device: every segment is the reference segment of the IP packet
-    behind the same Ethernet header (VLAN tags included), from the numpy rows (even and odd
-    segment sizes) and from the per-segment path."""
+    behind the same Ethernet header (VLAN tags included), from the rows of the tcp_rows kernel
+    (even and odd segment sizes) and from the per-segment path."""
     rng = random.Random(vlans * 2 + v6)
     head = eth(v6, vlans)
     iphl = 40 if v6 else 20
-    if kind == "tcp-no-numpy":
-        monkeypatch.setattr(o, "_np", None)
+    if kind == "tcp-no-kernels":
+        monkeypatch.setattr(fastpath, "TCP_ROWS", False)
     if kind.startswith("tcp"):
         mss = 1375 if kind == "tcp-odd" else 1376
         full = tcp_packet(v6, rng.randbytes(mss * 30 + 99), flags=0x18, options=OPTIONS[1])
@@ -528,7 +535,7 @@ def test_tso_frame_segments_equal_reference(
         want = o.segment(vnet(o.GSO_UDP_L4, 1400, iphl + 8, iphl, 6), full)
         frame = head + full
     got = o.segment_frame(hdr, frame)
-    assert isinstance(got, PacketRows) == (kind in ("tcp", "tcp-odd") and o.HAVE_NUMPY)
+    assert isinstance(got, PacketRows) == (kind in ("tcp", "tcp-odd") and fastpath.TCP_ROWS)
     if isinstance(got, PacketRows):
         got = got.packets()
     assert got == [head + p for p in want]

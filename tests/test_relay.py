@@ -21,10 +21,10 @@ from vpncloud.core.relay import (
     TokenBucket,
     is_synthetic,
 )
-from vpncloud.core.superpacket import FEATURE_TCP, decode_features
 from vpncloud.core.types import SocketAddr
 from vpncloud.daemon.control import print_status
 from vpncloud.daemon.security_file import parse_security
+from vpncloud.fastpath.superpacket import FEATURE_TCP, decode_features
 from vpncloud.sim.harness import Harness, SimNode, ipv4_packet
 
 BIG = RelayConfig(offer=True, use=True)

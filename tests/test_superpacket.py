@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncloud.core import superpacket as sp
 from vpncloud.core.errors import DecodeError
 from vpncloud.core.messages import NodeInfo
 from vpncloud.core.types import DeviceType, Mode, Range, SocketAddr
+from vpncloud.fastpath import superpacket as sp
 from vpncloud.sim.harness import Harness, SimNode, ethernet_frame, ipv4_packet, ipv6_packet
 
 FEATURES = sp.FEATURE_TCP | sp.FEATURE_UDP
@@ -103,7 +103,7 @@ def test_super_packet_between_capable_nodes_and_t1_to_the_original() -> None:
 
 
 def test_received_super_packet_reaches_the_device_writer_without_a_copy() -> None:
-    from vpncloud.daemon import offload
+    from vpncloud.fastpath import offload
 
     h, a, b, _c = make_mesh(97)
     raw = tcp_super(a.vpn_ip, b.vpn_ip, 30000)
@@ -491,9 +491,9 @@ def test_train_rows_reach_the_coalescer_as_one_write() -> None:
     """End to end in the core plus the device writer: the segments of one super-packet go out as
     one Train, come in as one GRO train and leave the coalescer as one GSO write equal to the
     original super-packet's payload."""
-    from vpncloud.core.rows import PacketRows, Train
-    from vpncloud.daemon import offload
     from vpncloud.daemon.loop import _segmenter
+    from vpncloud.fastpath import offload
+    from vpncloud.fastpath.rows import PacketRows, Train
 
     h, a, b, _c = make_mesh(97)
     a.node.enable_super_packets(0, 0)

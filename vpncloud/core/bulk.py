@@ -14,17 +14,11 @@ non-DATA messages (rotation, NODE_INFO, keepalive, close), unencrypted sessions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-from .crypto_core import FRAME_OVERHEAD
-from .errors import CryptoError, DecodeError
-from .messages import MSG_DATA
-from .payload import parse_frame
-from .peer_crypto import Message
-from .relay import MSG_RELAY_FROM, MSG_RELAY_TO, SYNTHETIC_PREFIX
-from .rows import PacketRows
-from .superpacket import (
+from vpncloud.fastpath.rows import PacketRows, Train
+from vpncloud.fastpath.superpacket import (
     FEATURE_TCP,
     FEATURE_UDP,
     MSG_SUPER,
@@ -36,12 +30,58 @@ from .superpacket import (
     split_frame_train,
     whole_message,
 )
-from .superpacket import _np as _np  # numpy or None, as there
+from vpncloud.fastpath.superpacket import _np as _np  # numpy or None, as there
+
+from .acl import AclPolicy
+from .crypto_core import FRAME_OVERHEAD
+from .errors import CryptoError, DecodeError
+from .messages import MSG_DATA
+from .payload import parse_frame
+from .peer_crypto import Message, PeerCrypto
+from .relay import MSG_RELAY_FROM, MSG_RELAY_TO, SYNTHETIC_PREFIX, RelayManager
+from .table import ClaimTable
 from .traffic import TrafficEntry, TrafficStats, drop_reason
 from .types import DeviceType, SocketAddr, mapped
 
-if TYPE_CHECKING:
-    from .node import Node, Peer
+
+# What the batch paths use of a node and its peers: node.py calls this module, so this module
+# names the node's parts through protocols instead of importing node.py (no import circle).
+class _Config(Protocol):
+    @property
+    def device_type(self) -> DeviceType: ...
+
+
+class Peer(Protocol):
+    crypto: PeerCrypto
+    features: int
+    reassembly: Any
+
+
+class Node(Protocol):
+    @property
+    def config(self) -> _Config: ...
+
+    table: ClaimTable
+    traffic: TrafficStats
+    acl: AclPolicy | None
+    relay: RelayManager | None
+    super_features: int
+    super_datagram: int
+    super_id: int
+    _learning: bool
+    _pending: dict[SocketAddr, PeerCrypto]
+    _out: list[tuple[bytes | Train, SocketAddr]]
+    _device_out: list[bytes | PacketRows | SuperPacketView]
+
+    @property
+    def _peers(self) -> Mapping[SocketAddr, Peer]: ...
+
+    def _parse(self, data: bytes, /) -> tuple[bytes, bytes]: ...
+
+    def receive_datagram(self, data: bytes, addr: SocketAddr, now: float) -> None: ...
+
+    def receive_packet(self, packet: bytes, now: float) -> None: ...
+
 
 _DATA_PREFIX = bytes((MSG_DATA,))
 #: Trains of smaller datagrams are not worth the row layout (and cannot hold a DATA message).
@@ -161,7 +201,8 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
             # Relay messages (relay.py) go on decrypted: the normal path would decrypt them again,
             # which cost relayed throughput (bench/relay.py). Same replay check as DATA here.
             traffic.count_in_traffic(addr, len(data))
-            node.relay.on_message(peer, addr, plain[0], plain[1:], now)
+            # peer is the node's own Peer object; this module only names it by protocol
+            node.relay.on_message(peer, addr, plain[0], plain[1:], now)  # type: ignore[arg-type]
             slow = peers.get(addr) is not peer
             continue
         if plain[:1] != _DATA_PREFIX:

@@ -13,10 +13,13 @@ receiver rebuilds the peer's nonce with the opposite half byte and zero bytes 1.
 from __future__ import annotations
 
 import struct
+from types import ModuleType
 
+from vpncloud.fastpath.rows import PacketRows, Train
+
+from .. import fastpath
 from .errors import CryptoError, ReplayError
-from .primitives import TAG_LEN, Aead, Algorithm, Rng, TagError
-from .rows import PacketRows, Train
+from .primitives import TAG_LEN, Aead, Algorithm, Rng
 
 __all__ = ["EXTRA_LEN", "FRAME_OVERHEAD", "NUM_SLOTS", "CryptoCore", "increment_nonce"]
 
@@ -28,6 +31,7 @@ _MIN_FRAME = EXTRA_LEN + TAG_LEN
 FRAME_OVERHEAD = EXTRA_LEN + TAG_LEN
 _HEADER = struct.Struct(">Q")
 _LOW56 = (1 << 56) - 1
+_LOW64 = (1 << 64) - 1
 #: Frames from this size on are decrypted through a view (below it, the copy costs less than the view).
 _VIEW_FROM = 4096
 
@@ -47,10 +51,12 @@ _FIRST_HOLES = 64
 class _Slot:
     """One key with its own send counter and receive window."""
 
-    __slots__ = ("aead", "holes", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
+    __slots__ = ("aead", "holes", "kernel", "min_nonce", "next_min_nonce", "nonce", "seen_nonce")
 
-    def __init__(self, aead: Aead, nonce: int) -> None:
+    def __init__(self, aead: Aead, kernel: fastpath.Aead, nonce: int) -> None:
         self.aead = aead
+        # the same key for the buffer kernels (rows and trains), with its own reused contexts
+        self.kernel = kernel
         self.nonce = nonce  # last send nonce used; incremented before each use
         self.min_nonce = 0
         self.next_min_nonce = 0
@@ -99,22 +105,27 @@ class CryptoCore:
     ``half`` is ``own salted node-id hash > peer's`` (spec 7.2).
     """
 
-    __slots__ = ("_half", "_peer_half", "_rng", "_send", "_send_id", "_slots", "algorithm")
+    __slots__ = ("_half", "_kernels", "_peer_half", "_rng", "_send", "_send_id", "_slots", "algorithm")
 
-    def __init__(self, alg: Algorithm, key: bytes, half: bool, rng: Rng) -> None:
+    def __init__(
+        self, alg: Algorithm, key: bytes, half: bool, rng: Rng, kernels: ModuleType | None = None
+    ) -> None:
         self.algorithm = alg
+        # the buffer kernels: the ones chosen at import unless a benchmark or test names others
+        self._kernels = fastpath if kernels is None else kernels
         self._rng = rng
         self._half = _HALF if half else 0
         self._peer_half = 0 if half else _HALF
         # Slots 1..3 share one random dummy key, so frames naming them just fail to decrypt.
-        dummy = Aead(alg, rng.randbytes(alg.key_len))
-        self._slots = [self._new_slot(Aead(alg, key))] + [self._new_slot(dummy) for _ in range(3)]
+        dummy = rng.randbytes(alg.key_len)
+        self._slots = [self._new_slot(key)] + [self._new_slot(dummy) for _ in range(3)]
         self._send_id = 0
         self._send = self._slots[0]
 
-    def _new_slot(self, aead: Aead) -> _Slot:
+    def _new_slot(self, key: bytes) -> _Slot:
         # bytes 1..5 zero, bytes 6..11 random start (spec 7.2)
-        return _Slot(aead, self._half | int.from_bytes(self._rng.randbytes(6), "big"))
+        nonce = self._half | int.from_bytes(self._rng.randbytes(6), "big")
+        return _Slot(Aead(self.algorithm, key), self._kernels.Aead(self.algorithm, key), nonce)
 
     @property
     def send_slot(self) -> int:
@@ -148,30 +159,14 @@ class CryptoCore:
         length except a shorter last one (the segments of one super-packet)."""
         lengths = rows.lengths
         n = len(lengths)
-        seg = lengths[0] + 1 + FRAME_OVERHEAD
-        out = bytearray(seg * (n - 1) + lengths[-1] + 1 + FRAME_OVERHEAD)
-        ov = memoryview(out)
-        buf = rows.buf
-        src = memoryview(buf)
-        stride = rows.stride
+        length = lengths[0]
         slot = self._send
-        seal_into = slot.aead.seal_into
-        sid = self._send_id << 56
-        put_header = _HEADER.pack_into
-        nonce = slot.nonce
-        pos = 0
-        start = 0
-        for length in lengths:
-            nonce += 1
-            # frame header: slot id + the nonce's low 7 bytes (spec 7.2)
-            put_header(out, pos, sid | (nonce & _LOW56))
-            buf[start] = prefix
-            end = pos + 9 + length + TAG_LEN
-            seal_into(nonce.to_bytes(12, "big"), src[start : start + length + 1], None, ov[pos + 8 : end])
-            pos = end
-            start += stride
-        slot.nonce = nonce
-        return Train(out, seg, n)
+        first = slot.nonce + 1
+        out = slot.kernel.seal_rows(
+            prefix, rows.buf, rows.stride, n, length, lengths[-1], self._send_id, first >> 64, first & _LOW64
+        )
+        slot.nonce += n
+        return Train(out, length + 1 + FRAME_OVERHEAD, n)
 
     def decrypt(self, frame: bytes | memoryview) -> bytes:
         """Plaintext of a frame; raises ``CryptoError`` (too short, old nonce, bad tag)."""
@@ -219,54 +214,41 @@ class CryptoCore:
         """``decrypt`` for each ``seg``-byte frame of ``data`` (the last may be shorter), straight
         into rows of ``seg - 24`` bytes of one buffer. Returns the buffer and each plaintext's
         length, -1 for a frame that fails (too short, old nonce, bad tag, slice or handshake)."""
-        stride = seg - FRAME_OVERHEAD
-        total = len(data)
-        n = (total + seg - 1) // seg
-        rows = bytearray(stride * n)
-        out = memoryview(rows)
-        view = memoryview(data)
-        lengths: list[int] = []
-        append = lengths.append
-        peer_half = self._peer_half
         slots = self._slots
+        peer_half = self._peer_half
+        # the kernel compares the 56 bits of the header: a window floor below the peer's half
+        # byte lets every nonce through, as the full comparison would
+        floors = tuple(min(max(s.min_nonce - peer_half, 0), _LOW64) for s in slots)
+        rows: bytearray
+        lengths: list[int]
+        rows, lengths, _seen = self._kernels.open_train(
+            (slots[0].kernel, slots[1].kernel, slots[2].kernel, slots[3].kernel),
+            (floors[0], floors[1], floors[2], floors[3]),
+            peer_half >> 88,
+            data,
+            seg,
+        )
+        # The replay window stays here, out of the kernel: frames that passed their tag are checked
+        # and marked in order, so a duplicate inside the train or of an earlier one is refused.
         header = _HEADER.unpack_from
-        last_pos = (n - 1) * seg
-        size = stride
-        for start, pos in zip(range(0, stride * n, stride), range(0, total, seg), strict=True):
-            if pos == last_pos:
-                size = total - pos - FRAME_OVERHEAD
-                if size < 0:
-                    append(-1)
-                    break
-            # slot id byte + the nonce's low 7 bytes, as one big-endian integer
-            head = header(data, pos)[0]
-            if head >> 58:
-                # not a session frame (handshake 0xff, slice 0x56): the normal path
-                append(-1)
+        for i, size in enumerate(lengths):
+            if size < 0:
                 continue
+            head = header(data, i * seg)[0]
             slot = slots[head >> 56]
             nonce = peer_half | (head & _LOW56)
-            if nonce <= slot.seen_nonce and not slot.fresh(nonce):
-                append(-1)
-                continue
-            try:
-                slot.aead.open_into(
-                    nonce.to_bytes(12, "big"), view[pos + 8 : pos + seg], None, out[start : start + size]
-                )
-            except TagError:
-                append(-1)
-                continue
             if nonce - slot.seen_nonce == 1:
                 slot.seen_nonce = nonce  # in order: mark() without the call
-            else:
+            elif slot.fresh(nonce):
                 slot.mark(nonce)
-            append(size)
+            else:
+                lengths[i] = -1
         return rows, lengths
 
     def rotate(self, key: bytes, slot_id: int, use_for_sending: bool) -> None:
         """Install ``key`` in slot ``slot_id mod 4`` with fresh nonce state; maybe send with it."""
         slot_id &= 3
-        slot = self._new_slot(Aead(self.algorithm, key))
+        slot = self._new_slot(key)
         self._slots[slot_id] = slot
         if use_for_sending:
             self._send_id = slot_id

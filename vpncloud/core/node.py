@@ -37,6 +37,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vpncloud.fastpath.rows import PacketRows, Train
+from vpncloud.fastpath.superpacket import (
+    SLICE_MARK_BYTE,
+    SuperPacket,
+    SuperPacketView,
+    add_features,
+    decode_features,
+)
+
 from . import bulk, messages
 from .acl import AclPolicy
 from .beacon import encode_beacon, hour_stamp
@@ -55,8 +64,6 @@ from .relay import (
     RelayManager,
     is_synthetic,
 )
-from .rows import PacketRows, Train
-from .superpacket import SLICE_MARK_BYTE, SuperPacket, SuperPacketView, add_features, decode_features
 from .table import ClaimTable
 from .traffic import TrafficStats, drop_reason
 from .types import (
@@ -348,7 +355,7 @@ class Node:
 
     def take_output(self) -> list[tuple[bytes | Train, SocketAddr]]:
         """Like ``datagrams_to_send`` but a run of datagrams to one address may come as one
-        :class:`~vpncloud.core.rows.Train` (for senders with UDP GSO), in order with the rest."""
+        :class:`~vpncloud.fastpath.rows.Train` (for senders with UDP GSO), in order with the rest."""
         out, self._out = self._out, []
         if self.relay is not None and self.relay.active:
             out = self.relay.wrap_output(out)
@@ -368,8 +375,8 @@ class Node:
 
     def take_device_output(self) -> list[bytes | PacketRows | SuperPacketView]:
         """Like ``packets_to_device`` but packets decrypted from one GRO train may come as one
-        :class:`~vpncloud.core.rows.PacketRows` and a super-packet as a
-        :class:`~vpncloud.core.superpacket.SuperPacketView` (for the offloading device writer), in
+        :class:`~vpncloud.fastpath.rows.PacketRows` and a super-packet as a
+        :class:`~vpncloud.fastpath.superpacket.SuperPacketView` (for the offloading device writer), in
         order."""
         out, self._device_out = self._device_out, []
         return out

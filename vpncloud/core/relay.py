@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vpncloud.fastpath.rows import Train
+from vpncloud.fastpath.superpacket import FEATURE_TCP, FEATURE_UDP
+
 from .errors import VpnCloudError
-from .rows import Train
-from .superpacket import FEATURE_TCP, FEATURE_UDP
 from .types import NODE_ID_BYTES, SocketAddr, format_sockaddr, nice
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; node.py imports this module

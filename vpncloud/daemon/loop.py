@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vpncloud import fastpath
 from vpncloud.config import (
     VERSION_TEXT,
     Config,
@@ -35,12 +36,13 @@ from vpncloud.config import (
     parse_metrics_listen,
 )
 from vpncloud.core import base62
-from vpncloud.core.rows import PacketRows, Train
-from vpncloud.core.superpacket import SuperPacketView
 from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
+from vpncloud.fastpath import offload
+from vpncloud.fastpath.rows import PacketRows, Train
+from vpncloud.fastpath.superpacket import SuperPacketView
 
 from . import device as devmod
-from . import heap, offload
+from . import heap
 from .control import ControlServer, default_socket_path
 from .hooks import Hooks, run_sync
 from .logs import get_logger
@@ -206,6 +208,7 @@ class Daemon:
                     f"Failed to open socket {format_sockaddr(listen)}: {exc.strerror or exc}"
                 ) from None
             log.info("Listening on %s", format_sockaddr(nice(self.sock.sock.getsockname()[:2])))
+        log.info("Data-plane kernels: %s (%s)", fastpath.KERNELS, fastpath.KERNELS_REASON)
         self._setup_device()
         self._setup_offloads()
         if cfg.stats_file:
@@ -372,7 +375,7 @@ class Daemon:
             # super-packets are routed by IP address; a switch learns MAC addresses per frame
             log.info("Super-packets are for TUN devices; this TAP device sends ordinary frames")
             return
-        from vpncloud.core.superpacket import FEATURE_TCP, FEATURE_UDP
+        from vpncloud.fastpath.superpacket import FEATURE_TCP, FEATURE_UDP
 
         features = FEATURE_TCP | (FEATURE_UDP if dev.offloads & devmod.TUN_F_USO4 else 0)
         try:
@@ -910,6 +913,7 @@ class Daemon:
         sock = self.sock
         return {
             "mode": self.mode,
+            "kernels": fastpath.KERNELS,
             "device_offloads": self.device.offloads if self.device is not None and self.vnet else 0,
             "udp_gso": bool(getattr(sock, "gso", False)),
             "udp_gro": self.sock_gro,

@@ -78,6 +78,7 @@ def families(status: dict[str, Any]) -> list[Metric]:
         [],
         {
             "mode": str(dataplane.get("mode", "")),
+            "kernels": str(dataplane.get("kernels", "")),
             "udp_gso": str(bool(dataplane.get("udp_gso"))).lower(),
             "udp_gro": str(bool(dataplane.get("udp_gro"))).lower(),
         },

@@ -17,8 +17,8 @@ import errno
 import ipaddress
 import socket
 
-from vpncloud.core.rows import Train
 from vpncloud.core.types import SocketAddr, mapped
+from vpncloud.fastpath.rows import Train
 
 from .logs import get_logger
 

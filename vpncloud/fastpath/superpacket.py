@@ -31,7 +31,8 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
-from .errors import DecodeError
+from vpncloud.core.errors import DecodeError
+
 from .rows import Train
 
 _np: Any

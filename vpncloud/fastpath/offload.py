@@ -34,8 +34,10 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from vpncloud.core.rows import PacketRows
-from vpncloud.core.superpacket import SuperPacketView
+from vpncloud import fastpath
+
+from .rows import PacketRows
+from .superpacket import SuperPacketView
 
 _np: Any
 try:  # optional speed-up, see the module docstring
@@ -212,7 +214,7 @@ def segment_any(hdr: bytes | memoryview, packet: bytes, prefix: bytes = b"") -> 
     core encrypts those straight into one datagram train). ``prefix`` (a TAP frame's Ethernet
     header) goes in front of every segment."""
     kind = hdr[1] & ~GSO_ECN
-    if kind in (GSO_TCPV4, GSO_TCPV6) and _np is not None:
+    if kind in (GSO_TCPV4, GSO_TCPV6) and fastpath.TCP_ROWS:
         gso_size = hdr[4] | hdr[5] << 8
         if gso_size:
             rows = segment_tcp_rows(packet, gso_size, kind == GSO_TCPV6, prefix)
@@ -247,6 +249,16 @@ def _ip_template(packet: bytes, version: int, iphl: int, hl: int) -> tuple[bytea
         return tmpl, ones_sum(tmpl[:iphl])
     _H.pack_into(tmpl, 4, 0)
     return tmpl, 0
+
+
+def _put_ip_fields(h: bytearray, version: int, ip_len: int, ident: int, ip_base: int, v6_len: int) -> None:
+    """The per-segment IP fields of a header copy: IPv4 total length, id and header checksum
+    (``ip_base``: the sum of the template), or the IPv6 payload length."""
+    if version == 4:
+        _HH.pack_into(h, 2, ip_len, ident)
+        _H.pack_into(h, 10, finish(ip_base + ip_len + ident))
+    else:
+        _H.pack_into(h, 4, v6_len)
 
 
 def segment_tcp(packet: bytes, mss: int, expect_v6: bool | None = None) -> list[bytes]:
@@ -289,13 +301,7 @@ def segment_tcp(packet: bytes, mss: int, expect_v6: bool | None = None) -> list[
         h = bytearray(tmpl)
         _L.pack_into(h, iphl + 4, seq)
         h[iphl + 13] = fl
-        if version == 4:
-            ip_len = hl + seglen
-            ident = (ip_id + i) & 0xFFFF
-            _HH.pack_into(h, 2, ip_len, ident)
-            _H.pack_into(h, 10, finish(ip_base + ip_len + ident))
-        else:
-            _H.pack_into(h, 4, doff + seglen)
+        _put_ip_fields(h, version, hl + seglen, (ip_id + i) & 0xFFFF, ip_base, doff + seglen)
         csum = tcp_base + seglen + (seq >> 16) + (seq & 0xFFFF) + fl + sums[i]
         _H.pack_into(h, iphl + 16, finish(csum))
         h += view[pos : pos + seglen]
@@ -304,81 +310,36 @@ def segment_tcp(packet: bytes, mss: int, expect_v6: bool | None = None) -> list[
     return segments
 
 
-def _finish_vec(total: Any) -> Any:
-    """``finish`` for a numpy array of sums."""
-    return (0xFFFF - total % 0xFFFF) % 0xFFFF
-
-
 def segment_tcp_rows(
     packet: bytes, mss: int, expect_v6: bool | None = None, prefix: bytes = b""
 ) -> PacketRows | None:
     """:func:`segment_tcp` with the segments laid out as :class:`PacketRows` (one free byte in
-    front of each), built with a handful of numpy operations instead of a loop per segment.
-    ``prefix`` (the Ethernet header of a TAP frame) goes in front of every segment.
+    front of each), written by the ``tcp_rows`` kernel (C, or numpy in the Python twin) instead
+    of a loop per segment. ``prefix`` (the Ethernet header of a TAP frame) goes in front of every
+    segment. Here are the protocol's rules (layout, flags of the first, middle and last segment),
+    the kernel only writes what they say.
 
-    The bytes of every segment are identical to ``segment_tcp``'s. None without numpy or when the
-    packet needs no cutting (the caller then uses ``segment_tcp``)."""
-    if _np is None:
+    The bytes of every segment are identical to ``segment_tcp``'s. None when no kernel can run
+    (no C and no numpy) or when the packet needs no cutting (the caller then uses ``segment_tcp``)."""
+    if not fastpath.TCP_ROWS:
         return None
     version, iphl, doff, hl, src, dst, ip_id = _tcp_layout(packet, expect_v6)
     total = len(packet) - hl
     if total <= mss:
         return None
     count = (total + mss - 1) // mss
-    full = total // mss
-    last = total - full * mss
-    ip0 = 1 + len(prefix)  # where the IP packet starts in a row
-    stride = ip0 + hl + mss
-    pkt = _np.frombuffer(packet, dtype=_np.uint8)
-    rows = _np.empty((count, stride), dtype=_np.uint8)
-    if prefix:
-        rows[:, 1:ip0] = _np.frombuffer(prefix, dtype=_np.uint8)
-    rows[:, ip0 : ip0 + hl] = pkt[:hl]
-    rows[:full, ip0 + hl :] = pkt[hl : hl + full * mss].reshape(full, mss)
-    seglen = _np.full(count, mss, dtype=_np.int64)
-    if last:
-        rows[full, ip0 + hl : ip0 + hl + last] = pkt[hl + full * mss :]
-        # zero padding: the payload sums below then take the short last row with the others
-        rows[full, ip0 + hl + last :] = 0
-        seglen[-1] = last
-    idx = _np.arange(count, dtype=_np.int64)
-    seq0 = _L.unpack_from(packet, iphl + 4)[0]
-    seq = (seq0 + idx * mss) & 0xFFFFFFFF
+    last = total - (count - 1) * mss
     flags0 = packet[iphl + 13]
     first_flags = flags0 & ~0x09  # no FIN/PSH before the last segment
-    flags = _np.full(count, first_flags & ~0x80, dtype=_np.int64)  # CWR only on the first
-    flags[0] = first_flags
-    flags[-1] = flags0 & ~0x80
+    flags = (first_flags, first_flags & ~0x80, flags0 & ~0x80)  # CWR only on the first
     _tmpl, ip_base, tcp_base = _tcp_template(packet, version, iphl, hl, doff, src, dst)
-    base = ip0 + iphl  # TCP header offset within a row
-    if version == 4:
-        ip_len = hl + seglen
-        ident = (ip_id + idx) & 0xFFFF
-        fields = rows[:, ip0 + 2 : ip0 + 6].view(">u2")
-        fields[:, 0] = ip_len
-        fields[:, 1] = ident
-        rows[:, ip0 + 10 : ip0 + 12].view(">u2")[:, 0] = _finish_vec(ip_base + ip_len + ident)
-    else:
-        rows[:, ip0 + 4 : ip0 + 6].view(">u2")[:, 0] = doff + seglen
-    # Payload sums straight from the rows (cache-hot), as little-endian words (native, fast).
-    # Rows start at even offsets and the header length is a multiple of 4, so for an even mss the
-    # payload is word-aligned: a byte swap is a factor 256 mod 0xFFFF. For an odd mss the words
-    # from column hl pair the last header byte (the same in every row) with the first payload
-    # byte, which gives exactly the padded big-endian sum plus that byte.
-    if mss & 1:
-        words = rows[:, ip0 + hl - 1 : stride].view("<u2")
-        sums = _np.add.reduce(words, axis=1, dtype=_np.uint32).astype(_np.int64) - packet[hl - 1]
-    else:
-        words = rows[:, ip0 + hl : stride].view("<u2")
-        sums = _np.add.reduce(words, axis=1, dtype=_np.uint32).astype(_np.int64) * 256
-    csum = tcp_base + seglen + (seq >> 16) + (seq & 0xFFFF) + flags + sums
-    rows[:, base + 4 : base + 8].view(">u4")[:, 0] = seq
-    rows[:, base + 13] = flags
-    rows[:, base + 16 : base + 18].view(">u2")[:, 0] = _finish_vec(csum)
-    lengths = [ip0 - 1 + hl + mss] * count
-    if last:
-        lengths[-1] = ip0 - 1 + hl + last
-    return PacketRows(memoryview(rows).cast("B"), stride, lengths)
+    seq0 = _L.unpack_from(packet, iphl + 4)[0]
+    rows = fastpath.tcp_rows(
+        packet, prefix, iphl, hl, mss, version == 4, ip_id, ip_base % 0xFFFF, tcp_base % 0xFFFF, seq0, flags
+    )
+    lengths = [len(prefix) + hl + mss] * count
+    lengths[-1] = len(prefix) + hl + last
+    return PacketRows(rows, 1 + len(prefix) + hl + mss, lengths)
 
 
 def segment_udp(packet: bytes, size: int) -> list[bytes]:
@@ -412,13 +373,7 @@ def segment_udp(packet: bytes, size: int) -> list[bytes]:
         seglen = size if i < full else total - full * size
         h = bytearray(tmpl)
         udp_len = 8 + seglen
-        if version == 4:
-            ip_len = hl + seglen
-            ident = (ip_id + i) & 0xFFFF
-            _HH.pack_into(h, 2, ip_len, ident)
-            _H.pack_into(h, 10, finish(ip_base + ip_len + ident))
-        else:
-            _H.pack_into(h, 4, udp_len)
+        _put_ip_fields(h, version, hl + seglen, (ip_id + i) & 0xFFFF, ip_base, udp_len)
         csum = finish(addr_sum + udp_len + ports + udp_len + sums[i]) or 0xFFFF
         _HH.pack_into(h, iphl + 4, udp_len, csum)
         h += packet[pos : pos + seglen]

@@ -1,0 +1,152 @@
+"""atheris targets for every entry point of the C kernels (issue 21), run by scripts/fuzz.sh.
+
+    python fuzz/kernels.py TARGET SO_PATH [libFuzzer flags]
+
+TARGET is one of aead, seal, seal_rows, open_train, tcp_rows; SO_PATH the extension built with
+-fsanitize=address,undefined,fuzzer-no-link (the script builds it). Each target feeds the C entry
+point arbitrary arguments and checks the result against the Python twin: a memory error (ASan), an
+undefined behaviour (UBSan), an exception other than the documented ones or a difference from the
+twin is a finding.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import atheris
+
+os.environ["VPNCLOUD_PURE_PYTHON"] = "1"  # the package must not load the uninstrumented build
+from vpncloud.fastpath import _python as PY
+
+KEY_LEN = {1: 16, 2: 32, 3: 32}
+#: What the kernels may raise for arguments they refuse (the parser's OverflowError included).
+EXPECTED = (ValueError, OverflowError, TypeError)
+
+
+def load(path: str) -> Any:
+    loader = importlib.machinery.ExtensionFileLoader("vpncloud.fastpath._kernels", path)
+    spec = importlib.util.spec_from_file_location("vpncloud.fastpath._kernels", path, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        result = call()
+    except EXPECTED as err:
+        return ("error", None if isinstance(err, ValueError) else type(err).__name__)
+    if isinstance(result, tuple):
+        return ("ok", (bytes(result[0]), *result[1:]))
+    return ("ok", bytes(result))
+
+
+def key_for(fdp: atheris.FuzzedDataProvider) -> tuple[int, bytes]:
+    alg = fdp.ConsumeIntInRange(1, 3)
+    return alg, fdp.ConsumeBytes(KEY_LEN[alg])
+
+
+def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
+    def aead(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        alg = fdp.ConsumeIntInRange(-1, 5)
+        key = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40))
+        c = outcome(lambda: C.Aead(alg, key).seal(bytes(12), b""))
+        assert c == outcome(lambda: PY.Aead(alg, key).seal(bytes(12), b"")), (alg, key)
+
+    def seal(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        alg, key = key_for(fdp)
+        if len(key) != KEY_LEN[alg]:
+            return
+        nonce = fdp.ConsumeBytes(fdp.ConsumeIntInRange(10, 13))
+        plain = fdp.ConsumeBytes(fdp.remaining_bytes())
+        assert outcome(lambda: C.Aead(alg, key).seal(nonce, plain)) == outcome(
+            lambda: PY.Aead(alg, key).seal(nonce, plain)
+        )
+
+    def seal_rows(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        alg, key = key_for(fdp)
+        if len(key) != KEY_LEN[alg]:
+            return
+        args = (
+            fdp.ConsumeIntInRange(-1, 256),
+            fdp.ConsumeIntInRange(-3, 300),
+            fdp.ConsumeIntInRange(-1, 8),
+            fdp.ConsumeIntInRange(-2, 300),
+            fdp.ConsumeIntInRange(-2, 300),
+            fdp.ConsumeIntInRange(-1, 256),
+            fdp.ConsumeIntInRange(-1, 1 << 33),
+            fdp.ConsumeIntInRange(-1, 1 << 65),
+        )
+        src = fdp.ConsumeBytes(fdp.remaining_bytes())
+        full = (args[0], src, *args[1:])
+        c = outcome(lambda: C.Aead(alg, key).seal_rows(*full))
+        assert c == outcome(lambda: PY.Aead(alg, key).seal_rows(*full)), args
+
+    def open_train(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        alg, key = key_for(fdp)
+        if len(key) != KEY_LEN[alg]:
+            return
+        seg = fdp.ConsumeIntInRange(20, 200)
+        half = fdp.ConsumeIntInRange(-1, 256)
+        floors = tuple(fdp.ConsumeIntInRange(0, 1 << 57) for _ in range(4))
+        frames = []
+        ref_c = C.Aead(alg, key)
+        # some real frames (sealed by the kernel itself) so that the opening code runs, not only the
+        # rejections; the fuzzer then mutates them
+        for _ in range(fdp.ConsumeIntInRange(0, 4)):
+            body = fdp.ConsumeBytes(max(0, seg - 24))
+            nonce = bytes((0x80, 0, 0, 0, 0)) + fdp.ConsumeBytes(7).ljust(7, b"\0")
+            frames.append(bytes((fdp.ConsumeIntInRange(0, 5),)) + nonce[5:] + ref_c.seal(nonce, body))
+        tail = fdp.ConsumeBytes(fdp.remaining_bytes())
+        train = b"".join(frames) + tail
+        c = outcome(lambda: C.open_train((ref_c,) * 4, floors, half, train, seg))
+        py_aead = PY.Aead(alg, key)
+        assert c == outcome(lambda: PY.open_train((py_aead,) * 4, floors, half, train, seg))
+
+    def tcp_rows(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        iphl = fdp.ConsumeIntInRange(0, 64)
+        args = (
+            fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 70)),  # prefix
+            iphl,
+            iphl + fdp.ConsumeIntInRange(0, 80),  # hl
+            fdp.ConsumeIntInRange(-1, 2000),  # mss
+            fdp.ConsumeBool(),
+            fdp.ConsumeIntInRange(-1, 0x10000),
+            fdp.ConsumeIntInRange(0, 1 << 33),
+            fdp.ConsumeIntInRange(0, 1 << 33),
+            fdp.ConsumeIntInRange(0, 1 << 33),
+            (fdp.ConsumeIntInRange(-1, 256), fdp.ConsumeIntInRange(0, 255), fdp.ConsumeIntInRange(0, 255)),
+        )
+        packet = fdp.ConsumeBytes(fdp.remaining_bytes())
+        c = outcome(lambda: C.tcp_rows(packet, *args))
+        assert c == outcome(lambda: PY.tcp_rows(packet, *args)), args
+
+    return {
+        "aead": aead,
+        "seal": seal,
+        "seal_rows": seal_rows,
+        "open_train": open_train,
+        "tcp_rows": tcp_rows,
+    }
+
+
+def main() -> None:
+    target, path = sys.argv[1], sys.argv[2]
+    test_one = make_targets(load(path))[target]
+    atheris.Setup([sys.argv[0], *sys.argv[3:]], test_one)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

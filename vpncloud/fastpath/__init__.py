@@ -1,0 +1,74 @@
+"""The data plane's fast path (issue 21): buffer kernels in C with a Python twin, one interface.
+
+``_kernels`` (C, built at install time against libcrypto when a compiler and OpenSSL's headers are
+there) and ``_python`` offer the same functions; this module picks one at import, the C one unless
+it is not built or ``VPNCLOUD_PURE_PYTHON=1`` asks for the Python one. Callers use ``Aead``,
+``open_train``, ``KernelError`` and ``KERNELS`` (``"c"`` or ``"python"``) from here only.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from . import _python
+
+__all__ = [
+    "KERNELS",
+    "KERNELS_REASON",
+    "TCP_ROWS",
+    "Aead",
+    "KernelError",
+    "implementation",
+    "open_train",
+    "tcp_rows",
+]
+
+
+def _load() -> tuple[ModuleType, str]:
+    if os.environ.get("VPNCLOUD_PURE_PYTHON", "").strip() not in ("", "0"):
+        return _python, "VPNCLOUD_PURE_PYTHON is set"
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__name__}._kernels") is None:
+        return _python, "C kernels not built (no compiler or no OpenSSL headers at install time)"
+    try:
+        from . import _kernels  # type: ignore[attr-defined]
+    except ImportError as exc:  # built, but for another Python or without its libcrypto
+        return _python, f"C kernels do not load ({exc})"
+    return _kernels, "C kernels built"
+
+
+def implementation(name: str) -> ModuleType:
+    """The kernels by name, ``"c"`` or ``"python"`` (tests run both); ImportError if not built."""
+    if name == "python":
+        return _python
+    if name == "c":
+        from . import _kernels  # type: ignore[attr-defined]
+
+        return _kernels  # type: ignore[no-any-return]
+    raise ValueError(f"no kernels named {name!r}")
+
+
+_impl, KERNELS_REASON = _load()
+#: Which kernels run: "c" or "python" (the log at startup and ``status --json`` say it).
+KERNELS = "python" if _impl is _python else "c"
+if TYPE_CHECKING:
+    # both twins have one interface: the Python one's signatures are the types
+    from ._python import Aead, KernelError, open_train, tcp_rows
+else:
+    Aead = _impl.Aead
+    KernelError = _impl.KernelError
+    open_train = _impl.open_train
+    tcp_rows = _impl.tcp_rows
+
+
+def _has_numpy() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numpy") is not None
+
+
+#: Whether ``tcp_rows`` can run: always in C, with numpy in Python (else segment by segment).
+TCP_ROWS = KERNELS == "c" or _has_numpy()

@@ -1,0 +1,442 @@
+/* Data-plane kernels: seal and open the rows of one buffer with OpenSSL's EVP (issue 21).
+ *
+ * Also the TCP segmentation of a TSO super-packet into such rows, with its checksums
+ * (vpncloud/fastpath/offload.py decides the layout and the flags, the kernel only writes them).
+ *
+ * Pure functions over buffers: no I/O, no clock, no protocol state. The only state is the pair of
+ * cipher contexts an Aead object owns, created once per key because setting up a context (key
+ * schedule, GHASH tables) costs more than sealing a 1400-byte packet. The frame layout is the one
+ * of vpncloud/core/crypto_core.py (spec 4.3), the Python twin is vpncloud/fastpath/_python.py:
+ *
+ *     [slot id][nonce bytes 5..11][ciphertext][16-byte tag]
+ *
+ * Every length is checked at entry, before any byte is touched; the one exception is KernelError
+ * (a ValueError). A frame that does not authenticate is not an error: its length is reported -1.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TAG_LEN 16
+#define HEADER_LEN 8
+#define NONCE_LEN 12
+#define OVERHEAD (HEADER_LEN + TAG_LEN)
+#define NUM_SLOTS 4
+/* One UDP datagram or one super-packet at most: anything larger is a caller's bug. */
+#define MAX_CHUNK (1 << 20)
+/* Rows of one buffer: a GRO/GSO train has at most 64, a super-packet cut small a few hundred. */
+#define MAX_ROWS 65536
+
+static PyObject *KernelError;
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+} AeadObject;
+
+static const EVP_CIPHER *cipher_for(int alg, Py_ssize_t key_len)
+{
+    /* wire ids of core/primitives.py Algorithm */
+    if (alg == 1 && key_len == 16)
+        return EVP_aes_128_gcm();
+    if (alg == 2 && key_len == 32)
+        return EVP_aes_256_gcm();
+    if (alg == 3 && key_len == 32)
+        return EVP_chacha20_poly1305();
+    return NULL;
+}
+
+static int Aead_init(AeadObject *self, PyObject *args, PyObject *kwargs)
+{
+    int alg;
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "iy*", &alg, &key))
+        return -1;
+    const EVP_CIPHER *cipher = cipher_for(alg, key.len);
+    if (cipher == NULL) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(KernelError, "unknown algorithm or wrong key length");
+        return -1;
+    }
+    /* __init__ may run twice on one object: never leak the first pair of contexts */
+    EVP_CIPHER_CTX_free(self->enc);
+    EVP_CIPHER_CTX_free(self->dec);
+    self->enc = EVP_CIPHER_CTX_new();
+    self->dec = EVP_CIPHER_CTX_new();
+    int ok = self->enc != NULL && self->dec != NULL &&
+             EVP_EncryptInit_ex(self->enc, cipher, NULL, key.buf, NULL) == 1 &&
+             EVP_DecryptInit_ex(self->dec, cipher, NULL, key.buf, NULL) == 1;
+    PyBuffer_Release(&key);
+    if (!ok) {
+        PyErr_SetString(KernelError, "OpenSSL could not set up the cipher");
+        return -1;
+    }
+    return 0;
+}
+
+static void Aead_dealloc(AeadObject *self)
+{
+    EVP_CIPHER_CTX_free(self->enc);
+    EVP_CIPHER_CTX_free(self->dec);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The nonce as a 96-bit big-endian counter: hi holds bytes 0..3, lo bytes 4..11. */
+static void put_nonce(unsigned char *out, uint32_t hi, uint64_t lo)
+{
+    for (int i = 3; i >= 0; i--, hi >>= 8)
+        out[i] = (unsigned char)hi;
+    for (int i = 11; i >= 4; i--, lo >>= 8)
+        out[i] = (unsigned char)lo;
+}
+
+/* One frame body: ciphertext of prefix + data (prefix may be absent) followed by the tag. */
+static int seal_one(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, int prefix, const unsigned char *data,
+                    int len, unsigned char *out)
+{
+    int n;
+    unsigned char p = (unsigned char)prefix;
+    if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1)
+        return 0;
+    if (prefix >= 0) {
+        if (EVP_EncryptUpdate(ctx, out, &n, &p, 1) != 1)
+            return 0;
+        out += n;
+    }
+    if (EVP_EncryptUpdate(ctx, out, &n, data, len) != 1)
+        return 0;
+    out += n;
+    if (EVP_EncryptFinal_ex(ctx, out, &n) != 1)
+        return 0;
+    return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, out + n) == 1;
+}
+
+/* 1 when the body (ciphertext + tag) authenticates, 0 when it does not. */
+static int open_one(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsigned char *body, int len,
+                    unsigned char *out)
+{
+    int n;
+    int ct_len = len - TAG_LEN;
+    /* the tag argument is not const in OpenSSL's prototype; it is only read */
+    return EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1 &&
+           EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, (void *)(body + ct_len)) == 1 &&
+           EVP_DecryptUpdate(ctx, out, &n, body, ct_len) == 1 && EVP_DecryptFinal_ex(ctx, out + n, &n) == 1;
+}
+
+PyDoc_STRVAR(seal_rows_doc,
+             "seal_rows(prefix, src, stride, count, length, last, slot_id, nonce_hi, nonce_lo) -> bytes\n\n"
+             "Frames for prefix byte + packet of each of count rows of src (row i at i * stride: one\n"
+             "free byte, then length bytes, last bytes for the last row), back to back. The first frame\n"
+             "uses the nonce nonce_hi << 64 | nonce_lo, each next one the nonce plus one.");
+
+static PyObject *Aead_seal_rows(AeadObject *self, PyObject *args)
+{
+    int prefix, slot_id;
+    Py_buffer src;
+    Py_ssize_t stride, count, length, last;
+    PyObject *hi_obj, *lo_obj;
+    if (!PyArg_ParseTuple(args, "iy*nnnniO!O!", &prefix, &src, &stride, &count, &length, &last, &slot_id,
+                          &PyLong_Type, &hi_obj, &PyLong_Type, &lo_obj))
+        return NULL;
+    PyObject *result = NULL;
+    /* the nonce halves are range-checked here rather than silently masked by the parser */
+    unsigned long long nonce_hi = PyLong_AsUnsignedLongLong(hi_obj);
+    unsigned long long nonce_lo = PyErr_Occurred() ? 0 : PyLong_AsUnsignedLongLong(lo_obj);
+    if (PyErr_Occurred() || nonce_hi > 0xFFFFFFFFull) {
+        PyErr_Clear();
+        PyErr_SetString(KernelError, "rows do not fit the buffer");
+        goto done;
+    }
+    if (self->enc == NULL) {
+        PyErr_SetString(KernelError, "Aead was not initialised");
+        goto done;
+    }
+    /* bounds first: each product below is at most MAX_ROWS * MAX_CHUNK, far from overflow */
+    if (prefix < 0 || prefix > 255 || slot_id < 0 || slot_id > 255 || count < 1 || count > MAX_ROWS ||
+        length < 0 || length >= MAX_CHUNK || last < 0 || last > length || stride < length + 1 ||
+        stride > MAX_CHUNK || src.len < stride * (count - 1) + 1 + last) {
+        PyErr_SetString(KernelError, "rows do not fit the buffer");
+        goto done;
+    }
+    Py_ssize_t seg = length + 1 + OVERHEAD;
+    result = PyBytes_FromStringAndSize(NULL, seg * (count - 1) + last + 1 + OVERHEAD);
+    if (result == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    const unsigned char *in = src.buf;
+    unsigned char nonce[NONCE_LEN];
+    uint64_t lo = nonce_lo;
+    uint32_t hi = (uint32_t)nonce_hi;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        put_nonce(nonce, hi, lo);
+        out[0] = (unsigned char)slot_id;
+        memcpy(out + 1, nonce + 5, 7);
+        int len = (int)(i == count - 1 ? last : length);
+        if (!seal_one(self->enc, nonce, prefix, in + i * stride + 1, len, out + HEADER_LEN)) {
+            Py_CLEAR(result);
+            PyErr_SetString(KernelError, "OpenSSL failed to seal");
+            goto done;
+        }
+        out += seg;
+        if (++lo == 0)
+            hi++;
+    }
+done:
+    PyBuffer_Release(&src);
+    return result;
+}
+
+PyDoc_STRVAR(seal_doc, "seal(nonce, plaintext) -> bytes\n\nCiphertext followed by the 16-byte tag.");
+
+static PyObject *Aead_seal(AeadObject *self, PyObject *args)
+{
+    Py_buffer nonce, data;
+    if (!PyArg_ParseTuple(args, "y*y*", &nonce, &data))
+        return NULL;
+    PyObject *result = NULL;
+    if (self->enc == NULL || nonce.len != NONCE_LEN || data.len > MAX_CHUNK) {
+        PyErr_SetString(KernelError, "uninitialised Aead, nonce not 12 bytes or data over 1 MiB");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, data.len + TAG_LEN);
+    if (result != NULL &&
+        !seal_one(self->enc, nonce.buf, -1, data.buf, (int)data.len, (unsigned char *)PyBytes_AS_STRING(result))) {
+        Py_CLEAR(result);
+        PyErr_SetString(KernelError, "OpenSSL failed to seal");
+    }
+done:
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+static PyMethodDef Aead_methods[] = {
+    {"seal_rows", (PyCFunction)Aead_seal_rows, METH_VARARGS, seal_rows_doc},
+    {"seal", (PyCFunction)Aead_seal, METH_VARARGS, seal_doc},
+    {NULL}};
+
+static PyTypeObject AeadType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vpncloud.fastpath._kernels.Aead",
+    .tp_doc = "Aead(algorithm, key): one key with one encrypt and one decrypt context, reused.",
+    .tp_basicsize = sizeof(AeadObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Aead_init,
+    .tp_dealloc = (destructor)Aead_dealloc,
+    .tp_methods = Aead_methods,
+};
+
+PyDoc_STRVAR(open_train_doc,
+             "open_train(slots, floors, half, data, seg) -> (rows, lengths, seen)\n\n"
+             "Open each seg-byte frame of data (the last may be shorter) into a row of seg - 24 bytes\n"
+             "of one new bytearray. slots: 4 Aead objects by slot id; a frame's nonce is half << 88 |\n"
+             "its 7 header bytes, and a frame whose 56-bit nonce is below floors[slot] is not opened.\n"
+             "lengths: each plaintext's length, -1 for a frame that is too short, not a session frame\n"
+             "(header byte > 3), below the floor or not authentic. seen: per slot the highest 56-bit\n"
+             "nonce opened, -1 for none.");
+
+static PyObject *open_train(PyObject *module, PyObject *args)
+{
+    PyObject *slots, *floors_obj;
+    int half;
+    Py_buffer data;
+    Py_ssize_t seg;
+    if (!PyArg_ParseTuple(args, "O!O!iy*n", &PyTuple_Type, &slots, &PyTuple_Type, &floors_obj, &half, &data,
+                          &seg))
+        return NULL;
+    PyObject *rows = NULL, *lengths = NULL, *result = NULL;
+    AeadObject *aead[NUM_SLOTS];
+    unsigned long long floors[NUM_SLOTS];
+    long long seen[NUM_SLOTS] = {-1, -1, -1, -1};
+    if (PyTuple_GET_SIZE(slots) != NUM_SLOTS || PyTuple_GET_SIZE(floors_obj) != NUM_SLOTS || half < 0 ||
+        half > 255 || seg <= OVERHEAD || seg > MAX_CHUNK || data.len < 1 ||
+        (data.len + seg - 1) / seg > MAX_ROWS) {
+        PyErr_SetString(KernelError, "open_train: bad slots, floors, half or train layout");
+        goto done;
+    }
+    for (int s = 0; s < NUM_SLOTS; s++) {
+        PyObject *a = PyTuple_GET_ITEM(slots, s);
+        if (!PyObject_TypeCheck(a, &AeadType) || ((AeadObject *)a)->dec == NULL) {
+            PyErr_SetString(KernelError, "open_train: slots must be 4 initialised Aead objects");
+            goto done;
+        }
+        aead[s] = (AeadObject *)a;
+        floors[s] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(floors_obj, s));
+        if (PyErr_Occurred()) {
+            /* a negative or too large floor is a bad call like any other: the one exception */
+            PyErr_Clear();
+            PyErr_SetString(KernelError, "open_train: floors must be 4 integers in 0..2**64-1");
+            goto done;
+        }
+    }
+    Py_ssize_t stride = seg - OVERHEAD;
+    Py_ssize_t n = (data.len + seg - 1) / seg;
+    rows = PyByteArray_FromStringAndSize(NULL, stride * n);
+    lengths = PyList_New(n);
+    if (rows == NULL || lengths == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(rows);
+    /* the Python twin's rows start zeroed; unused bytes must not leak old heap contents */
+    memset(out, 0, stride * n);
+    const unsigned char *in = data.buf;
+    unsigned char nonce[NONCE_LEN] = {0};
+    nonce[0] = (unsigned char)half;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t pos = i * seg;
+        Py_ssize_t len = i == n - 1 ? data.len - pos : seg;
+        long size = -1;
+        int slot = in[pos];
+        if (len >= OVERHEAD && slot < NUM_SLOTS) {
+            unsigned long long low = 0;
+            for (int b = 1; b < HEADER_LEN; b++)
+                low = low << 8 | in[pos + b];
+            memcpy(nonce + 5, in + pos + 1, 7);
+            if (low >= floors[slot] &&
+                open_one(aead[slot]->dec, nonce, in + pos + HEADER_LEN, (int)(len - HEADER_LEN), out + i * stride)) {
+                size = (long)(len - OVERHEAD);
+                if ((long long)low > seen[slot])
+                    seen[slot] = (long long)low;
+            } else {
+                /* never hand out plaintext that did not authenticate */
+                memset(out + i * stride, 0, len - OVERHEAD);
+            }
+        }
+        PyObject *v = PyLong_FromLong(size);
+        if (v == NULL)
+            goto done;
+        PyList_SET_ITEM(lengths, i, v);
+        if (len < OVERHEAD)
+            break; /* a too-short last frame ends the train, as in the Python twin */
+    }
+    result = Py_BuildValue("OO(LLLL)", rows, lengths, seen[0], seen[1], seen[2], seen[3]);
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(lengths);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+
+/* Sum of data as big-endian 16-bit words, an odd last byte padded with zero (RFC 1071); the
+ * caller reduces mod 0xFFFF, as the Python twin does with its integers. */
+static uint64_t be_sum(const unsigned char *data, Py_ssize_t len)
+{
+    uint64_t sum = 0;
+    Py_ssize_t i = 0;
+    for (; i + 1 < len; i += 2)
+        sum += (uint64_t)data[i] << 8 | data[i + 1];
+    if (i < len)
+        sum += (uint64_t)data[i] << 8;
+    return sum;
+}
+
+/* The checksum field for a sum: its ones' complement, 0 for a sum of 0 mod 0xFFFF (offload.finish). */
+static unsigned finish(uint64_t total)
+{
+    total %= 0xFFFF;
+    return total ? (unsigned)(0xFFFF - total) : 0;
+}
+
+static void put16(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+PyDoc_STRVAR(tcp_rows_doc,
+             "tcp_rows(packet, prefix, iphl, hl, mss, ipv4, ip_id, ip_base, tcp_base, seq0, flags) -> bytearray\n\n"
+             "The TCP segments of a TSO super-packet as rows of 1 + len(prefix) + hl + mss bytes: a zero\n"
+             "byte, prefix, then the first hl bytes of packet (IP + TCP header) with the per-segment fields\n"
+             "set, then mss payload bytes (fewer in the last row, zero padded). ip_base / tcp_base: the\n"
+             "sums of the header templates (offload._tcp_template); flags: (first, middle, last) segment.");
+
+static PyObject *tcp_rows(PyObject *module, PyObject *args)
+{
+    Py_buffer packet, prefix;
+    Py_ssize_t iphl, hl, mss;
+    int ipv4, first, mid, lastf;
+    unsigned long ip_id, seq0;
+    unsigned long long ip_base, tcp_base;
+    if (!PyArg_ParseTuple(args, "y*y*nnnpkKKk(iii)", &packet, &prefix, &iphl, &hl, &mss, &ipv4, &ip_id, &ip_base,
+                          &tcp_base, &seq0, &first, &mid, &lastf))
+        return NULL;
+    PyObject *rows = NULL;
+    Py_ssize_t total = packet.len - hl;
+    /* total > mss: a packet that needs no cutting never comes here (the caller's rule) */
+    if (iphl < 20 || hl < iphl + 20 || hl > packet.len || hl > 1024 || mss < 1 || mss > MAX_CHUNK ||
+        total <= mss || (total + mss - 1) / mss > MAX_ROWS || prefix.len > 64 || ip_id > 0xFFFF ||
+        seq0 > 0xFFFFFFFFul || ip_base > 0xFFFFFFFFull || tcp_base > 0xFFFFFFFFull || (first | mid | lastf) < 0 ||
+        (first | mid | lastf) > 255) {
+        PyErr_SetString(KernelError, "tcp_rows: the layout does not fit the packet");
+        goto done;
+    }
+    Py_ssize_t count = (total + mss - 1) / mss;
+    Py_ssize_t ip0 = 1 + prefix.len;
+    Py_ssize_t stride = ip0 + hl + mss;
+    rows = PyByteArray_FromStringAndSize(NULL, stride * count);
+    if (rows == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(rows);
+    const unsigned char *pkt = packet.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        unsigned char *row = out + i * stride;
+        unsigned char *ip = row + ip0;
+        unsigned char *tcp = ip + iphl;
+        Py_ssize_t seglen = i < count - 1 ? mss : total - (count - 1) * mss;
+        row[0] = 0;
+        memcpy(row + 1, prefix.buf, prefix.len);
+        memcpy(ip, pkt, hl);
+        memcpy(ip + hl, pkt + hl + i * mss, seglen);
+        memset(ip + hl + seglen, 0, mss - seglen);
+        uint32_t seq = (uint32_t)(seq0 + (uint64_t)i * mss);
+        unsigned flags = (unsigned)(i == 0 ? first : i == count - 1 ? lastf : mid);
+        if (ipv4) {
+            unsigned ip_len = (unsigned)(hl + seglen);
+            unsigned ident = (unsigned)((ip_id + i) & 0xFFFF);
+            put16(ip + 2, ip_len);
+            put16(ip + 4, ident);
+            put16(ip + 10, finish(ip_base + ip_len + ident));
+        } else {
+            put16(ip + 4, (unsigned)(hl - iphl + seglen));
+        }
+        tcp[4] = (unsigned char)(seq >> 24);
+        tcp[5] = (unsigned char)(seq >> 16);
+        tcp[6] = (unsigned char)(seq >> 8);
+        tcp[7] = (unsigned char)seq;
+        tcp[13] = (unsigned char)flags;
+        uint64_t sum = tcp_base + (uint64_t)seglen + (seq >> 16) + (seq & 0xFFFF) + flags + be_sum(ip + hl, seglen);
+        put16(tcp + 16, finish(sum));
+    }
+done:
+    PyBuffer_Release(&packet);
+    PyBuffer_Release(&prefix);
+    return rows;
+}
+
+static PyMethodDef module_methods[] = {
+    {"open_train", open_train, METH_VARARGS, open_train_doc},
+    {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
+    {NULL}};
+
+static struct PyModuleDef kernels_module = {
+    PyModuleDef_HEAD_INIT, "vpncloud.fastpath._kernels", "Data-plane kernels (C twin of _python.py).", -1,
+    module_methods};
+
+PyMODINIT_FUNC PyInit__kernels(void)
+{
+    if (PyType_Ready(&AeadType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&kernels_module);
+    if (m == NULL)
+        return NULL;
+    KernelError = PyErr_NewException("vpncloud.fastpath._kernels.KernelError", PyExc_ValueError, NULL);
+    if (KernelError == NULL || PyModule_AddObjectRef(m, "KernelError", KernelError) < 0 ||
+        PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
