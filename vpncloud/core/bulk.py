@@ -82,6 +82,11 @@ class Node(Protocol):
 
     def receive_packet(self, packet: bytes, now: float) -> None: ...
 
+    # Any: the node's own Peer class is narrower than this module's protocol of it
+    def _handle_message(
+        self, peer: Any, msg_type: int, payload: bytes, addr: SocketAddr, now: float
+    ) -> None: ...
+
 
 _DATA_PREFIX = bytes((MSG_DATA,))
 #: Trains of smaller datagrams are not worth the row layout (and cannot hold a DATA message).
