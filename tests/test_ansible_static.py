@@ -484,3 +484,33 @@ def test_config_src_copies_a_config_rendered_by_apply(tmp_path: Path) -> None:
     deployed = root / "etc" / "vpncloud" / "testnet.net"
     assert deployed.read_bytes() == rendered.read_bytes()
     assert deployed.stat().st_mode & 0o777 == 0o600
+
+
+def test_security_file_is_what_apply_writes_per_node(tmp_path: Path) -> None:
+    from test_mesh_plan import FakeTarget
+
+    from vpncloud.mesh.apply import apply_mesh
+    from vpncloud.mesh.keystore import Keystore
+    from vpncloud.mesh.loader import load_mesh_text
+
+    data = _mesh(key_expiry={"alpha": "2031-01-01"})
+    nodes = list(data["nodes"])  # type: ignore[call-overload]
+    data["nodes"] = [
+        *nodes,
+        {"name": "delta", "host": "delta", "behind_nat": True, "vpn_address": "10.77.0.4"},
+    ]
+    keys, state = tmp_path / "keys", tmp_path / "state"
+    apply_mesh(load_mesh_text(yaml.safe_dump(data)), Keystore(keys), state, FakeTarget())
+    texts = {n: mesh_filters.security_file(data, n, str(keys)) for n in ("alpha", "beta", "gamma", "delta")}
+    for name, text in texts.items():
+        assert text == (state / "testnet" / f"{name}.security.yaml").read_text(encoding="utf-8")
+    assert yaml.safe_load(texts["alpha"])["relay"] == {"offer": True, "use": False}
+    assert yaml.safe_load(texts["gamma"])["relay"] == {"offer": False, "use": True}
+    assert len(yaml.safe_load(texts["gamma"])["key_expiry"]) == 1
+    # switching relay use needs a restart (the TUN MTU is set at start); offering does not
+    config = mesh_filters.node_config(data, "gamma", str(keys))
+    fp = mesh_filters.restart_fingerprint
+    assert fp(config, texts["gamma"]) != fp(config, "")
+    assert fp(config, texts["alpha"]) == fp(config, "")
+    # a mesh without ACL, key expiry and relays has no security file
+    assert mesh_filters.security_file(_mesh(), "gamma", str(keys)) == ""

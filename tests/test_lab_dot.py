@@ -80,3 +80,16 @@ def test_dot_of_a_running_lab(lab_root: Path, lab_name: str, tmp_path: Path) -> 
             assert "<svg" in (tmp_path / "mesh.dot.svg").read_text()
     finally:
         lab.lab_down(lab_name, lab_root)
+
+
+def test_relayed_links_get_their_own_style() -> None:
+    status = three_nodes()
+    a, b, c = status.nodes
+    c.running, c.error, c.pid, c.peers = True, None, 10, [lab.PeerStatus(addr="10.0.0.1:3210", name="a")]
+    # a reaches b through c (the node's `status --json` relay object); the other links are direct
+    a.daemon = {"relay": {"relayed_peers": [{"addr": "[100::1]:1", "relay": "c" * 32, "node_id": "b" * 32}]}}
+    b.daemon = {"relay": {"relayed_peers": [{"relay": 7}, "junk"]}}  # malformed entries are skipped
+    a.peers.append(lab.PeerStatus(addr="10.0.0.3:3210", name="c"))
+    text = lab_dot(status)
+    assert '"a" -- "b" [color=blue, style=dotted, fontcolor=blue, label="via c"];' in text
+    assert '"a" -- "c";' in text

@@ -616,3 +616,39 @@ def test_destroy_on_a_terminal_asks_and_only_yes_destroys(env: tuple[Keystore, P
     assert res.returncode == 0 and "Destroy complete." in res.stdout, res.stdout
     assert not (state_dir / "g").exists() and store.get("g", "a") is None
     assert sorted(p.name for p in (store.root / "g").glob("archive/*/*.key")) == ["a.key", "b.key", "c.key"]
+
+
+def test_golden_relay_paths_and_per_node_relay_settings(env: tuple[Keystore, Path]) -> None:
+    # c and d behind NAT reach a and b (public: relays by default); b is told not to relay, e not to
+    # use relays, f shares no public node with the others.
+    text = MESH.replace("    underlay: 192.0.2.2\n", "    underlay: 192.0.2.2\n    relay: false\n")
+    text += "  - {name: d, host: hd, behind_nat: true, vpn_address: 10.5.0.4}\n"
+    text += "  - {name: e, host: he, behind_nat: true, use_relays: false, vpn_address: 10.5.0.5}\n"
+    plan = plan_of(env, text)
+    paths = [(w.kind, w.message) for w in plan.warnings]
+    assert paths == [
+        ("relay-path", "c ↔ d via a (both behind NAT: when hole punching fails)"),
+        ("no-relay", "c, d ↔ e: no relay available (both behind NAT: only hole punching connects them)"),
+    ]
+    created = {c.address: {a.name: a.after for a in c.attributes} for c in plan.changes}
+    relay = {n: sorted(k for k in attrs if k.startswith("relay.")) for n, attrs in created.items()}
+    assert relay["node.a"] == ["relay.offer"]
+    assert relay["node.b"] == []  # relay: false
+    assert relay["node.c"] == relay["node.d"] == ["relay.use"]
+    assert relay["node.e"] == []  # use_relays: false
+    golden("plan_relay.txt", plan_text(plan))
+
+
+def test_relay_use_change_restarts_relay_offer_change_reloads(env: tuple[Keystore, Path]) -> None:
+    text = MESH + "  - {name: d, host: hd, behind_nat: true, vpn_address: 10.5.0.4}\n"
+    store, state_dir = env
+    for n in ("a", "b", "c", "d"):
+        fixed_key(store, "g", n)
+    apply_mesh(load_mesh_text(text), store, state_dir, FakeTarget())
+    changed = text.replace("    underlay: 192.0.2.2\n", "    underlay: 192.0.2.2\n    relay: false\n")
+    changed = changed.replace("vpn_address: 10.5.0.4}", "vpn_address: 10.5.0.4, use_relays: false}")
+    plan = plan_of(env, changed)
+    actions = {c.address: (c.action, [a.name for a in c.attributes]) for c in plan.changes}
+    assert actions["node.b"] == ("update", ["relay.offer"])
+    assert actions["node.d"] == ("replace", ["relay.use"])
+    assert "node.c" not in actions  # still uses a (and no longer b): same relay section

@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 from reach_support import VpnNode, behind, home_firewall, nat_router, wait_for
 
+from vpncloud.lab.dot import lab_dot
+from vpncloud.lab.lab import LabStatus, NodeStatus, PeerStatus
 from vpncloud.lab.netns import Netns, Topology
+from vpncloud.mesh.fleet import HostFacts
+from vpncloud.mesh.keystore import Keystore
+from vpncloud.mesh.loader import load_mesh_text
+from vpncloud.mesh.plan import plan_warnings
+from vpncloud.mesh.status import fleet_mesh_status
 
 pytestmark = pytest.mark.netns
 
@@ -111,6 +118,43 @@ def _node_id(node: VpnNode) -> str:
     return str(st["node_id"])
 
 
+MESH = f"""\
+mesh: {{name: relays, vpn_network: 10.99.3.0/24}}
+nodes:
+  - {{name: pub1, host: pub1, underlay: {PUB1}, vpn_address: {VPN["pub1"]}}}
+  - {{name: pub2, host: pub2, underlay: {PUB2}, vpn_address: {VPN["pub2"]}}}
+  - {{name: a, host: a, behind_nat: true, vpn_address: {VPN["a"]}}}
+  - {{name: b, host: b, behind_nat: true, vpn_address: {VPN["b"]}}}
+"""
+
+
+def _mesh_views_show_the_relay(w: RelayWorld, relay: str, tmp_path: Path) -> None:
+    """`vpncloud status MESH` and the DOT picture, fed with the daemons' real `status --json`."""
+    statuses = {name: node.status() or {} for name, node in w.nodes.items()}
+    facts = {n: HostFacts(host=n, reachable=True, node=n, status=st) for n, st in statuses.items()}
+    status = fleet_mesh_status(load_mesh_text(MESH), Keystore(tmp_path / "keys"), facts)
+    assert status.relayed == {"a": {"b": relay}, "b": {"a": relay}}, statuses
+    # the plan's path for this pair (both public nodes relay by default): either relay may carry it
+    plan_paths = [w.message for w in plan_warnings(load_mesh_text(MESH)) if w.kind == "relay-path"]
+    assert plan_paths == ["a ↔ b via pub1 or pub2 (both behind NAT: when hole punching fails)"]
+    names = {st["node_id"]: n for n, st in statuses.items()}
+    lab_nodes = [
+        NodeStatus(
+            name=n,
+            namespace=n,
+            pid=1,
+            running=True,
+            underlay="-",
+            node_id=st["node_id"],
+            peers=[PeerStatus(addr=p["addr"], name=names.get(p["node_id"])) for p in st["peers"]],
+            daemon=st,
+        )
+        for n, st in statuses.items()
+    ]
+    dot = lab_dot(LabStatus(name="relays", state_dir="-", whole=True, nodes=lab_nodes))
+    assert f'"a" -- "b" [color=blue, style=dotted, fontcolor=blue, label="via {relay}"];' in dot, dot
+
+
 def _direct(node: VpnNode, other_addr: str) -> bool:
     return other_addr in node.peer_addrs()
 
@@ -170,6 +214,7 @@ def test_symmetric_nats_relay_failover_and_direct(topology: Topology, tmp_path: 
     second = "pub2" if first == "pub1" else "pub1"
     relayed = wait_for(lambda: _relay_of(a, b) == ids[first] and _relay_of(b, a) == ids[first], 120, 1.0)
     assert relayed, f"A: {a.status()}\nA log:\n{a.log_text()}"
+    _mesh_views_show_the_relay(w, first, tmp_path)
 
     # ping and a TCP transfer through the relay; the relay's capture has no plaintext
     pcap = tmp_path / "relay.pcap"

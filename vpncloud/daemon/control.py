@@ -240,6 +240,18 @@ def status_command(socket_path: str | None, device: str | None, as_json: bool) -
     return 0
 
 
+def relayed_peers(status: Any) -> dict[str, str]:
+    """Node id (hex) of each peer the node reaches through a relay -> the relay's node id, from the
+    node's ``status --json``; anything malformed is skipped (the status may come from another host)."""
+    relay = status.get("relay") if isinstance(status, dict) else None
+    entries = relay.get("relayed_peers") if isinstance(relay, dict) else None
+    out: dict[str, str] = {}
+    for e in entries if isinstance(entries, list) else []:
+        if isinstance(e, dict) and isinstance(e.get("node_id"), str) and isinstance(e.get("relay"), str):
+            out[e["node_id"]] = e["relay"]
+    return out
+
+
 def _fmt_bytes(n: Any) -> str:
     value = float(n or 0)
     for unit in ("B", "KiB", "MiB", "GiB"):

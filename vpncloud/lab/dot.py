@@ -1,8 +1,9 @@
 """A running lab's mesh as a Graphviz graph (``vpncloud lab status LAB --dot FILE``).
 
-Nodes are the lab's nodes; a black edge is a session both ends report, a red dashed edge a link
-that should exist and does not (every node of a lab should reach every other, as ``whole`` means),
-labelled with the side that is missing it. ``FILE.svg`` is rendered too when ``dot`` is installed.
+Nodes are the lab's nodes; a black edge is a session both ends report, a blue dotted edge one that
+goes through a relay (issue 22), labelled "via R", a red dashed edge a link that should exist and does
+not (every node of a lab should reach every other, as ``whole`` means), labelled with the side that is
+missing it. ``FILE.svg`` is rendered too when ``dot`` is installed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import itertools
 import shutil
 import subprocess
 from pathlib import Path
+
+from vpncloud.daemon.control import relayed_peers
 
 from .lab import LabStatus
 
@@ -34,10 +37,24 @@ def lab_dot(status: LabStatus) -> str:
         colour = "" if up else ", color=red, fontcolor=red"
         lines.append(f"  {_quote(n.name)} [label={_quote(label)}{colour}];")
     sees = {n.name: {p.name for p in n.peers if p.name} for n in status.nodes}
+    ids = {str(n.node_id): n.name for n in status.nodes if n.node_id}
+    # (a, b) -> relay name, as either end reports it
+    via: dict[tuple[str, str], str] = {}
+    for n in status.nodes:
+        for peer, relay in relayed_peers(n.daemon).items():
+            other = ids.get(peer)
+            if other is not None:
+                via[(n.name, other)] = via[(other, n.name)] = ids.get(relay, relay[:8])
     for a, b in itertools.combinations([n.name for n in status.nodes], 2):
         missing = [x for x, y in ((a, b), (b, a)) if y not in sees[x]]
         if not missing:
-            lines.append(f"  {_quote(a)} -- {_quote(b)};")
+            through = via.get((a, b))
+            style = (
+                f" [color=blue, style=dotted, fontcolor=blue, label={_quote('via ' + through)}]"
+                if through
+                else ""
+            )
+            lines.append(f"  {_quote(a)} -- {_quote(b)}{style};")
             continue
         why = "missing" if len(missing) == 2 else f"{missing[0]} lacks it"
         lines.append(

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .acl import security_file, security_file_text
+from .acl import needs_security_file, security_file, security_file_text
 from .fleet import FleetReadError, HostFacts, read_fleet
 from .keystore import Keystore
 from .models import Mesh
@@ -105,11 +105,13 @@ def write_configs(
         os.replace(tmp, path)
         paths[name] = path
     (directory / "hosts").write_text(hosts_block(mesh), encoding="utf-8")
-    if mesh.acl is not None or mesh.key_expiry:
-        # Beside each config, where the daemon looks by default (<name>.security.yaml).
-        text = security_file_text(security_file(mesh, mesh.acl, mesh.key_expiry, public_keys or {}))
+    if needs_security_file(mesh):
+        # Beside each config, where the daemon looks by default (<name>.security.yaml); per node
+        # because of the relay section.
+        by_name = {n.name: n for n in mesh.nodes}
         for name in rendered:
-            (directory / f"{name}.security.yaml").write_text(text, encoding="utf-8")
+            content = security_file(mesh, mesh.acl, mesh.key_expiry, public_keys or {}, by_name[name])
+            (directory / f"{name}.security.yaml").write_text(security_file_text(content), encoding="utf-8")
     return paths
 
 
@@ -282,15 +284,14 @@ class LabTarget:
         lab = self._lab()
         addresses, subnet = _lab_underlay(mesh)
         configs = {node.name: _revealed(mesh, rendered[node.name]) for node in mesh.nodes}
-        security = None
-        if mesh.acl is not None or mesh.key_expiry:
-            public = {name: str(c.get("crypto", {}).get("public-key") or "") for name, c in configs.items()}
-            security = security_file(mesh, mesh.acl, mesh.key_expiry, {k: v for k, v in public.items() if v})
+        public = {name: str(c.get("crypto", {}).get("public-key") or "") for name, c in configs.items()}
+        known = {k: v for k, v in public.items() if v}
+        wanted = needs_security_file(mesh)
         nodes = []
         for node, address in zip(mesh.nodes, addresses, strict=True):
             entry = {"name": node.name, "address": str(address), "config": configs[node.name]}
-            if security is not None:
-                entry["security"] = security
+            if wanted:
+                entry["security"] = security_file(mesh, mesh.acl, mesh.key_expiry, known, node)
             nodes.append(entry)
         try:
             return lab.LabSpec.model_validate(

@@ -47,6 +47,10 @@ __all__ = [
     "Timers",
     "WebSocketProxy",
     "check_mesh",
+    "may_relay",
+    "relay_settings",
+    "relays_for",
+    "uses_relays",
 ]
 
 Name = Annotated[
@@ -286,6 +290,17 @@ class Node(_Model):
     websocket_proxy: Name | None = Field(
         default=None, description="Connect through this WebSocket proxy instead of a UDP socket."
     )
+    relay: bool | None = Field(
+        default=None,
+        description="Forward (end-to-end encrypted) traffic between nodes of the mesh that cannot reach "
+        "each other directly; unset = yes when the node has a public underlay (not behind_nat).",
+    )
+    use_relays: bool | None = Field(
+        default=None,
+        description="Reach nodes it cannot connect to directly through a relay (costs 41 bytes of VPN "
+        "MTU); unset = yes when the node and another node are behind NAT and a node it connects to "
+        "may relay.",
+    )
     overrides: NodeOverrides = Field(default_factory=NodeOverrides, description="Per-node settings.")
 
     @model_validator(mode="after")
@@ -382,6 +397,7 @@ class MeshFile(_Model):
     )
 
     _peer_cache: dict[str, list[Node]] | None = PrivateAttr(default=None)
+    _relay_users: frozenset[str] | None = PrivateAttr(default=None)
 
 
 # Kept as an alias: "Mesh" reads better in code that handles a loaded description.
@@ -436,6 +452,50 @@ def public_peers(mesh: Mesh, node: Node) -> list[Node]:
             ]
         mesh._peer_cache = cache
     return cache[node.name]
+
+
+def may_relay(node: Node) -> bool:
+    """Whether the node may forward for others: explicitly, or by having a public underlay."""
+    return node.relay if node.relay is not None else not node.behind_nat
+
+
+def relays_for(mesh: Mesh, node: Node) -> list[Node]:
+    """The relays a node can use: nodes it connects to that may relay (a relay needs a session with
+    both ends, and a node has sessions with the public nodes it connects to)."""
+    return [p for p in public_peers(mesh, node) if may_relay(p)]
+
+
+def uses_relays(mesh: Mesh, node: Node) -> bool:
+    """Whether the node reaches peers through relays.
+
+    By default only a node behind NAT does, and only when another node is behind NAT too: a public
+    node is always reached directly, so it would pay the smaller MTU for nothing.
+    """
+    users = mesh._relay_users
+    if users is None:
+        nat = sum(1 for n in mesh.nodes if n.behind_nat)
+        users = frozenset(
+            n.name
+            for n in mesh.nodes
+            if (n.use_relays if n.use_relays is not None else n.behind_nat and nat > 1)
+            and relays_for(mesh, n)
+        )
+        mesh._relay_users = users
+    return node.name in users
+
+
+def relay_settings(mesh: Mesh, node: Node) -> dict[str, bool] | None:
+    """The node's ``relay`` section of its security file (None: relays off, the original's behaviour).
+
+    A node offers only when another node uses relays: without users an offer changes nothing but
+    the features it announces.
+    """
+    use = uses_relays(mesh, node)
+    users = mesh._relay_users or frozenset()
+    offer = may_relay(node) and bool(users - {node.name})
+    if not (use or offer):
+        return None
+    return {"offer": offer, "use": use}
 
 
 def check_mesh(mesh: Mesh) -> list[Problem]:

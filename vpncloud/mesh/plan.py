@@ -29,7 +29,15 @@ from rich.text import Text
 
 from .acl import expiry_warnings, security_file
 from .keystore import ARCHIVE, Keystore
-from .models import Mesh, overlapping_claims, public_peers, unknown_node
+from .models import (
+    Mesh,
+    overlapping_claims,
+    public_peers,
+    relay_settings,
+    relays_for,
+    unknown_node,
+    uses_relays,
+)
 from .render import UNKNOWN, KeyView, Sensitive, Unknown, flatten, hosts_block, render_mesh
 from .state import MeshState, decode_attrs
 
@@ -57,10 +65,11 @@ __all__ = [
 ]
 
 #: Attributes a running node picks up on reload; a change of anything else means a restart.
+#: (relay.use is not: the daemon lowers its TUN MTU for relays only at start.)
 RELOADABLE = frozenset(
     {"peers", "claims", "auto-claim", "crypto.trusted-keys", "peer-timeout", "keepalive", "switch-timeout",
      "advertise-addresses", "statsd.server", "statsd.prefix", "hook", "hooks", "beacon.store", "beacon.load",
-     "beacon.interval", "beacon.password", "entries", "acl", "key-expiry"}
+     "beacon.interval", "beacon.password", "entries", "acl", "key-expiry", "relay.offer"}
 )  # fmt: skip
 
 Action = Literal["create", "update", "replace", "delete"]
@@ -130,7 +139,9 @@ class PlanWarning(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(description="weak-password, unreachable-pair, overlapping-claims, ...")
+    kind: str = Field(
+        description="weak-password, unreachable-pair, relay-path, no-relay, overlapping-claims, ..."
+    )
     message: str = Field(description="Human-readable explanation.")
 
 
@@ -258,6 +269,7 @@ def key_view(
 def desired_resources(mesh: Mesh, keys: KeyView) -> dict[str, dict[str, Any]]:
     """Flattened attributes of every resource the mesh wants."""
     resources: dict[str, dict[str, Any]] = {}
+    by_name = {n.name: n for n in mesh.nodes}
     for name, rendered in render_mesh(mesh, keys).items():
         attrs: dict[str, Any] = {
             "host": rendered.host,
@@ -265,6 +277,10 @@ def desired_resources(mesh: Mesh, keys: KeyView) -> dict[str, dict[str, Any]]:
             "config-path": rendered.config_path,
         }
         attrs.update(flatten(rendered.config))
+        # The node's relay section of its security file, only what is on: meshes without relays plan
+        # exactly as before, and dropping an unused "use: false" is no restart.
+        relay = relay_settings(mesh, by_name[name]) or {}
+        attrs.update({f"relay.{key}": True for key, on in relay.items() if on})
         resources[f"node.{name}"] = attrs
     resources[f"hosts.{mesh.mesh.name}"] = {"entries": hosts_block(mesh).splitlines()[1:-1]}
     if mesh.acl is not None or mesh.key_expiry:
@@ -357,6 +373,60 @@ def _names(names: list[str], limit: int = 5) -> str:
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
+def _relay_path(names_a: list[str], names_b: list[str] | None, relays: list[str]) -> str:
+    # names_b None: the pairs inside one group
+    if names_b is None:
+        ends = f"{names_a[0]} ↔ {names_a[1]}" if len(names_a) == 2 else f"{_names(names_a)} ↔ each other"
+    else:
+        ends = f"{_names(names_a)} ↔ {_names(names_b)}"
+    if not relays:
+        return f"{ends}: no relay available (both behind NAT: only hole punching connects them)"
+    return f"{ends} via {' or '.join(relays)} (both behind NAT: when hole punching fails)"
+
+
+def _nat_pair_warnings(mesh: Mesh) -> list[PlanWarning]:
+    """Pairs of NAT nodes: unreachable, or the relay that carries them when hole punching fails.
+
+    NAT nodes are grouped by the public nodes they reach and the relays they use: a pair is
+    unreachable exactly when the groups' public nodes are disjoint, and its relays are the common
+    ones. Grouping keeps this linear in the nodes for large meshes.
+    """
+    groups: dict[tuple[frozenset[str], frozenset[str]], list[str]] = {}
+    for node in mesh.nodes:
+        if node.behind_nat:
+            peers = frozenset(p.name for p in public_peers(mesh, node))
+            relays = (
+                frozenset(r.name for r in relays_for(mesh, node)) if uses_relays(mesh, node) else frozenset()
+            )
+            groups.setdefault((peers, relays), []).append(node.name)
+    order = {n.name: i for i, n in enumerate(mesh.nodes)}
+    warnings = []
+    for ((peers_a, relays_a), names_a), (
+        (peers_b, relays_b),
+        names_b,
+    ) in itertools.combinations_with_replacement(groups.items(), 2):
+        same = names_a is names_b
+        if not peers_a or not peers_b or (same and len(names_a) < 2):
+            continue
+        if not peers_a & peers_b:
+            warnings.append(
+                PlanWarning(
+                    kind="unreachable-pair",
+                    message=f"{_names(names_a)} and {_names(names_b)} are both behind NAT and share no "
+                    "public node: they cannot reach each other, not even through a relay",
+                )
+            )
+            continue
+        common = sorted(relays_a & relays_b, key=order.__getitem__)
+        warnings.append(
+            PlanWarning(
+                kind="relay-path" if common else "no-relay",
+                message=_relay_path(names_a, None if same else names_b, common),
+            )
+        )
+    return warnings
+
+
 def plan_warnings(mesh: Mesh) -> list[PlanWarning]:
     """Weak password mode, node pairs that cannot connect, overlapping claims."""
     warnings: list[PlanWarning] = []
@@ -369,22 +439,7 @@ def plan_warnings(mesh: Mesh) -> list[PlanWarning]:
                 "prefer auth: keys",
             )
         )
-    # Group NAT nodes by the public nodes they reach: pairs are unreachable exactly when the groups'
-    # sets are disjoint, and grouping keeps this linear in the nodes for large meshes.
-    by_peers: dict[frozenset[str], list[str]] = {}
-    for node in mesh.nodes:
-        if node.behind_nat:
-            peers = frozenset(p.name for p in public_peers(mesh, node))
-            by_peers.setdefault(peers, []).append(node.name)
-    for (peers_a, names_a), (peers_b, names_b) in itertools.combinations(by_peers.items(), 2):
-        if peers_a and peers_b and not peers_a & peers_b:
-            warnings.append(
-                PlanWarning(
-                    kind="unreachable-pair",
-                    message=f"{_names(names_a)} and {_names(names_b)} are both behind NAT and share no "
-                    "public node: they cannot reach each other",
-                )
-            )
+    warnings += _nat_pair_warnings(mesh)
     settings = mesh.mesh
     if settings.path_mtu is not None and settings.interface_mtu > settings.path_mtu:
         overhead = 73 if settings.device_type == "tun" else 87  # spec 12: IPv6+UDP+crypto(+Ethernet)
@@ -707,7 +762,11 @@ def plan_lines(plan: Plan) -> list[tuple[str, str]]:
         lines.append(("bold", f"  # {item.reason} will be archived: {item.file} -> {ARCHIVE}/<UTC date>/"))
     for warning in plan.warnings:
         lines.append(("", ""))
-        lines.append(("bold yellow", f"Warning: {warning.message}"))
+        if warning.kind == "relay-path":
+            # expected in a mesh with NAT nodes, not something to fix
+            lines.append(("bold cyan", f"Path: {warning.message}"))
+        else:
+            lines.append(("bold yellow", f"Warning: {warning.message}"))
     lines.append(("", ""))
     counts = plan.summary
     lines.append(

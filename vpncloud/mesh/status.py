@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vpncloud.daemon.control import _fmt_bytes as fmt_bytes
+from vpncloud.daemon.control import relayed_peers
 
 from .fleet import HostFacts
 from .keystore import Keystore
@@ -51,6 +52,11 @@ class MeshStatus(BaseModel):
     nodes: list[NodeHealth]
     connected: dict[str, dict[str, bool]] = Field(description="connected[a][b]: a lists b as a peer.")
     expected: dict[str, dict[str, bool]] = Field(description="expected[a][b]: the mesh wants a-b.")
+    relayed: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="relayed[a][b]: the relay a reaches b through (node name, or node id when the relay "
+        "is not a node of the mesh); pairs reached directly are absent.",
+    )
     problems: list[str] = Field(default_factory=list, description="Why the mesh is not whole.")
 
     @property
@@ -83,6 +89,19 @@ def _health(node: Any, keys: set[str]) -> NodeHealth:
     )
 
 
+def _relayed(daemons: dict[str, Any], ids: dict[str, str]) -> dict[str, dict[str, str]]:
+    """relayed[a][b] from each node's status (``daemons``: name -> status JSON; ``ids``: id -> name)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, data in daemons.items():
+        pairs = {
+            ids.get(peer, peer[:12]): ids.get(relay, relay[:12])
+            for peer, relay in relayed_peers(data).items()
+        }
+        if pairs:
+            out[name] = dict(sorted(pairs.items()))
+    return out
+
+
 def lab_mesh_status(mesh: Mesh, keystore: Keystore, lab_dir: Any) -> MeshStatus:
     """The mesh as the lab runs it (``LabError`` when the lab is not up)."""
     from vpncloud.lab import lab
@@ -112,12 +131,14 @@ def lab_mesh_status(mesh: Mesh, keystore: Keystore, lab_dir: Any) -> MeshStatus:
     problems += [
         f"{a} -> {b}: not connected" for a in wanted for b in wanted if expected[a][b] and not connected[a][b]
     ]
+    ids = {str(n.node_id): n.name for n in status.nodes if n.node_id}
     return MeshStatus(
         mesh=mesh.mesh.name,
         target="lab",
         nodes=nodes,
         connected=connected,
         expected=expected,
+        relayed=_relayed({n.name: n.daemon for n in status.nodes if n.name in wanted}, ids),
         problems=problems,
     )
 
@@ -173,9 +194,10 @@ def fleet_mesh_status(mesh: Mesh, keystore: Keystore, facts: dict[str, HostFacts
     problems += [
         f"{a} -> {b}: not connected" for a in wanted for b in wanted if expected[a][b] and not connected[a][b]
     ]
+    daemons = {name: f.status for name, f in facts.items() if name in peers_of}
     return MeshStatus(
         mesh=mesh.mesh.name, target="ansible", nodes=nodes, connected=connected, expected=expected,
-        problems=problems,
+        relayed=_relayed(daemons, ids), problems=problems,
     )  # fmt: skip
 
 
@@ -198,7 +220,7 @@ def print_mesh_status(status: MeshStatus, console: Console) -> None:
             fmt_bytes(n.traffic_out_bytes),
         )
     console.print(table)
-    matrix = Table(title="connected: row lists column as a peer")
+    matrix = Table(title="connected: row lists column as a peer (via R: through relay R)")
     names = [n.name for n in status.nodes]
     matrix.add_column("from \\ to")
     for name in names:
@@ -208,6 +230,8 @@ def print_mesh_status(status: MeshStatus, console: Console) -> None:
         for b in names:
             if a == b:
                 cells.append("·")
+            elif b in status.relayed.get(a, {}):
+                cells.append(f"[yellow]via {status.relayed[a][b]}[/yellow]")
             elif status.connected[a][b]:
                 cells.append("[green]yes[/green]")
             else:

@@ -22,8 +22,8 @@ DOCUMENTATION = r"""
 name: mesh
 short_description: Render VpnCloud node configs and facts from the mesh description
 description:
-  - C(node_name), C(node_config), C(restart_fingerprint), C(expected_peers), C(wsproxy),
-    C(beacon_files), C(hosts_block) and C(peer_count) filters; see ansible/README.md.
+  - C(node_name), C(node_config), C(security_file), C(restart_fingerprint), C(expected_peers),
+    C(wsproxy), C(beacon_files), C(hosts_block) and C(peer_count) filters; see ansible/README.md.
 author: VpnCloud mesh team (!UNKNOWN)
 """
 
@@ -144,7 +144,30 @@ def node_config(
         ) from None
 
 
-def restart_fingerprint(text: str) -> dict[str, Any]:
+def security_file(data: Any, node: str, keystore: str = "") -> str:
+    """The node's security file text (ACL, key expiry, its relay section), as ``vpncloud apply``
+    writes it beside the config; '' when the mesh needs none. No secrets: public keys only."""
+    _models, _render, plan, keystore_mod = _vpncloud()
+    from vpncloud.mesh import acl
+
+    mesh = _mesh(data)
+    target = next((n for n in mesh.nodes if n.name == node), None)
+    if target is None:
+        raise AnsibleFilterError(f"{node!r} is not a node of mesh {mesh.mesh.name!r}")
+    if not acl.needs_security_file(mesh):
+        return ""
+    public: dict[str, str] = {}
+    if mesh.mesh.auth == "keys" and keystore:
+        try:
+            keys = plan.key_view(mesh, keystore_mod.Keystore(keystore))
+        except keystore_mod.KeystoreError as exc:
+            raise AnsibleFilterError(f"keystore: {exc}") from None
+        # keys the run has not created yet are not known: their expiry is left out, as apply does
+        public = {name: key for name, key in keys.public.items() if isinstance(key, str)}
+    return str(acl.security_file_text(acl.security_file(mesh, mesh.acl, mesh.key_expiry, public, target)))
+
+
+def restart_fingerprint(text: str, security: str = "") -> dict[str, Any]:
     """What a reload cannot change: device, listen port/address, mode, the node's identity and
     what only runs at start (the interface address, ifup/ifdown hooks, privilege drop, port
     forwarding). A change there needs a restart: a reload would keep the old setup silently.
@@ -167,7 +190,18 @@ def restart_fingerprint(text: str) -> dict[str, Any]:
         **{key: config.get(key) for key in _START_ONLY},
         # only when set, so that fingerprints of nodes without metrics stay as they were
         **({"metrics-listen": config["metrics-listen"]} if config.get("metrics-listen") else {}),
+        # the daemon lowers its TUN MTU for relays only at start; only when on, as above
+        **({"relay-use": True} if _relay_use(security) else {}),
     }
+
+
+def _relay_use(security: str) -> bool:
+    try:
+        data = yaml.safe_load(security or "") or {}
+    except yaml.YAMLError:
+        return False
+    relay = data.get("relay") if isinstance(data, dict) else None
+    return isinstance(relay, dict) and relay.get("use") is True
 
 
 #: Config keys the daemon only reads at start (see ``Daemon._reload``).
@@ -243,6 +277,7 @@ class FilterModule:
         return {
             "node_name": node_name,
             "node_config": node_config,
+            "security_file": security_file,
             "restart_fingerprint": restart_fingerprint,
             "expected_peers": expected_peers,
             "peer_count": peer_count,
