@@ -652,3 +652,24 @@ def test_relay_use_change_restarts_relay_offer_change_reloads(env: tuple[Keystor
     assert actions["node.b"] == ("update", ["relay.offer"])
     assert actions["node.d"] == ("replace", ["relay.use"])
     assert "node.c" not in actions  # still uses a (and no longer b): same relay section
+
+
+def test_rotation_keeps_key_expiry_in_the_security_files(env: tuple[Keystore, Path]) -> None:
+    from vpncloud.daemon.security_file import load_security_file
+
+    store, state_dir = env
+    mesh, _ = applied(env, MESH + "key_expiry:\n  b: 2027-02-01\n")
+    b_key = base62.decode(store.get("g", "b").public_key)  # type: ignore[union-attr]
+    security = state_dir / "g" / "a.security.yaml"
+    assert b_key in load_security_file(security).key_expiry
+
+    phases: list[set[bytes]] = []
+
+    class Recording(FakeTarget):
+        def deploy(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            phases.append(set(load_security_file(security).key_expiry))
+
+    apply_rotation(mesh, store, state_dir, Recording(), "a")
+    # every phase rolled out with b's expiry in a's security file, and it is still there after
+    assert phases == [{b_key}, {b_key}, {b_key}]
+    assert b_key in load_security_file(security).key_expiry

@@ -683,7 +683,7 @@ def apply_rotation(
         changes = diff_resources(before, desired)
         progress(f"node {node}: rotation phase {phase}")
         rendered = render_mesh(mesh, keys)
-        write_configs(mesh, rendered, state_dir)
+        write_configs(mesh, rendered, state_dir, _public_keys(keys))
         target.deploy(mesh, rendered, changes, progress, rotation=(node, phase))
         target.wait_healthy(mesh, progress)
         state = _record(state, desired, changes)
