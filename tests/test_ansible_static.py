@@ -383,6 +383,15 @@ def test_units_keep_the_daemon_assets_hardening(template: str, asset: str, value
     assert ours == theirs
 
 
+@pytest.mark.parametrize(
+    ("kernels", "env"), [(None, []), ("auto", []), ("python", ["VPNCLOUD_PURE_PYTHON=1"])]
+)
+def test_node_unit_selects_the_kernels(kernels: str | None, env: list[str]) -> None:
+    values = dict(NODE_VALUES) if kernels is None else {**NODE_VALUES, "vpncloud_dataplane_kernels": kernels}
+    unit = _directives(_render(COLLECTION / "roles/node/templates/vpncloud@.service.j2", **values))
+    assert unit.get("[Service]Environment", []) == env
+
+
 def test_node_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = subprocess.run(["which", "systemd-analyze"], capture_output=True, text=True, check=False)
     if analyze.returncode != 0:

@@ -259,6 +259,15 @@ NODE_VARS = [
     ),
     RoleVar("vpncloud_hosts_file", "The hosts file that gets the mesh's block.", "str", "/etc/hosts"),
     RoleVar(
+        "vpncloud_dataplane_kernels",
+        "Per-packet kernels of the daemons on this host: auto = the compiled ones when the installed wheel "
+        "has them (a wheel built for the host's Python and platform), else the pure-Python twin; python = "
+        "always the twin (VPNCLOUD_PURE_PYTHON=1 in the unit). `vpncloud status --json` shows which runs.",
+        "str",
+        "auto",
+        choices=["auto", "python"],
+    ),
+    RoleVar(
         "vpncloud_metrics_listen",
         "Prometheus metrics endpoint of this node ([ADDR]:PORT; a port alone = 127.0.0.1:PORT); "
         "overrides the mesh's metrics_listen (defaults/overrides); '' = the mesh's setting, which is "
