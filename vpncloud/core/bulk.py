@@ -25,6 +25,7 @@ from vpncloud.fastpath.superpacket import (
     SLICE_MARK_BYTE,
     VNET_HDR_LEN,
     Reassembler,
+    SuperPacketError,
     SuperPacketView,
     check_super_payload,
     split_frame_train,
@@ -508,7 +509,7 @@ def _receive_slices(node: Node, peer: Peer, datagrams: list[bytes], addr: Socket
         count += 1
         try:
             frame = add(data)
-        except DecodeError:
+        except SuperPacketError:
             node.traffic.count_invalid_protocol(len(data))
             continue
         if frame is not None:
@@ -529,7 +530,7 @@ def receive_slice(node: Node, data: bytes, addr: SocketAddr, now: float) -> None
         peer.reassembly = Reassembler()
     try:
         frame = peer.reassembly.add(data)
-    except DecodeError:
+    except SuperPacketError:
         node.traffic.count_invalid_protocol(len(data))
         return
     if frame is not None:
@@ -548,7 +549,7 @@ def _deliver_super(node: Node, peer: Peer, frame: bytes | memoryview, addr: Sock
     try:
         check_super_payload(payload, node.super_features)
         src, dst = node._parse(bytes(payload[VNET_HDR_LEN : VNET_HDR_LEN + _ADDR_HEADER]))
-    except DecodeError as err:
+    except (SuperPacketError, DecodeError) as err:
         node.traffic.count_invalid_protocol(len(payload))
         log.debug("Dropping a super-packet from %s: %s", addr, err)
         return
