@@ -692,7 +692,7 @@ def test_fix_rp_filter_and_cve_warning(lan3: Any, tmp_path: Path) -> None:
 
 
 def test_node_behind_websocket_proxy(lan3: Any, tmp_path: Path) -> None:
-    pytest.importorskip("vpncloud.proxy.client")
+    pytest.importorskip("vpncloud.daemon.proxy_client")
     v4 = lan3.v4
     a_ns, b_ns, c_ns = lan3.nodes["a"], lan3.nodes["b"], lan3.nodes["c"]
     proxy_log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - the child owns it

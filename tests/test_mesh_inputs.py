@@ -1,7 +1,7 @@
 """Input files of the orchestrator and the lab: one error style, file kinds, hints that say why.
 
 Every command prints ``error: FILE:LINE: FIELD: MESSAGE`` lines on stderr; the mesh loader and the lab
-loader share the code that makes them (vpncloud/mesh/sourcefile.py).
+loader share the code that makes them (vpncloud/sourcefile.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from vpncloud.lab.lab import LabError, parse_spec
 from vpncloud.mesh.cli import build_parser, main
 from vpncloud.mesh.loader import MeshError, load_mesh_text
 from vpncloud.mesh.models import known_names
-from vpncloud.mesh.sourcefile import error_lines
+from vpncloud.sourcefile import error_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_FILE = ROOT / "inventories" / "lab" / "lab.yaml"

@@ -24,10 +24,10 @@ from reach_support import in_netns, wait_for
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request, TextMessage
 
+from vpncloud.core.proxy_framing import ADDR_LEN, FramingError, decode_addr, encode_addr, split_message
+from vpncloud.daemon.proxy_client import ProxyClientSocket, ProxyError, is_proxy_url, parse_url
 from vpncloud.lab.netns import Netns, Topology
-from vpncloud.proxy import ADDR_LEN, FramingError, decode_addr, encode_addr, split_message
 from vpncloud.proxy import server as srv
-from vpncloud.proxy.client import ProxyClientSocket, ProxyError, is_proxy_url, parse_url
 
 # --- pure framing ---------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncloud.core.errors import DecodeError
 from vpncloud.core.messages import NodeInfo
 from vpncloud.core.types import DeviceType, Mode, Range, SocketAddr
 from vpncloud.fastpath import superpacket as sp
@@ -187,7 +186,7 @@ def test_reassembly_is_bounded_and_survives_losses() -> None:
 def test_reassembly_random_input(datagrams: list[bytes]) -> None:
     r = sp.Reassembler()
     for d in datagrams:
-        with contextlib.suppress(DecodeError):
+        with contextlib.suppress(sp.SuperPacketError):
             r.add(bytes([sp.SLICE_MARK]) + d)
     assert len(r.pending) <= sp.MAX_PENDING
 
@@ -203,9 +202,9 @@ def test_check_super_payload() -> None:
         good[:6] + struct.pack("<H", 65000) + good[8:],  # csum_start out of range
     ]
     for p in bad:
-        with pytest.raises(DecodeError):
+        with pytest.raises(sp.SuperPacketError):
             sp.check_super_payload(p, FEATURES)
-    with pytest.raises(DecodeError):
+    with pytest.raises(sp.SuperPacketError):
         sp.check_super_payload(good, sp.FEATURE_UDP)  # TCP not announced locally
 
 

@@ -25,6 +25,7 @@ from vpncloud.fastpath.superpacket import (
     SLICE_MARK_BYTE,
     VNET_HDR_LEN,
     Reassembler,
+    SuperPacketError,
     SuperPacketView,
     check_super_payload,
     split_frame_train,
@@ -37,7 +38,7 @@ from .crypto_core import FRAME_OVERHEAD
 from .errors import CryptoError, DecodeError
 from .messages import MSG_DATA
 from .payload import parse_frame
-from .peer_crypto import Message, PeerCrypto
+from .peer_crypto import PeerCrypto
 from .relay import MSG_RELAY_FROM, MSG_RELAY_TO, SYNTHETIC_PREFIX, RelayManager
 from .table import ClaimTable
 from .traffic import TrafficEntry, TrafficStats, drop_reason
@@ -55,6 +56,7 @@ class Peer(Protocol):
     crypto: PeerCrypto
     features: int
     reassembly: Any
+    heard: bool
 
 
 class Node(Protocol):
@@ -83,8 +85,8 @@ class Node(Protocol):
     def receive_packet(self, packet: bytes, now: float) -> None: ...
 
     # Any: the node's own Peer class is narrower than this module's protocol of it
-    def _handle_message(
-        self, peer: Any, msg_type: int, payload: bytes, addr: SocketAddr, now: float
+    def _handle_peer(
+        self, peer: Any, data: bytes, addr: SocketAddr, now: float, plain: bytes | None = None
     ) -> None: ...
 
 
@@ -193,6 +195,9 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
     nbytes = 0
     count = 0
     plains = decrypt_many(datagrams)
+    if any(plains):
+        # an authentic session frame: the peer has our key (node.PENG_PROBE_TICKS)
+        peer.heard = True
     peers = node._peers
     slow = False
     for data, plain in zip(datagrams, plains, strict=True):
@@ -214,7 +219,8 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
             # rotation, NODE_INFO, keepalive, close...: the normal path, from the plaintext (the
             # replay bitmap would refuse a second decryption). After a CLOSE or a new handshake
             # the rest of the batch takes the normal path too.
-            _plain_message(node, peer, len(data), plain, addr, now)
+            traffic.count_in_traffic(addr, len(data))
+            node._handle_peer(peer, data, addr, now, plain)
             slow = peers.get(addr) is not peer
             continue
         nbytes += len(data)
@@ -240,20 +246,6 @@ def receive_datagrams(node: Node, datagrams: list[bytes], addr: SocketAddr, now:
     _count_in(
         traffic, {(k[: len(k) // 2], k[len(k) // 2 :]): v for k, v in pairs.items()}, addr, nbytes, count
     )
-
-
-def _plain_message(node: Node, peer: Peer, nbytes: int, plain: bytes, addr: SocketAddr, now: float) -> None:
-    """A session message of ``peer`` decrypted by a batch: what ``receive_datagram`` does after
-    the decryption (traffic count, rotation or the node's message dispatch)."""
-    node.traffic.count_in_traffic(addr, nbytes)
-    try:
-        result = peer.crypto.handle_plain(plain)
-    except (CryptoError, DecodeError) as err:
-        node.traffic.count_invalid_protocol(nbytes, drop_reason(err))
-        log.debug("Crypto error from %s: %s", addr, err)
-        return
-    if isinstance(result, Message):
-        node._handle_message(peer, result.msg_type, result.payload, addr, now)
 
 
 def _count_in(
@@ -342,6 +334,9 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
         receive_datagrams(node, [data[pos : pos + seg] for pos in range(0, len(data), seg)], addr, now)
         return
     rows, lengths = core.decrypt_train(data, seg)
+    if max(lengths) > 0:
+        # an authentic session frame: the peer has our key (node.PENG_PROBE_TICKS)
+        peer.heard = True
     stride = seg - FRAME_OVERHEAD
     traffic = node.traffic
     device_out = node._device_out
@@ -418,8 +413,9 @@ def receive_train(node: Node, data: bytes, seg: int, addr: SocketAddr, now: floa
         if size < 0:
             node.receive_datagram(data[i * seg : (i + 1) * seg], addr, now)
         else:
-            frame_len = min(seg, total - i * seg)
-            _plain_message(node, peer, frame_len, bytes(view[start : start + size]), addr, now)
+            frame = data[i * seg : (i + 1) * seg]
+            traffic.count_in_traffic(addr, len(frame))
+            node._handle_peer(peer, frame, addr, now, bytes(view[start : start + size]))
         if peers.get(addr) is not peer:
             # a CLOSE or a new handshake: the rest takes the normal path too
             for pos in range((i + 1) * seg, total, seg):
@@ -513,7 +509,7 @@ def _receive_slices(node: Node, peer: Peer, datagrams: list[bytes], addr: Socket
         count += 1
         try:
             frame = add(data)
-        except DecodeError:
+        except SuperPacketError:
             node.traffic.count_invalid_protocol(len(data))
             continue
         if frame is not None:
@@ -534,7 +530,7 @@ def receive_slice(node: Node, data: bytes, addr: SocketAddr, now: float) -> None
         peer.reassembly = Reassembler()
     try:
         frame = peer.reassembly.add(data)
-    except DecodeError:
+    except SuperPacketError:
         node.traffic.count_invalid_protocol(len(data))
         return
     if frame is not None:
@@ -549,10 +545,11 @@ def _deliver_super(node: Node, peer: Peer, frame: bytes | memoryview, addr: Sock
         node.traffic.count_invalid_protocol(len(frame), drop_reason(err))
         log.debug("Dropping a super-packet from %s: %s", addr, err)
         return
+    peer.heard = True  # it authenticated
     try:
         check_super_payload(payload, node.super_features)
         src, dst = node._parse(bytes(payload[VNET_HDR_LEN : VNET_HDR_LEN + _ADDR_HEADER]))
-    except DecodeError as err:
+    except (SuperPacketError, DecodeError) as err:
         node.traffic.count_invalid_protocol(len(payload))
         log.debug("Dropping a super-packet from %s: %s", addr, err)
         return

@@ -221,7 +221,7 @@ class CryptoCore:
         floors = tuple(min(max(s.min_nonce - peer_half, 0), _LOW64) for s in slots)
         rows: bytearray
         lengths: list[int]
-        rows, lengths, _seen = self._kernels.open_train(
+        rows, lengths = self._kernels.open_train(
             (slots[0].kernel, slots[1].kernel, slots[2].kernel, slots[3].kernel),
             (floors[0], floors[1], floors[2], floors[3]),
             peer_half >> 88,

@@ -665,9 +665,15 @@ class Node:
             # A session message on a handshake that is not finished (e.g. DATA overtaking the PENG).
             self.traffic.count_invalid_protocol(len(data))
 
-    def _handle_peer(self, peer: Peer, data: bytes, addr: SocketAddr, now: float) -> None:
+    def _handle_peer(
+        self, peer: Peer, data: bytes, addr: SocketAddr, now: float, plain: bytes | None = None
+    ) -> None:
+        """A datagram of an established peer. A batch path (bulk.py) that decrypted it already passes
+        its ``plain``text: decrypting it again would find its nonce taken (the replay window). One
+        path for both, so that both count, drop and log alike."""
+        crypto = peer.crypto
         try:
-            result = peer.crypto.handle_message(data)
+            result = crypto.handle_message(data) if plain is None else crypto.handle_plain(plain)
         except InitFatal as err:
             self.traffic.count_invalid_protocol(len(data), "authentication")
             log.debug("Fatal crypto init error from %s: %s", format_sockaddr(addr), err)

@@ -128,7 +128,7 @@ class Daemon:
     def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
         self.config = config
         self.reload = reload
-        # a UdpSocket, or the proxy client with the same interface (vpncloud.proxy.client)
+        # a UdpSocket, or the proxy client with the same interface (vpncloud.daemon.proxy_client)
         self.sock: Any = None
         self.device: devmod.Device | None = None
         self.node: Any = None
@@ -263,7 +263,7 @@ class Daemon:
     def _open_proxy(self, url: str) -> None:
         """``listen: ws://...``: the proxy client replaces the UDP socket (spec 16.3)."""
         try:
-            from vpncloud.proxy.client import ProxyClientSocket
+            from .proxy_client import ProxyClientSocket
         except ImportError:
             raise Fatal("WebSocket proxy support is not available in this installation") from None
         try:

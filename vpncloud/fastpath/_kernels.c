@@ -230,13 +230,12 @@ static PyTypeObject AeadType = {
 };
 
 PyDoc_STRVAR(open_train_doc,
-             "open_train(slots, floors, half, data, seg) -> (rows, lengths, seen)\n\n"
+             "open_train(slots, floors, half, data, seg) -> (rows, lengths)\n\n"
              "Open each seg-byte frame of data (the last may be shorter) into a row of seg - 24 bytes\n"
              "of one new bytearray. slots: 4 Aead objects by slot id; a frame's nonce is half << 88 |\n"
              "its 7 header bytes, and a frame whose 56-bit nonce is below floors[slot] is not opened.\n"
              "lengths: each plaintext's length, -1 for a frame that is too short, not a session frame\n"
-             "(header byte > 3), below the floor or not authentic. seen: per slot the highest 56-bit\n"
-             "nonce opened, -1 for none.");
+             "(header byte > 3), below the floor or not authentic.");
 
 static PyObject *open_train(PyObject *module, PyObject *args)
 {
@@ -250,7 +249,6 @@ static PyObject *open_train(PyObject *module, PyObject *args)
     PyObject *rows = NULL, *lengths = NULL, *result = NULL;
     AeadObject *aead[NUM_SLOTS];
     unsigned long long floors[NUM_SLOTS];
-    long long seen[NUM_SLOTS] = {-1, -1, -1, -1};
     if (PyTuple_GET_SIZE(slots) != NUM_SLOTS || PyTuple_GET_SIZE(floors_obj) != NUM_SLOTS || half < 0 ||
         half > 255 || seg <= OVERHEAD || seg > MAX_CHUNK || data.len < 1 ||
         (data.len + seg - 1) / seg > MAX_ROWS) {
@@ -297,8 +295,6 @@ static PyObject *open_train(PyObject *module, PyObject *args)
             if (low >= floors[slot] &&
                 open_one(aead[slot]->dec, nonce, in + pos + HEADER_LEN, (int)(len - HEADER_LEN), out + i * stride)) {
                 size = (long)(len - OVERHEAD);
-                if ((long long)low > seen[slot])
-                    seen[slot] = (long long)low;
             } else {
                 /* never hand out plaintext that did not authenticate */
                 memset(out + i * stride, 0, len - OVERHEAD);
@@ -311,7 +307,7 @@ static PyObject *open_train(PyObject *module, PyObject *args)
         if (len < OVERHEAD)
             break; /* a too-short last frame ends the train, as in the Python twin */
     }
-    result = Py_BuildValue("OO(LLLL)", rows, lengths, seen[0], seen[1], seen[2], seen[3]);
+    result = PyTuple_Pack(2, rows, lengths);
 done:
     Py_XDECREF(rows);
     Py_XDECREF(lengths);

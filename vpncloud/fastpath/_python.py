@@ -125,7 +125,7 @@ def open_train(
     half: int,
     data: bytes | bytearray | memoryview,
     seg: int,
-) -> tuple[bytearray, list[int], tuple[int, int, int, int]]:
+) -> tuple[bytearray, list[int]]:
     if (
         len(slots) != NUM_SLOTS
         or len(floors) != NUM_SLOTS
@@ -145,7 +145,6 @@ def open_train(
     view = memoryview(data)
     lengths: list[int] = []
     append = lengths.append
-    seen = [-1] * NUM_SLOTS
     high = bytes((half, 0, 0, 0, 0))
     for i in range(n):
         pos = i * seg
@@ -165,9 +164,8 @@ def open_train(
         ):
             append(-1)
             continue
-        seen[slot] = max(seen[slot], low)
         append(size)
-    return rows, lengths, (seen[0], seen[1], seen[2], seen[3])
+    return rows, lengths
 
 
 def _finish_vec(total: Any) -> Any:

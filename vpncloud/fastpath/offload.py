@@ -32,12 +32,19 @@ caller treats as "drop the packet".
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from vpncloud import fastpath
 
 from .rows import PacketRows
 from .superpacket import SuperPacketView
+
+#: What the node hands the device writer: packets (or TAP frames), the rows of a decrypted GRO
+#: train, received super-packets.
+DeviceItem = bytes | PacketRows | SuperPacketView
+#: One device write: bytes, or a received super-packet's view of its decrypted frame (no copy).
+DeviceWrite = bytes | memoryview
 
 _np: Any
 try:  # optional speed-up, see the module docstring
@@ -460,15 +467,15 @@ class Coalescer:
     socket is drained (EAGAIN), not after each read, because GRO trains are not message boundaries.
     """
 
-    def __init__(self, out: list[bytes]) -> None:
+    def __init__(self, out: list[DeviceWrite]) -> None:
         self.out = out
         self._run: _Run | None = None
 
-    def add(self, packet: bytes) -> None:
+    def add(self, packet: bytes | SuperPacketView) -> None:
         """One packet (IP, full checksums) in receive order; a :class:`SuperPacketView` (already
         with its virtio header) is passed through."""
         run = self._run
-        if type(packet) is SuperPacketView:
+        if isinstance(packet, SuperPacketView):
             if run is not None:
                 self._emit(run)
                 self._run = None
@@ -571,7 +578,7 @@ def _invariant_columns(iphl: int, hl: int) -> Any:
     return cols
 
 
-def _fast_run(c: Coalescer, packets: list[bytes], i: int, j: int) -> int:
+def _fast_run(c: Coalescer, packets: Sequence[bytes], i: int, j: int) -> int:
     """Vectorised check of equal-sized packets ``packets[i:j]``: start a run with the longest
     mergeable prefix and return its length (0: not mergeable, use the per-packet path)."""
     assert _np is not None
@@ -597,7 +604,7 @@ def _fast_run(c: Coalescer, packets: list[bytes], i: int, j: int) -> int:
         return 0
     c.flush()
     run = _Run(first, key, iphl, hl, seq, plen, v6)
-    run.parts = packets[i : i + m]
+    run.parts = list(packets[i : i + m])
     run.size = hl + m * plen
     run.next_seq = (seq + m * plen) & 0xFFFFFFFF
     if m == MAX_SEGMENTS:
@@ -670,31 +677,30 @@ def _coalesce_rows(c: Coalescer, rows: PacketRows) -> None:
 FAST_MIN = 4
 
 
-def coalesce(packets: list[bytes] | list[bytes | PacketRows]) -> list[bytes]:
+def coalesce(packets: Sequence[DeviceItem]) -> list[DeviceWrite]:
     """All device writes (virtio header + packet) for ``packets`` in order (one batch); items may
     be :class:`PacketRows` (the packets of one GRO train)."""
-    out: list[bytes] = []
+    out: list[DeviceWrite] = []
     c = Coalescer(out)
     n = len(packets)
     i = 0
     while i < n:
         p = packets[i]
-        if type(p) is PacketRows:
+        if isinstance(p, PacketRows):
             _coalesce_rows(c, p)
             i += 1
             continue
-        if _np is not None and i + FAST_MIN <= n and type(p) is not SuperPacketView:
+        if _np is not None and i + FAST_MIN <= n and isinstance(p, bytes):
             size = len(p)
             j = i + 1
-            while (
-                j < n
-                and type(packets[j]) is not PacketRows
-                and type(packets[j]) is not SuperPacketView
-                and len(packets[j]) == size
-            ):
+            while j < n:
+                q = packets[j]
+                if not isinstance(q, bytes) or len(q) != size:
+                    break
                 j += 1
             if j - i >= FAST_MIN:
-                took = _fast_run(c, packets, i, j)
+                # the loop above saw only bytes in packets[i:j]
+                took = _fast_run(c, cast("Sequence[bytes]", packets), i, j)
                 if took:
                     i += took
                     continue
@@ -739,7 +745,7 @@ def segment_frame(hdr: bytes | memoryview, frame: bytes) -> list[bytes] | Packet
     return segment_any(hdr, frame[l2:], frame[:l2])
 
 
-def _with_l2(write: bytes, head: bytes) -> bytes:
+def _with_l2(write: DeviceWrite, head: bytes) -> bytes:
     """A device write for an IP packet (virtio header + packet) as one for an Ethernet frame: the
     header ``head`` goes in front of the packet, checksum start and header length move with it."""
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(write)
@@ -773,15 +779,15 @@ def _rows_behind_l2(rows: PacketRows) -> tuple[bytes, PacketRows] | None:
     return head, PacketRows(buf[l2:], stride, [n - l2 for n in lengths])
 
 
-def coalesce_frames(frames: list[bytes] | list[bytes | PacketRows]) -> list[bytes]:
+def coalesce_frames(frames: Sequence[DeviceItem]) -> list[DeviceWrite]:
     """:func:`coalesce` for a TAP device: Ethernet frames in, device writes out, in order. Adjacent
     frames with the same Ethernet header (addresses, VLAN tags, IP ethertype) are coalesced as IP
     packets; anything else is written alone, unchanged."""
-    flat: list[bytes] = []
-    out: list[bytes] = []
+    flat: list[bytes | SuperPacketView] = []
+    out: list[DeviceWrite] = []
     for item in frames:
-        if type(item) is not PacketRows:
-            flat.append(item)  # type: ignore[arg-type]
+        if not isinstance(item, PacketRows):
+            flat.append(item)
             continue
         shifted = _rows_behind_l2(item)
         if shifted is None:
@@ -798,7 +804,7 @@ def coalesce_frames(frames: list[bytes] | list[bytes | PacketRows]) -> list[byte
     i = 0
     while i < n:
         frame = flat[i]
-        if type(frame) is SuperPacketView:  # already a device write (T2 is TUN-only today)
+        if isinstance(frame, SuperPacketView):  # already a device write (T2 is TUN-only today)
             out.append(frame.data)
             i += 1
             continue
@@ -810,19 +816,24 @@ def coalesce_frames(frames: list[bytes] | list[bytes | PacketRows]) -> list[byte
         head = frame[:l2]
         j = i + 1
         # the same header bytes (ethertype included) mean the same header length
-        while j < n and type(flat[j]) is not SuperPacketView and flat[j][:l2] == head:
+        while j < n:
+            f = flat[j]
+            if isinstance(f, SuperPacketView) or f[:l2] != head:
+                break
             j += 1
         if j - i == 1:
             out.append(ZERO_HDR + frame)
         else:
-            out.extend(_with_l2(w, head) for w in coalesce([f[l2:] for f in flat[i:j]]))
+            # the loop above saw only frames (bytes) in flat[i:j]
+            same = cast("list[bytes]", flat[i:j])
+            out.extend(_with_l2(w, head) for w in coalesce([f[l2:] for f in same]))
         i = j
     return out
 
 
-def coalesce_slow(packets: list[bytes]) -> list[bytes]:
+def coalesce_slow(packets: list[bytes]) -> list[DeviceWrite]:
     """The per-packet coalescer only (reference for tests)."""
-    out: list[bytes] = []
+    out: list[DeviceWrite] = []
     c = Coalescer(out)
     for p in packets:
         c.add(p)

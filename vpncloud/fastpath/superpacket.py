@@ -31,8 +31,6 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
-from vpncloud.core.errors import DecodeError
-
 from .rows import Train
 
 _np: Any
@@ -67,6 +65,11 @@ _GSO_TCPV6 = 4
 _GSO_UDP_L4 = 5
 
 
+class SuperPacketError(ValueError):
+    """Bytes that are no valid slice, super-packet or NODE_INFO for it (from the network: the
+    caller drops them as malformed). Its own type: this package imports nothing from the core."""
+
+
 class SuperPacket(bytes):
     """A device write that already starts with its virtio-net header (from ``packets_to_device``)."""
 
@@ -93,7 +96,7 @@ def add_features(node_info: bytes, features: int) -> bytes:
     if not features:
         return node_info
     if not node_info or node_info[-1] != 0:
-        raise DecodeError("NODE_INFO does not end with END")
+        raise SuperPacketError("NODE_INFO does not end with END")
     return node_info[:-1] + bytes((PART_FEATURES, 0, 1, features & 0xFF, 0))
 
 
@@ -216,12 +219,12 @@ class Reassembler:
         self.dropped = 0  # messages given up (evicted incomplete, or inconsistent)
 
     def add(self, datagram: bytes) -> bytes | None:
-        """One slice datagram; returns the frame once complete. Raises DecodeError if malformed."""
+        """One slice datagram; returns the frame once complete. Raises SuperPacketError if malformed."""
         if len(datagram) <= SLICE_HEADER_LEN:
-            raise DecodeError("super-packet slice too short")
+            raise SuperPacketError("super-packet slice too short")
         mark, msg_id, index, count = _unpack(datagram)
         if mark != SLICE_MARK or index >= count:
-            raise DecodeError("invalid super-packet slice header")
+            raise SuperPacketError("invalid super-packet slice header")
         if count == 1:
             return datagram[SLICE_HEADER_LEN:]
         msg = self.pending.get(msg_id)
@@ -234,7 +237,7 @@ class Reassembler:
             # the count does not match the earlier slices: forged or corrupt, give the message up
             del self.pending[msg_id]
             self.dropped += 1
-            raise DecodeError("super-packet slice count mismatch")
+            raise SuperPacketError("super-packet slice count mismatch")
         parts = msg.parts
         if parts[index] is not None:
             return None  # duplicate
@@ -252,35 +255,35 @@ class Reassembler:
 def check_super_payload(payload: bytes | memoryview, features: int) -> None:
     """Validate a received super-packet (virtio header + IP packet) before it goes to the device.
 
-    Raises DecodeError for anything the local device was not set up for or that is inconsistent.
+    Raises SuperPacketError for anything the local device was not set up for or that is inconsistent.
     """
     if len(payload) < VNET_HDR_LEN + 20:
-        raise DecodeError("super-packet too short")
+        raise SuperPacketError("super-packet too short")
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(payload)
     plen = len(payload) - VNET_HDR_LEN
     if flags & ~0x03:
-        raise DecodeError("unknown virtio header flags")
+        raise SuperPacketError("unknown virtio header flags")
     if flags & 0x01 and (csum_offset not in (6, 16) or csum_start + csum_offset + 2 > plen):
-        raise DecodeError("checksum offsets out of range")
+        raise SuperPacketError("checksum offsets out of range")
     kind = gso_type & 0x7F
     version = payload[VNET_HDR_LEN] >> 4
     if version == 4:
         proto = payload[VNET_HDR_LEN + 9]
     elif version == 6:
         if plen < 40:
-            raise DecodeError("super-packet too short")
+            raise SuperPacketError("super-packet too short")
         proto = payload[VNET_HDR_LEN + 6]
     else:
-        raise DecodeError("super-packet is not IP")
+        raise SuperPacketError("super-packet is not IP")
     if kind == _GSO_NONE:
         return
     if gso_size == 0 or hdr_len > plen or not flags & 0x01:
-        raise DecodeError("inconsistent GSO header")
+        raise SuperPacketError("inconsistent GSO header")
     if kind in (_GSO_TCPV4, _GSO_TCPV6):
         if not features & FEATURE_TCP or proto != 6 or version != (4 if kind == _GSO_TCPV4 else 6):
-            raise DecodeError("TCP super-packet not acceptable")
+            raise SuperPacketError("TCP super-packet not acceptable")
     elif kind == _GSO_UDP_L4:
         if not features & FEATURE_UDP or proto != 17:
-            raise DecodeError("UDP super-packet not acceptable")
+            raise SuperPacketError("UDP super-packet not acceptable")
     else:
-        raise DecodeError("unsupported GSO type")
+        raise SuperPacketError("unsupported GSO type")

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from vpncloud.lab.dot import write_dot
 from vpncloud.lab.lab import LabError, LabStatus, lab_down, lab_status, lab_up, load_spec, node_status
-from vpncloud.mesh.sourcefile import print_errors, usage_error
+from vpncloud.sourcefile import print_errors, usage_error
 
 __all__ = ["build_parser", "main", "render"]
 

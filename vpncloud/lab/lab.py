@@ -57,13 +57,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vpncloud.lab import netns
 from vpncloud.lab.netns import Netns, NetnsError, SignalGuard, Topology
-from vpncloud.mesh.models import host_port_problem
-from vpncloud.mesh.sourcefile import (
+from vpncloud.sourcefile import (
     ErrorItem,
     InputError,
     Located,
     compose,
     construct,
+    host_port_problem,
     validation_items,
     wrong_kind,
 )

@@ -38,11 +38,11 @@ import yaml
 
 from vpncloud.core.acl import AclPolicy, AclRule, parse_port_range
 from vpncloud.core.errors import ConfigError
+from vpncloud.sourcefile import host_bits_hint
 
 # models.py owns the ACL's pydantic models (MeshFile.acl needs them), so this module depends on it and
 # never the other way round.
 from .models import AclRuleSpec, AclSpec, Mesh, Node, Problem, known_names, relay_settings, unknown_node
-from .sourcefile import host_bits_hint
 
 __all__ = [
     "AclRuleSpec",

@@ -17,6 +17,8 @@ from typing import NoReturn
 
 from rich.console import Console
 
+from vpncloud.sourcefile import file_kind, print_errors, usage_error
+
 from .apply import (
     AnsibleTarget,
     ApplyError,
@@ -41,7 +43,6 @@ from .plan import (
     print_plan,
     rotation_lines,
 )
-from .sourcefile import file_kind, print_errors, usage_error
 from .state import MeshState, StateError, load_state
 
 __all__ = ["main", "mesh_schema"]

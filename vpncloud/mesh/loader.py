@@ -1,7 +1,7 @@
 """Load ``mesh.yaml`` with errors that name the file, the line and the field.
 
 The YAML reading, line lookup and error style are shared with the lab loader
-(:mod:`vpncloud.mesh.sourcefile`); here are the mesh's own checks and the checks between meshes.
+(:mod:`vpncloud.sourcefile`); here are the mesh's own checks and the checks between meshes.
 """
 
 from __future__ import annotations
@@ -11,9 +11,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from vpncloud.sourcefile import (
+    ErrorItem,
+    InputError,
+    Located,
+    compose,
+    construct,
+    validation_items,
+    wrong_kind,
+)
+
 from .acl import check_security
 from .models import Mesh, MeshFile, Problem, check_mesh, check_meshes
-from .sourcefile import ErrorItem, InputError, Located, compose, construct, validation_items, wrong_kind
 
 __all__ = ["MeshError", "MeshErrorItem", "load_mesh", "load_mesh_text", "load_meshes"]
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from types import FrameType
 
 from vpncloud.core.errors import DecodeError
+from vpncloud.core.proxy_framing import DEFAULT_PROXY_PORT
 from vpncloud.core.types import format_sockaddr, parse_listen
 from vpncloud.daemon.logs import get_logger, setup_logging
 
-from . import DEFAULT_PROXY_PORT
 from .server import ProxyServer
 
 EXIT_FATAL = 255

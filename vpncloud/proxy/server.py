@@ -33,11 +33,10 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from vpncloud.core.proxy_framing import ADDR_LEN, FramingError, encode_addr, split_message
 from vpncloud.core.types import SocketAddr, format_sockaddr, nice
 from vpncloud.daemon.logs import get_logger
 from vpncloud.daemon.udp import primary_addresses
-
-from . import ADDR_LEN, FramingError, encode_addr, split_message
 
 log = get_logger()
 

@@ -31,9 +31,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from vpncloud.core.proxy_framing import ADDR_LEN, FramingError, encode_addr, split_message
 from vpncloud.core.types import SocketAddr, format_sockaddr, nice
-
-from . import ADDR_LEN, FramingError, encode_addr, split_message
 
 #: Pending output above which new datagrams are dropped.
 MAX_OUTBUF = 4 * 1024 * 1024

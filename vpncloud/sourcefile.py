@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import ipaddress
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -208,6 +209,51 @@ def _message(err: Any, model: type[BaseModel], loc: tuple[str | int, ...]) -> st
     message = str(err["msg"])
     # pydantic's "Value error, " tells the reader nothing; our validators' messages stand alone.
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+# Letters, digits, '-' (and '_', which inventories and /etc/hosts accept) between dots, 1-63 each.
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def host_problem(value: str) -> str | None:
+    """Why ``value`` is neither an IP address nor a host name; None when it is one of them.
+
+    A name whose last label is a number was meant as an IPv4 address (``10.98.0.300``): resolvers would
+    try it as a name and fail only at apply time, on the node.
+    """
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+            return None
+        except ValueError:
+            return f"{value} is not a valid IPv6 address"
+    labels = value.removesuffix(".").split(".")
+    if labels[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(value)
+            return None
+        except ValueError:
+            return f"{value} is not a valid IPv4 address (four numbers 0-255)"
+    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        return f"{value!r} is neither an IP address nor a host name (labels of letters, digits and '-')"
+    return None
+
+
+def host_port_problem(value: str, *, port_required: bool) -> str | None:
+    """Like :func:`host_problem` for ``HOST``, ``HOST:PORT``, ``IPV6`` or ``[IPV6]:PORT``."""
+    host, port = value, None
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return f"{value!r} is not HOST:PORT or [IPV6]:PORT"
+        port = rest[1:] if rest else None
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if port is None and port_required:
+        return f"{value!r} has no port (HOST:PORT)"
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return f"port {port!r} of {value!r} is not a number from 1 to 65535"
+    return host_problem(host) if host else f"{value!r} has no host"
 
 
 def host_bits_hint(text: str) -> str | None:
