@@ -39,11 +39,8 @@ from vpncloud import fastpath
 from .rows import PacketRows
 from .superpacket import SuperPacketView
 
-_np: Any
-try:  # optional speed-up, see the module docstring
-    import numpy as _np
-except ImportError:  # pragma: no cover - depends on the installation
-    _np = None
+#: Optional speed-up, see the module docstring; imported at the first batch that uses it.
+_np: Any = fastpath.lazy_numpy()
 
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = 10
