@@ -296,7 +296,7 @@ class Daemon:
                 log.info("Configured %s with %s/%d", dev.ifname, addr, plen)
             else:
                 dev.up()
-        except Exception as exc:  # netlink errors have several classes; all mean the same here
+        except OSError as exc:  # NetlinkError: the kernel refused the address or the link state
             raise Fatal(f"Failed to configure device {dev.ifname}: {exc}") from None
         if cfg.ifup:
             run_sync(cfg.ifup, self._env(), "ifup command")
@@ -338,7 +338,7 @@ class Daemon:
             # a TAP frame: Ethernet header with up to one VLAN tag
             size = gso_max_size_for(dev.get_mtu(), 18 if dev.device_type == "tap" else 0)
             dev.set_gso_max_size(size)
-        except Exception as exc:  # an old kernel/pyroute2: bigger super-packets just take 2 sends
+        except OSError as exc:  # an old kernel: bigger super-packets just take 2 sends
             log.debug("Cannot set gso_max_size on %s: %s", dev.ifname, exc)
             size = 0
         log.info(
@@ -361,7 +361,7 @@ class Daemon:
         try:
             mtu = dev.get_mtu() - RELAY_OVERHEAD
             dev.set_mtu(mtu)
-        except Exception as exc:  # as setup_mtu: netlink errors come in several classes; only logged
+        except OSError as exc:  # as setup_mtu: only logged
             log.error("Failed to lower the MTU for relayed peers: %s", exc)
             return
         log.info("Relays in use: MTU %d on device %s", mtu, dev.ifname)
