@@ -12,6 +12,8 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from vpncloud.lazy import lazy
+
 from . import _python
 
 __all__ = [
@@ -65,30 +67,9 @@ else:
     tcp_rows = _impl.tcp_rows
 
 
-def _has_numpy() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("numpy") is not None
-
-
-class _LazyNumpy:
-    """Stands for the numpy module and imports it at the first attribute asked for.
-
-    numpy costs about 14 MB of RSS, and an idle node, or one whose batches never have enough
-    equal-sized packets for a vectorised check, never uses it (issue 21: import what a
-    configuration does not use only when it is used). Each attribute is copied onto the proxy
-    when first read, so later reads are plain instance lookups, not ``__getattr__`` calls.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        import numpy
-
-        value = getattr(numpy, name)
-        setattr(self, name, value)
-        return value
-
-
-_NUMPY = _LazyNumpy() if _has_numpy() else None
+# numpy costs about 14 MB of RSS; an idle node, or one whose batches never have enough
+# equal-sized packets for a vectorised check, never imports it
+_NUMPY = lazy("numpy")
 
 
 def lazy_numpy() -> Any:
