@@ -52,7 +52,7 @@ def status(sock: str) -> dict[str, Any] | None:
     return reply.get("status") if reply.get("ok") else None
 
 
-def measure(tree: Path, pure: bool, tmp: Path) -> list[dict[str, int]]:
+def measure(tree: Path, pure: bool, tmp: Path, settle: float = SETTLE) -> list[dict[str, int]]:
     """Start a pair from ``tree``, wait for the handshake, return the Vm* figures of both daemons."""
     env = {
         **os.environ,
@@ -82,7 +82,7 @@ def measure(tree: Path, pure: bool, tmp: Path) -> list[dict[str, int]]:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):
                 raise SystemExit(f"{tree}: the pair did not connect")
             time.sleep(0.1)
-        time.sleep(SETTLE)
+        time.sleep(settle)
         return [proc_status(p.pid) for p in procs.values()]
 
 
@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--tree", action="append", default=[], help="NAME=PATH of a checkout (repeatable)")
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--tmp", default="/tmp")
+    ap.add_argument("--settle", type=float, default=SETTLE, help="seconds idle after the handshake")
     args = ap.parse_args()
     trees = [(t.partition("=")[0], Path(t.partition("=")[2]).resolve()) for t in args.tree] or [
         ("ours", ROOT)
@@ -99,11 +100,11 @@ def main() -> None:
     for p in range(args.passes):
         for name, tree in trees:
             for path in ("c", "python"):
-                figures = measure(tree, path == "python", Path(args.tmp))
+                figures = measure(tree, path == "python", Path(args.tmp), args.settle)
                 results.setdefault((name, path), []).extend(figures)
                 rss = ", ".join(f"{f['VmRSS'] / 1024:.1f}" for f in figures)
-                print(f"pass {p + 1} {name:>8} {path:>6}: VmRSS {rss} MB", file=sys.stderr)
-    print("| tree | kernels | VmRSS MB | VmHWM MB | RssAnon MB | RssFile MB | n |")
+                print(f"pass {p + 1} {name:>8} {path:>6}: VmRSS {rss} MiB", file=sys.stderr)
+    print("| tree | kernels | VmRSS MiB | VmHWM MiB | RssAnon MiB | RssFile MiB | n |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for (name, path), figs in results.items():
         med = {k: statistics.median(f[k] for f in figs) / 1024 for k in figs[0]}
