@@ -20,14 +20,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from vpncloud.core.errors import ConfigError, DecodeError
 from vpncloud.core.types import DeviceType, Mode, Range, SocketAddr, parse_listen
+from vpncloud.lazy import LazyModule
 
 if TYPE_CHECKING:
+    import yaml
+
     from vpncloud.core.node import NodeConfig
     from vpncloud.core.peer_crypto import CryptoConfig
+
+if not TYPE_CHECKING:
+    # PyYAML (about 1.5 MB of RSS) only when config files are read or written
+    yaml = LazyModule("yaml")
 
 __all__ = [
     "DEFAULT_PORT",

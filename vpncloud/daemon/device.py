@@ -1,8 +1,8 @@
 """TUN/TAP device and kernel routes (spec 12).
 
 The device is opened with the ``TUNSETIFF`` ioctl on ``/dev/net/tun`` (``IFF_NO_PI``, so every read is
-exactly one IP packet or Ethernet frame). Address, MTU, link state and routes go through pyroute2
-(netlink) instead of the original's SIOCSIF* ioctls: same effect, and IPv6 works too.
+exactly one IP packet or Ethernet frame). Address, MTU, link state and routes go through rtnetlink
+(:mod:`.netlink`) instead of the original's SIOCSIF* ioctls: same effect, and IPv6 works too.
 
 The device is not persistent: closing the fd removes the interface and its routes, so a killed
 process leaves nothing behind.
@@ -19,7 +19,9 @@ from collections.abc import Iterable
 
 from vpncloud.core.types import Range, SocketAddr, format_sockaddr, nice
 
+from . import netlink
 from .logs import get_logger
+from .netlink import NetlinkError, Rtnl
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -154,56 +156,36 @@ class Device:
 
     # --- configuration through netlink -----------------------------------------------------------
 
-    def _index(self, ipr: object) -> int:
-        idx = ipr.link_lookup(ifname=self.ifname)  # type: ignore[attr-defined]
-        if not idx:
-            raise DeviceError(f"interface {self.ifname} vanished")
-        return int(idx[0])
-
     def get_mtu(self) -> int:
         """Current MTU."""
         return read_mtu(self.ifname)
 
     def set_mtu(self, mtu: int) -> None:
         """Set the interface MTU."""
-        from pyroute2 import IPRoute  # type: ignore[import-untyped]
-
-        with IPRoute() as ipr:
-            ipr.link("set", index=self._index(ipr), mtu=mtu)
+        with Rtnl() as nl:
+            nl.link_set(self.ifname, mtu=mtu)
 
     def set_ip(self, addr: str, prefix: int) -> None:
         """Add an IPv4 address with its netmask and bring the interface up (spec 12 step 4)."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            idx = self._index(ipr)
-            ipr.addr("add", index=idx, address=addr, prefixlen=prefix)
-            ipr.link("set", index=idx, state="up")
+        with Rtnl() as nl:
+            nl.addr_add(self.ifname, addr, prefix)
+            nl.link_set(self.ifname, up=True)
 
     def up(self) -> None:
         """Bring the interface up."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            ipr.link("set", index=self._index(ipr), state="up")
+        with Rtnl() as nl:
+            nl.link_set(self.ifname, up=True)
 
     def set_gso_max_size(self, size: int) -> None:
         """Cap the size of super-packets the kernel hands us (so one fits one UDP GSO send)."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            ipr.link("set", index=self._index(ipr), gso_max_size=size)
+        with Rtnl() as nl:
+            nl.link_set(self.ifname, gso_max_size=size)
 
     def get_ipv4(self) -> str | None:
         """The first IPv4 address on the interface (for auto-claim), or None."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            for msg in ipr.get_addr(family=2, index=self._index(ipr)):
-                value = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-                if value:
-                    return str(value)
-        return None
+        with Rtnl() as nl:
+            found = nl.ipv4_addresses(self.ifname)
+        return found[0] if found else None
 
 
 def read_mtu(ifname: str) -> int:
@@ -393,29 +375,27 @@ class RouteManager:
             wanted.add(net)
         if wanted == self.installed:
             return
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-
         try:
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=self.ifname)
-                if not idx:
+            with Rtnl() as nl:
+                try:
+                    netlink.index(self.ifname)
+                except NetlinkError:
                     return
                 for net in sorted(wanted - self.installed):
                     try:
-                        ipr.route("replace", dst=net, oif=idx[0])
+                        nl.route("replace", net, self.ifname)
                         log.debug("Added route %s dev %s", net, self.ifname)
                         self.installed.add(net)
                     except NetlinkError as exc:
                         log.warning("Failed to add route %s dev %s: %s", net, self.ifname, exc)
                 for net in sorted(self.installed - wanted):
                     try:
-                        ipr.route("del", dst=net, oif=idx[0])
+                        nl.route("del", net, self.ifname)
                         log.debug("Removed route %s dev %s", net, self.ifname)
                     except NetlinkError as exc:
                         log.debug("Failed to remove route %s: %s", net, exc)
                     self.installed.discard(net)
-        except (OSError, NetlinkError) as exc:
+        except OSError as exc:
             if not self.failed:
                 log.warning("Cannot program kernel routes (%s); use --no-routes to silence this", exc)
                 self.failed = True

@@ -27,14 +27,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from vpncloud.core import base62
 from vpncloud.core.acl import AclPolicy
 from vpncloud.core.errors import ConfigError, DecodeError
 from vpncloud.core.relay import RelayConfig
+from vpncloud.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import yaml
+else:
+    # PyYAML (about 1.5 MB of RSS) only when a security file is read
+    yaml = LazyModule("yaml")
 
 __all__ = ["Security", "apply_security", "default_path", "load_security_file", "parse_security"]
 

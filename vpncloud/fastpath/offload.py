@@ -46,11 +46,8 @@ DeviceItem = bytes | PacketRows | SuperPacketView
 #: One device write: bytes, or a received super-packet's view of its decrypted frame (no copy).
 DeviceWrite = bytes | memoryview
 
-_np: Any
-try:  # optional speed-up, see the module docstring
-    import numpy as _np
-except ImportError:  # pragma: no cover - depends on the installation
-    _np = None
+#: Optional speed-up, see the module docstring; imported at the first batch that uses it.
+_np: Any = fastpath.lazy_numpy()
 
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = 10

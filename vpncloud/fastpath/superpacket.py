@@ -31,18 +31,16 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
+from . import lazy_numpy
 from .rows import Train
 
-_np: Any
-try:
-    # one strided copy instead of a memoryview per slice (about 45 per super-packet)
-    import numpy as _np
-except ImportError:  # pragma: no cover - numpy is a dependency; the pure path stays as reference
-    _np = None
+# one strided copy instead of a memoryview per slice (about 45 per super-packet); numpy is
+# imported at the first super-packet big enough to use it
+_np: Any = lazy_numpy()
 
 #: Below this many slices the per-call cost of numpy is more than the loop it saves.
 NP_MIN_SLICES = 4
-_INDEXES: Any = None if _np is None else _np.arange(256, dtype=_np.uint8)
+_INDEXES: Any = None  # numpy.arange(256) as uint8, made at the first use
 
 PART_FEATURES = 0x56
 FEATURE_TCP = 0x01
@@ -152,6 +150,9 @@ def split_frame_train(frame: bytes | bytearray | memoryview, msg_id: int, max_da
 
 def _split_np(frame: bytes | bytearray | memoryview, header: bytes, count: int, size: int) -> memoryview:
     """:func:`split_frame_train`'s buffer: the frame copied once into rows of ``7 + size``."""
+    global _INDEXES
+    if _INDEXES is None:
+        _INDEXES = _np.arange(256, dtype=_np.uint8)
     seg = SLICE_HEADER_LEN + size
     full = len(frame) // size
     # np.empty: a bytearray would first be zero-filled, which costs as much as the copy itself
