@@ -194,3 +194,48 @@ def test_spoofed_pings_with_a_peers_ip_do_not_keep_it_from_rejoining(lan3: Any, 
         spoofer.terminate()
         spoofer.wait(timeout=10)
     assert wait_for(lambda: ping(lan3.nodes["a"], "10.100.0.2"), interval=0.1, what="tunnel after rejoin")
+
+
+# argv: dst, then "sport:hex" items; each payload sent from its own UDP socket bound to sport.
+SEND_FROM_PORTS = """
+import socket, sys
+dst = sys.argv[1]
+for item in sys.argv[2:]:
+    sport, hexdata = item.split(":")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", int(sport)))
+    s.sendto(bytes.fromhex(hexdata), (dst, 3210))
+    s.close()
+"""
+
+
+def test_half_open_cap_per_host_from_the_config_file(lan3: Any, tmp_path: Path) -> None:
+    """``handshake-guard: {max-pending-per-host: 1}`` in a's config file: of two genuine PINGs from
+    one host (two ports, two ephemeral keys), a starts one handshake and refuses the second, counted
+    under ``dropped_pending``; b, with the same PINGs and no such key, starts both."""
+    import random as _random
+
+    from vpncloud.core.identity import Identity
+    from vpncloud.core.peer_crypto import CryptoConfig, PeerCrypto
+    from vpncloud.core.primitives import Algorithm
+
+    v4 = lan3.v4
+    conf = tmp_path / "a.yaml"
+    conf.write_text(f"crypto: {{password: {PASSWORD}}}\nhandshake-guard:\n  max-pending-per-host: 1\n")
+    a = VNode(lan3.topo, lan3.nodes["a"], "a", tmp_path, ["--config", str(conf), "--ip", "10.100.0.1/24"])
+    b = VNode(lan3.topo, lan3.nodes["b"], "b", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.2/24"])
+    a.node_id(), b.node_id()
+    cfg = CryptoConfig(Identity.from_config(password=PASSWORD), [(Algorithm.AES128, 100.0)])
+    rng = _random.Random(7)
+    pings = [PeerCrypto.initiator(cfg, rng.randbytes(16), b"", rng)[1] for _ in range(2)]
+    items = [f"{port}:{data.hex()}" for port, data in zip((40001, 40002), pings, strict=True)]
+    for dst in (v4["a"], v4["b"]):
+        lan3.nodes["c"].run([PY, "-c", SEND_FROM_PORTS, dst, *items])
+
+    wait_for(lambda: guard(a)["dropped_pending"] == 1, 20, interval=0.1, what="a to refuse the second")
+    wait_for(lambda: guard(b)["pending_inbound"] == 2, 20, interval=0.1, what="b to start both")
+    assert guard(a)["pending_inbound"] == 1
+    assert guard(b)["dropped_pending"] == 0
+    st = a.status()
+    assert st is not None and len([p for p in st["pending"] if p.startswith(v4["c"])]) == 1
+    assert a.alive() and b.alive()

@@ -106,6 +106,13 @@ def test_guard_config_rejects_nonsense() -> None:
         GuardConfig(max_sources=0)
 
 
+def test_guard_config_rejects_a_zero_ttl_or_log_interval() -> None:
+    with pytest.raises(ValueError):
+        GuardConfig(budget_ttl=0)
+    with pytest.raises(ValueError):
+        GuardConfig(drop_log_interval=0)
+
+
 # --- wiring into the node ---------------------------------------------------------------------------
 
 
@@ -437,3 +444,32 @@ def test_a_lost_peng_is_recovered_without_timer_retransmission() -> None:
     h.connect(a, b)
     assert h.run_until(lambda: h.full_mesh() and not b.node.pending, timeout=10)
     assert len(lost.dropped) == 1
+
+
+def test_a_reload_keeps_the_guard_and_says_its_limits_wait_for_a_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A new guard on SIGHUP would forget every budget it tracks: the limits stay until a restart."""
+    node = fresh_node(GuardConfig(max_pending_per_host=1, drop_log_interval=60))
+    guard = node.guard
+    with caplog.at_level("WARNING", logger="vpncloud"):
+        node.reconfigure(NodeConfig(guard=GuardConfig(max_pending_per_host=5)), node.crypto, 1.0)
+    assert node.guard is guard and node.config.guard.max_pending_per_host == 1
+    assert "apply at the next restart" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vpncloud"):
+        node.reconfigure(
+            NodeConfig(guard=GuardConfig(max_pending_per_host=1, drop_log_interval=60)), node.crypto, 2.0
+        )
+    assert "restart" not in caplog.text
+
+
+def test_the_drop_log_interval_comes_from_the_guard_config(caplog: pytest.LogCaptureFixture) -> None:
+    node = fresh_node(GuardConfig(drop_log_interval=100.0))
+    with caplog.at_level("INFO", logger="vpncloud"):
+        for t in (0.0, 20.0, 50.0, 99.0):  # one interval: only the first is logged in full
+            node.receive_datagram(b"\x01garbage", ("192.0.2.9", 4000), t)
+    assert caplog.text.count("unknown peer") == 1
+    with caplog.at_level("INFO", logger="vpncloud"):
+        node.receive_datagram(b"\x01garbage", ("192.0.2.9", 4000), 101.0)
+    assert "Dropped 3 more datagrams" in caplog.text and caplog.text.count("unknown peer") == 2

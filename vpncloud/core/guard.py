@@ -52,6 +52,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from .droplog import DROP_LOG_INTERVAL
+
 __all__ = ["GuardConfig", "GuardCounters", "HandshakeGuard", "TokenBucket"]
 
 SocketAddr = tuple[str, int]
@@ -78,11 +80,16 @@ class GuardConfig:
     #: Seconds a verified PING's ephemeral key stays bound to its address (> an initiator's 120
     #: retransmission ticks of ~2 s in the original).
     replay_ttl: float = 300.0
+    #: Seconds between the node's aggregated drop-log lines (``droplog.py``), not a limit of the guard
+    #: itself but part of what a flood costs (log volume).
+    drop_log_interval: float = DROP_LOG_INTERVAL
 
     def __post_init__(self) -> None:
         rates = (self.per_source_rate, self.per_source_burst, self.global_rate, self.global_burst)
         if min(*rates, self.per_host_new_rate, self.per_host_new_burst) <= 0:
             raise ValueError("guard rates and bursts must be positive")
+        if self.budget_ttl <= 0 or self.drop_log_interval <= 0:
+            raise ValueError("budget_ttl and drop_log_interval must be positive")
         if self.max_sources < 1:
             raise ValueError("max_sources must be at least 1")
         if self.max_pending < 1 or self.max_pending_per_host < 1:

@@ -336,7 +336,7 @@ class Node:
         self._inbound_reply: dict[SocketAddr, bytes] = {}
         self._proven_repeat: dict[SocketAddr, float] = {}
         # One line per interval for dropped datagrams, however many arrive (issue 24).
-        self._drops = DropLog(log)
+        self._drops = DropLog(log, config.guard.drop_log_interval)
         self.expired_key_refusals = 0
         #: handshakes by result since start (a fixed key set: ``HANDSHAKE_RESULTS``)
         self.handshakes: dict[str, int] = dict.fromkeys(HANDSHAKE_RESULTS, 0)
@@ -1294,6 +1294,11 @@ class Node:
         config.device_type = self.config.device_type
         config.mode = self.config.mode
         config.port = self.config.port
+        if config.guard != self.config.guard:
+            # a new guard would forget every budget and pending handshake it tracks: a flood's
+            # attacker could provoke reloads to reset them
+            log.warning("handshake-guard limits changed: they apply at the next restart")
+            config.guard = self.config.guard
         claims_changed = config.claims != self.config.claims
         self.config = config
         self.crypto = crypto
