@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .crypto_core import CryptoCore
-from .errors import CryptoError, DecodeError, InitError, InitFatal
+from .errors import CryptoError, DecodeError, InitError, InitFatal, SignatureError
 from .identity import Identity
 from .primitives import Algorithm, Rng, X25519Key, ed25519_verify, sha256
 
@@ -248,7 +248,7 @@ def parse_init(data: bytes, identity: Identity) -> tuple[InitMessage, bytes]:
     except DecodeError as exc:
         raise InitError(str(exc)) from None
     if len(msg.signature) != 64 or not ed25519_verify(public_key, msg.signature, msg.signed_data):
-        raise CryptoError("invalid signature")
+        raise SignatureError("invalid signature")
     if msg.stage is None or msg.salted_node_id_hash is None:
         raise InitError("Missing stage or salted node id hash")
     if msg.stage == STAGE_PING:

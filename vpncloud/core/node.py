@@ -50,7 +50,7 @@ from . import bulk, messages
 from .acl import AclPolicy
 from .beacon import encode_beacon, hour_stamp
 from .droplog import DropLog
-from .errors import CryptoError, DecodeError, InitFatal, VpnCloudError
+from .errors import CryptoError, DecodeError, InitFatal, SignatureError, VpnCloudError
 from .guard import GuardConfig, HandshakeGuard
 from .handshake import STAGE_PING, decode_init
 from .messages import NodeInfo, PeerInfo
@@ -460,10 +460,16 @@ class Node:
     def _init_admitted(self, data: bytes, addr: SocketAddr, now: float, *, count: bool = False) -> bool:
         """Flood guard for handshake messages, BEFORE any signature check (see ``guard.py``).
 
-        Order: per-address bucket; cheap key-hash lookup (untrusted messages are dropped here, before
-        any parse, responder object or global token); expired keys; global bucket.
+        Order: bytes that failed their signature before (one lookup, from any address); per-address
+        bucket; cheap key-hash lookup (untrusted messages are dropped here, before any parse, responder
+        object or global token); expired keys; replayed PINGs; global bucket.
         """
         guard = self.guard
+        if data in guard.bad_signatures:
+            guard.note_bad_signature()
+            self.traffic.count_invalid_protocol(len(data), "authentication")
+            self._drops.drop("bad_signature", now, logging.ERROR, "Crypto error: invalid signature (again)")
+            return False
         # Addresses that proved they receive (sessions) or that we contacted ourselves.
         verified = addr in self._peers or (addr in self._pending and addr not in self._inbound)
         if not guard.allow_source(addr, now, known=verified):
@@ -600,6 +606,8 @@ class Node:
                 self._events.append(PeerDisconnected(nice(addr), None))
             return
         except (CryptoError, DecodeError) as err:
+            if isinstance(err, SignatureError):
+                self.guard.record_bad_signature(bytes(data))
             reason = drop_reason(err)
             self.traffic.count_invalid_protocol(len(data), reason)
             self.handshakes["rejected"] += 1
@@ -1301,6 +1309,8 @@ class Node:
             config.guard = self.config.guard
         claims_changed = config.claims != self.config.claims
         self.config = config
+        if crypto.identity.trusted_keys != self.crypto.identity.trusted_keys:
+            self.guard.keys_changed()
         self.crypto = crypto
         self.table.cache_timeout = config.switch_timeout
         self.table.claim_timeout = config.peer_timeout
