@@ -52,7 +52,7 @@ from .beacon import encode_beacon, hour_stamp
 from .droplog import DropLog
 from .errors import CryptoError, DecodeError, InitFatal, SignatureError, VpnCloudError
 from .guard import GuardConfig, HandshakeGuard
-from .handshake import STAGE_PING, decode_init
+from .handshake import STAGE_PING, decode_init, ping_ephemeral_key
 from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
@@ -512,6 +512,8 @@ class Node:
 
     def _note_guard_drop(self, now: float) -> None:
         self.traffic.count_invalid_protocol(0, "flood_guard")
+        if self._drops.quiet("flood_guard", now):
+            return
         c = self.guard.counters
         self._drops.drop(
             "flood_guard",
@@ -559,13 +561,9 @@ class Node:
         """The ephemeral key of a PING, b"" for other stages; None if the PING is a replay from elsewhere."""
         key = self.guard.verified_ping_key(data)
         if key is None:
-            try:
-                msg = decode_init(data)
-            except DecodeError:
-                return b""  # rejected with its error by the normal path
-            if msg.stage != STAGE_PING or msg.ecdh_public_key is None:
-                return b""
-            key = msg.ecdh_public_key
+            key = ping_ephemeral_key(data)
+            if key is None:
+                return b""  # not a PING, or malformed: rejected with its error by the normal path
         if not self.guard.ping_allowed(key, addr, now):
             self.traffic.count_invalid_protocol(len(data), "replay")
             self._drops.drop(
