@@ -140,12 +140,14 @@ class Daemon:
 #: socket), ``random`` = 250 spoofed addresses, ``wide`` = 65,536 spoofed addresses (10.77.0.0/16),
 #: random ports. Payloads: ``junk`` = 0xFF + random bytes (a PING with a random key hash),
 #: ``keyhash`` = a genuine PING with a broken signature (passes the key-hash filter),
+#: ``keyhash_vary`` = the same with a different broken signature from each source,
 #: ``replay`` = one genuine, validly signed PING.
 FLOODS = [
     ("ping_one_source", "junk", "one"),
     ("ping_random_sources", "junk", "random"),
     ("ping_wide_range", "junk", "wide"),
     ("valid_key_hash_random", "keyhash", "random"),
+    ("valid_key_hash_varied_wide", "keyhash_vary", "wide"),
     ("replayed_ping_random", "replay", "wide"),
 ]
 SPOOF_NET = "10.77.0.0/16"
@@ -160,6 +162,8 @@ FLOODER = textwrap.dedent("""
         payloads = [b"\\xff" + os.urandom(150) for _ in range(64)]
     elif kind == "keyhash":
         payloads = [ping[:-1] + bytes((ping[-1] ^ 1,))]
+    elif kind == "keyhash_vary":  # a different (canonical) signature per source: no cache helps
+        payloads = [ping[:-32] + rnd.randbytes(2) + ping[-30:] for _ in range(65536)]
     else:
         payloads = [ping]
     if sources == "one":
