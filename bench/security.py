@@ -16,6 +16,10 @@
 3. Churn: ``--nodes`` daemons, a ping mesh between all tunnel addresses; for ``--churn-seconds`` a random
    node is killed (SIGKILL) and restarted every few seconds. Then: time until every pair pings again,
    ping packets sent/lost during the churn.
+4. Core cost of a flood (``--only-core``, no root, no sockets): CPU microseconds per forged handshake
+   datagram in one node's core (``Node.receive_datagram`` on a virtual clock at 50,000/s), per kind of
+   ``CORE_KINDS``; with ``--baseline`` the other tree is measured in the same run, alternating child
+   processes round by round (min and median of ``--rounds``).
 
 All traffic stays in namespaces this script creates; they are removed at the end (also on Ctrl-C).
 """
@@ -136,12 +140,14 @@ class Daemon:
 #: socket), ``random`` = 250 spoofed addresses, ``wide`` = 65,536 spoofed addresses (10.77.0.0/16),
 #: random ports. Payloads: ``junk`` = 0xFF + random bytes (a PING with a random key hash),
 #: ``keyhash`` = a genuine PING with a broken signature (passes the key-hash filter),
+#: ``keyhash_vary`` = the same with a different broken signature from each source,
 #: ``replay`` = one genuine, validly signed PING.
 FLOODS = [
     ("ping_one_source", "junk", "one"),
     ("ping_random_sources", "junk", "random"),
     ("ping_wide_range", "junk", "wide"),
     ("valid_key_hash_random", "keyhash", "random"),
+    ("valid_key_hash_varied_wide", "keyhash_vary", "wide"),
     ("replayed_ping_random", "replay", "wide"),
 ]
 SPOOF_NET = "10.77.0.0/16"
@@ -156,6 +162,8 @@ FLOODER = textwrap.dedent("""
         payloads = [b"\\xff" + os.urandom(150) for _ in range(64)]
     elif kind == "keyhash":
         payloads = [ping[:-1] + bytes((ping[-1] ^ 1,))]
+    elif kind == "keyhash_vary":  # a different (canonical) signature per source: no cache helps
+        payloads = [ping[:-32] + rnd.randbytes(2) + ping[-30:] for _ in range(65536)]
     else:
         payloads = [ping]
     if sources == "one":
@@ -385,6 +393,84 @@ def bench_replay(count: int = 2000) -> dict[str, Any]:
     }
 
 
+# --- 4. core cost per flood datagram -------------------------------------------------------------
+
+#: (name, payload, sources): ``keyhash`` = one genuine PING with a broken signature (the bench's
+#: valid-key-hash flood), ``keyhash_vary`` = the same with a different signature in every datagram
+#: (the attacker defeats any cache of bad bytes), ``junk`` = random key hashes; 250 sources with fixed
+#: random ports, or 65,536 addresses (``wide``).
+CORE_KINDS = [
+    ("valid_key_hash", "keyhash", 250),
+    ("valid_key_hash_wide", "keyhash", 65536),
+    ("valid_key_hash_varied_sig", "keyhash_vary", 250),
+    ("random_key_hash", "junk", 250),
+]
+
+CORE_CHILD = textwrap.dedent("""
+    import logging, random, sys, time
+    tree, payload, nsrc, count, password = sys.argv[1:6]
+    nsrc, count = int(nsrc), int(count)
+    sys.path.insert(0, tree)
+    from vpncloud.core.identity import Identity
+    from vpncloud.core.messages import NodeInfo
+    from vpncloud.core.node import Node, NodeConfig
+    from vpncloud.core.peer_crypto import CryptoConfig, PeerCrypto
+    from vpncloud.core.primitives import Algorithm
+    logging.getLogger("vpncloud").setLevel(logging.CRITICAL)
+    cfg = CryptoConfig(Identity.from_config(password=password), [(Algorithm.AES128, 100.0)])
+    info = NodeInfo(node_id=bytes(16), peers=[], claims=[], peer_timeout=300, addrs=[]).encode()
+    ping = PeerCrypto.initiator(cfg, random.Random(3).randbytes(16), info, random.Random(4))[1]
+    rnd = random.Random(24)
+    if payload == "keyhash":
+        datagrams = [ping[:-1] + bytes((ping[-1] ^ 1,))]
+    elif payload == "keyhash_vary":
+        # the low bytes of S: a canonical scalar still, so each costs a whole Ed25519 verify
+        datagrams = [ping[:-32] + rnd.randbytes(2) + ping[-30:] for _ in range(50000)]
+    else:
+        datagrams = [b"\\xff" + rnd.randbytes(150) for _ in range(64)]
+    addrs = [(f"::ffff:10.77.{i >> 8}.{i & 255}", rnd.randrange(1024, 65535)) for i in range(nsrc)]
+    node = Node(NodeConfig(), cfg, 0.0, random.Random(1))
+    nd, rate = len(datagrams), 50000.0
+
+    def run(first, n):
+        for i in range(first, first + n):
+            now = i / rate
+            node.receive_datagram(datagrams[i % nd], addrs[i % nsrc], now)
+            if i % 1000 == 0:
+                node.handle_timer(now)
+                node.datagrams_to_send()
+
+    run(0, count // 5)  # warm-up: tables filled, first signature checks done
+    t0 = time.process_time()
+    run(count // 5, count)
+    print((time.process_time() - t0) / count * 1e6)
+""")
+
+
+def bench_core(baseline: Path | None, rounds: int, count: int) -> list[dict[str, Any]]:
+    trees = [("ours", ROOT)] + ([("baseline", baseline)] if baseline else [])
+    samples: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for kind, payload, nsrc in CORE_KINDS:
+            for label, tree in trees:  # alternating, so both see the same machine load
+                out = subprocess.run(
+                    [PY, "-c", CORE_CHILD, str(tree), payload, str(nsrc), str(count), PASSWORD],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                samples.setdefault((kind, label), []).append(float(out.stdout.strip()))
+    rows = []
+    for kind, _payload, _nsrc in CORE_KINDS:
+        row: dict[str, Any] = {"flood": kind}
+        for label, _tree in trees:
+            values = sorted(samples[(kind, label)])
+            row[f"{label} us min"] = f"{values[0]:.2f}"
+            row[f"{label} us median"] = f"{values[len(values) // 2]:.2f}"
+        rows.append(row)
+    return rows
+
+
 # --- 3. churn -------------------------------------------------------------------------------------
 
 
@@ -463,7 +549,18 @@ def main() -> int:
     ap.add_argument("--churn-seconds", type=float, default=40.0)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--skip", action="append", default=[], choices=["flood", "replay", "churn"])
+    ap.add_argument(
+        "--only-core",
+        action="store_true",
+        help="only the CPU per forged handshake datagram in the core (no root, no sockets)",
+    )
+    ap.add_argument("--rounds", type=int, default=5, help="--only-core: alternating rounds per tree")
+    ap.add_argument("--count", type=int, default=200000, help="--only-core: datagrams per measurement")
     ns = ap.parse_args()
+    if ns.only_core:
+        print(f"== core CPU per forged handshake datagram, {ns.count} datagrams at 50,000/s (virtual clock)")
+        print(table(bench_core(ns.baseline, max(ns.rounds, 1), max(ns.count, 1000))), flush=True)
+        return 0
     if os.geteuid() != 0:
         print("error: run as root (network namespaces)", file=sys.stderr)
         return 1

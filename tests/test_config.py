@@ -482,3 +482,98 @@ def test_the_daemon_does_not_start_from_a_file_without_any_known_key(tmp_path: P
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "no known config key" in out, out
     assert 'using password "none"' not in out
+
+
+# --- handshake-guard: the flood guard's limits (ours, issue 24) ---------------------------------
+
+
+def test_handshake_guard_keys_reach_the_core() -> None:
+    from vpncloud.core.guard import GuardConfig
+
+    c = Config()
+    c.merge(
+        load_config_text(
+            "listen: 3210\nhandshake-guard:\n  per-source-rate: 2.5\n  per-source-burst: 5\n"
+            "  per-host-new-rate: 1\n  per-host-new-burst: 2\n  global-rate: 50\n  global-burst: 100\n"
+            "  max-sources: 64\n  amplification-budget: false\n  budget-ttl: 30\n"
+            "  max-pending-per-host: 1\n  max-pending: 16\n  replay-ttl: 600\n  drop-log-interval: 60\n"
+        )
+    )
+    c.validate()
+    assert build_node_config(c, port=1).guard == GuardConfig(
+        per_source_rate=2.5,
+        per_source_burst=5.0,
+        per_host_new_rate=1.0,
+        per_host_new_burst=2.0,
+        global_rate=50.0,
+        global_burst=100.0,
+        max_sources=64,
+        amplification_budget=False,
+        budget_ttl=30.0,
+        max_pending_per_host=1,
+        max_pending=16,
+        replay_ttl=600.0,
+        drop_log_interval=60.0,
+    )
+
+
+def test_without_handshake_guard_the_defaults_hold_and_nothing_is_written() -> None:
+    from vpncloud.core.guard import GuardConfig
+
+    c = Config()
+    f = load_config_text("listen: 3210\n")
+    c.merge(f)
+    assert build_node_config(c, port=1).guard == GuardConfig()
+    assert "handshake-guard" not in f.to_yaml()  # migrate-config output stays the original's
+
+
+def test_handshake_guard_merges_key_by_key() -> None:
+    c = Config()
+    c.merge(load_config_text("handshake-guard: {max-pending: 9, global-rate: 7}\n"))
+    c.merge(load_config_text("handshake-guard: {global-rate: 8}\n"))
+    g = build_node_config(c, port=1).guard
+    assert (g.max_pending, g.global_rate) == (9, 8.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("handshake-guard: {max-pending: 0}\n", "handshake-guard.max-pending: must be at least 1"),
+        ("handshake-guard: {max-pending-per-host: -1}\n", "handshake-guard.max-pending-per-host"),
+        ("handshake-guard: {max-sources: 2.5}\n", "handshake-guard.max-sources: expected an unsigned"),
+        ("handshake-guard: {global-rate: 0}\n", "handshake-guard.global-rate: 0 is not a positive number"),
+        ("handshake-guard: {per-source-rate: -3}\n", "handshake-guard.per-source-rate"),
+        ("handshake-guard: {replay-ttl: .inf}\n", "handshake-guard.replay-ttl"),
+        ("handshake-guard: {budget-ttl: .nan}\n", "handshake-guard.budget-ttl"),
+        ("handshake-guard: {global-rate: fast}\n", "handshake-guard.global-rate: expected a positive number"),
+        ("handshake-guard: {amplification-budget: 1}\n", "handshake-guard.amplification-budget"),
+        ("handshake-guard: {max_pending: 1}\n", "did you mean 'max-pending'"),
+        ("handshake-guard: {pending: 1}\n", "unknown key 'handshake-guard.pending'"),
+        ("handshake-guard: 5\n", "handshake-guard: expected a mapping"),
+    ],
+)
+def test_bad_handshake_guard_values_name_the_key(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config_text(text)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("key", ["per-source-burst", "per-host-new-burst", "global-burst"])
+def test_a_burst_below_one_message_is_refused_by_validate(key: str) -> None:
+    c = Config()
+    c.merge(load_config_text(f"handshake-guard: {{{key}: 0.5}}\n"))
+    with pytest.raises(ConfigError, match=f"handshake-guard.{key}: must be at least 1"):
+        c.validate()
+
+
+def test_the_daemon_refuses_a_bad_guard_value_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("crypto: {password: x}\nhandshake-guard: {max-pending: 0}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "vpncloud", "--config", str(path), "--no-port-forwarding"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert "handshake-guard.max-pending: must be at least 1" in r.stdout + r.stderr

@@ -150,11 +150,14 @@ def test_replayed_and_forged_ping_flood_from_spoofed_sources(lan3: Any, tmp_path
 
 
 # argv: src, dst, hex payload, rate: the payload from src and random ports (never 3210), forever.
+# Two low bytes of the signature's S change every time: byte-identical copies of a forgery would be
+# dropped by the guard's bad-signature table before any per-address bucket.
 SPOOF_PORTS = """
-import random, socket, struct, sys, time
-src, dst, data, rate = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), float(sys.argv[4])
+import os, random, socket, struct, sys, time
+src, dst, base, rate = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), float(sys.argv[4])
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 while True:
+    data = base[:-32] + os.urandom(2) + base[-30:]
     sport = random.choice([p for p in range(1024, 65535) if p != 3210])
     udp = struct.pack("!HHHH", sport, 3210, 8 + len(data), 0) + data
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
@@ -165,9 +168,9 @@ while True:
 
 
 def test_spoofed_pings_with_a_peers_ip_do_not_keep_it_from_rejoining(lan3: Any, tmp_path: Path) -> None:
-    """Issue 24: 100 forged PINGs per second (trusted key hash, bad signature) carrying b's IP and
-    random other ports; b is killed and restarted meanwhile, and rejoins a (main: the per-IP bucket
-    stayed drained and b stayed out)."""
+    """Issue 24: 100 forged PINGs per second (trusted key hash, a different bad signature each)
+    carrying b's IP and random other ports; b is killed and restarted meanwhile, and rejoins a
+    (main: the per-IP bucket stayed drained and b stayed out)."""
     import random as _random
 
     from vpncloud.core.identity import Identity
@@ -194,3 +197,83 @@ def test_spoofed_pings_with_a_peers_ip_do_not_keep_it_from_rejoining(lan3: Any, 
         spoofer.terminate()
         spoofer.wait(timeout=10)
     assert wait_for(lambda: ping(lan3.nodes["a"], "10.100.0.2"), interval=0.1, what="tunnel after rejoin")
+
+
+# argv: dst, then "sport:hex" items; each payload sent from its own UDP socket bound to sport.
+SEND_FROM_PORTS = """
+import socket, sys
+dst = sys.argv[1]
+for item in sys.argv[2:]:
+    sport, hexdata = item.split(":")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", int(sport)))
+    s.sendto(bytes.fromhex(hexdata), (dst, 3210))
+    s.close()
+"""
+
+
+def test_half_open_cap_per_host_from_the_config_file(lan3: Any, tmp_path: Path) -> None:
+    """``handshake-guard: {max-pending-per-host: 1}`` in a's config file: of two genuine PINGs from
+    one host (two ports, two ephemeral keys), a starts one handshake and refuses the second, counted
+    under ``dropped_pending``; b, with the same PINGs and no such key, starts both."""
+    import random as _random
+
+    from vpncloud.core.identity import Identity
+    from vpncloud.core.peer_crypto import CryptoConfig, PeerCrypto
+    from vpncloud.core.primitives import Algorithm
+
+    v4 = lan3.v4
+    conf = tmp_path / "a.yaml"
+    conf.write_text(f"crypto: {{password: {PASSWORD}}}\nhandshake-guard:\n  max-pending-per-host: 1\n")
+    a = VNode(lan3.topo, lan3.nodes["a"], "a", tmp_path, ["--config", str(conf), "--ip", "10.100.0.1/24"])
+    b = VNode(lan3.topo, lan3.nodes["b"], "b", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.2/24"])
+    a.node_id(), b.node_id()
+    cfg = CryptoConfig(Identity.from_config(password=PASSWORD), [(Algorithm.AES128, 100.0)])
+    rng = _random.Random(7)
+    pings = [PeerCrypto.initiator(cfg, rng.randbytes(16), b"", rng)[1] for _ in range(2)]
+    items = [f"{port}:{data.hex()}" for port, data in zip((40001, 40002), pings, strict=True)]
+    for dst in (v4["a"], v4["b"]):
+        lan3.nodes["c"].run([PY, "-c", SEND_FROM_PORTS, dst, *items])
+
+    wait_for(lambda: guard(a)["dropped_pending"] == 1, 20, interval=0.1, what="a to refuse the second")
+    wait_for(lambda: guard(b)["pending_inbound"] == 2, 20, interval=0.1, what="b to start both")
+    assert guard(a)["pending_inbound"] == 1
+    assert guard(b)["dropped_pending"] == 0
+    st = a.status()
+    assert st is not None and len([p for p in st["pending"] if p.startswith(v4["c"])]) == 1
+    assert a.alive() and b.alive()
+
+
+def test_copies_of_a_forged_ping_cost_one_signature_check(lan3: Any, tmp_path: Path) -> None:
+    """One PING with a trusted key hash and a broken signature, sent 50 times from 50 ports of one
+    host: the daemon checks the first copy's signature and drops the other 49 by the guard's table of
+    bad signatures; a genuine PING from the same host is answered afterwards."""
+    import random as _random
+
+    from vpncloud.core.identity import Identity
+    from vpncloud.core.peer_crypto import CryptoConfig, PeerCrypto
+    from vpncloud.core.primitives import Algorithm
+
+    v4 = lan3.v4
+    a = VNode(lan3.topo, lan3.nodes["a"], "a", tmp_path, ["-p", PASSWORD, "--ip", "10.100.0.1/24"])
+    a.node_id()
+    cfg = CryptoConfig(Identity.from_config(password=PASSWORD), [(Algorithm.AES128, 100.0)])
+    rng = _random.Random(11)
+    genuine = PeerCrypto.initiator(cfg, rng.randbytes(16), b"", rng)[1]
+    forged = genuine[:-1] + bytes([genuine[-1] ^ 1])
+    before = guard(a)
+    # the table is looked up before the per-address buckets: 50 new ports of one host cost nothing
+    lan3.nodes["c"].run(
+        [PY, "-c", SEND_FROM_PORTS, v4["a"], *(f"{41000 + i}:{forged.hex()}" for i in range(50))]
+    )
+    wait_for(
+        lambda: guard(a)["dropped_bad_signature"] - before["dropped_bad_signature"] == 49,
+        20,
+        interval=0.1,
+        what="49 copies dropped by the table",
+    )
+    after = guard(a)
+    assert after["tracked_bad_signatures"] == 1 and after["allowed"] - before["allowed"] == 1
+    lan3.nodes["c"].run([PY, "-c", SEND_FROM_PORTS, v4["a"], f"42000:{genuine.hex()}"])
+    wait_for(lambda: guard(a)["pending_inbound"] == 1, 20, interval=0.1, what="the genuine PING started")
+    assert a.log_text().count("invalid signature") <= 2

@@ -11,6 +11,7 @@ from vpncloud.core import base62
 from vpncloud.core import beacon as beacon_mod
 from vpncloud.core.beacon import decode_beacon, encode_beacon
 from vpncloud.core.errors import DecodeError
+from vpncloud.core.handshake import STAGE_PING, decode_init, ping_ephemeral_key
 from vpncloud.core.messages import NodeInfo, PeerInfo
 from vpncloud.core.payload import parse_frame, parse_packet
 from vpncloud.core.table import ClaimTable
@@ -179,3 +180,45 @@ def test_table_lookup_is_longest_prefix(claims: list[tuple[int, int, int]], targ
         if rng.matches(addr) and rng.prefix_len > best:
             best, want = rng.prefix_len, peer
     assert table.lookup(addr, 1) == want
+
+
+# --- the guard's PING key scan agrees with the full parse ---------------------------------------
+
+
+def _parsed_ping_key(data: bytes) -> bytes | None:
+    try:
+        msg = decode_init(data)
+    except DecodeError:
+        return None
+    return msg.ecdh_public_key if msg.stage == STAGE_PING else None
+
+
+def _init_field(ftype: int, value: bytes, length: int | None) -> bytes:
+    n = len(value) if length is None else length
+    return bytes((ftype, n >> 8, n & 255)) + value
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([1, 2, 3, 4, 5, 9]),
+            st.one_of(st.just(b"\x01"), st.just(b"\x02"), st.binary(max_size=40)),
+            st.one_of(st.none(), st.integers(0, 70)),
+        ),
+        max_size=7,
+    ),
+    st.booleans(),
+    st.binary(max_size=70),
+)
+@settings(max_examples=800)
+def test_ping_ephemeral_key_agrees_with_decode_init(
+    fields: list[tuple[int, bytes, int | None]], end: bool, tail: bytes
+) -> None:
+    data = b"\xff" + bytes(8) + b"".join(_init_field(*f) for f in fields) + (b"\x00" if end else b"") + tail
+    assert ping_ephemeral_key(data) == _parsed_ping_key(data)
+
+
+@given(st.binary(max_size=300))
+def test_ping_ephemeral_key_on_random_bytes(data: bytes) -> None:
+    for candidate in (data, b"\xff" + data):
+        assert ping_ephemeral_key(candidate) == _parsed_ping_key(candidate)

@@ -106,6 +106,13 @@ def test_guard_config_rejects_nonsense() -> None:
         GuardConfig(max_sources=0)
 
 
+def test_guard_config_rejects_a_zero_ttl_or_log_interval() -> None:
+    with pytest.raises(ValueError):
+        GuardConfig(budget_ttl=0)
+    with pytest.raises(ValueError):
+        GuardConfig(drop_log_interval=0)
+
+
 # --- wiring into the node ---------------------------------------------------------------------------
 
 
@@ -437,3 +444,83 @@ def test_a_lost_peng_is_recovered_without_timer_retransmission() -> None:
     h.connect(a, b)
     assert h.run_until(lambda: h.full_mesh() and not b.node.pending, timeout=10)
     assert len(lost.dropped) == 1
+
+
+def test_a_reload_keeps_the_guard_and_says_its_limits_wait_for_a_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A new guard on SIGHUP would forget every budget it tracks: the limits stay until a restart."""
+    node = fresh_node(GuardConfig(max_pending_per_host=1, drop_log_interval=60))
+    guard = node.guard
+    with caplog.at_level("WARNING", logger="vpncloud"):
+        node.reconfigure(NodeConfig(guard=GuardConfig(max_pending_per_host=5)), node.crypto, 1.0)
+    assert node.guard is guard and node.config.guard.max_pending_per_host == 1
+    assert "apply at the next restart" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vpncloud"):
+        node.reconfigure(
+            NodeConfig(guard=GuardConfig(max_pending_per_host=1, drop_log_interval=60)), node.crypto, 2.0
+        )
+    assert "restart" not in caplog.text
+
+
+def test_the_drop_log_interval_comes_from_the_guard_config(caplog: pytest.LogCaptureFixture) -> None:
+    node = fresh_node(GuardConfig(drop_log_interval=100.0))
+    with caplog.at_level("INFO", logger="vpncloud"):
+        for t in (0.0, 20.0, 50.0, 99.0):  # one interval: only the first is logged in full
+            node.receive_datagram(b"\x01garbage", ("192.0.2.9", 4000), t)
+    assert caplog.text.count("unknown peer") == 1
+    with caplog.at_level("INFO", logger="vpncloud"):
+        node.receive_datagram(b"\x01garbage", ("192.0.2.9", 4000), 101.0)
+    assert "Dropped 3 more datagrams" in caplog.text and caplog.text.count("unknown peer") == 2
+
+
+def test_copies_of_a_forged_ping_cost_one_signature_check_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PING with a trusted key hash and a broken signature, sent from 3000 addresses: the first copy
+    is verified and fails, every other copy is dropped by a lookup before any bucket, parse or global
+    token; so the genuine PING, which differs in its signature bytes, is still verified and answered."""
+    h = Harness(seed=8)
+    a, b = h.add_node(), h.add_node()
+    ping = captured_ping(h, a, b)
+    forged = ping[:-1] + bytes([ping[-1] ^ 1])
+    verify = VerifyCounter(monkeypatch)
+    node = fresh_node(GuardConfig(global_rate=20, global_burst=40, max_sources=256))
+    for i in range(3000):
+        node.receive_datagram(forged, (f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 3210), i / 3000)
+    assert verify.calls == 1
+    st = node.status(1.0)["security"]["handshake_guard"]
+    assert st["dropped_bad_signature"] == 2999 and st["tracked_bad_signatures"] == 1
+    assert st["tracked_sources"] == 1 and st["dropped_global"] == 0 and st["allowed"] == 1
+    assert node.traffic.drops["authentication"] == 3000
+    assert node.datagrams_to_send() == [] and not node.pending
+    src = ("198.51.100.7", 3210)
+    node.receive_datagram(ping, src, 1.0)
+    node.receive_datagram(ping, src, 2.0)  # the initiator's repetition pays for the PONG
+    assert verify.calls == 2
+    out = node.datagrams_to_send()
+    assert len(out) == 1 and out[0][0][:1] == b"\xff" and ("::ffff:198.51.100.7", 3210) in node.pending
+
+
+def test_the_bad_signature_table_is_bounded_and_forgotten_with_the_keys() -> None:
+    h = Harness(seed=9)
+    a, b = h.add_node(), h.add_node()
+    ping = captured_ping(h, a, b)
+    node = fresh_node(GuardConfig(max_sources=16, global_rate=1000, global_burst=1000))
+    forgeries = [ping[:-2] + bytes([i >> 8, i & 255]) for i in range(40)]
+    for i, forged in enumerate(forgeries):  # 10 s apart: the address tables stay open to newcomers
+        node.receive_datagram(forged, (f"10.0.{i}.1", 3210), 10.0 * i)
+    table = node.guard.bad_signatures
+    assert len(table) == 16 and list(table) == forgeries[-16:]  # the oldest go first
+    node.receive_datagram(forgeries[0], ("10.1.0.1", 3210), 500.0)  # forgotten: checked again
+    assert node.guard.counters.dropped_bad_signature == 0 and forgeries[0] in table
+
+    # the same keys (a reload that changed something else): the table stays
+    node.reconfigure(NodeConfig(), node.crypto, 501.0)
+    assert len(table) == 16
+    # other trusted keys: bytes that failed with the old ones are checked again
+    from vpncloud.core.peer_crypto import CryptoConfig
+    from vpncloud.sim.harness import DEFAULT_ALGORITHMS, identity_from_password
+
+    other = CryptoConfig(identity=identity_from_password("other"), algorithms=list(DEFAULT_ALGORITHMS))
+    node.reconfigure(NodeConfig(), other, 502.0)
+    assert len(node.guard.bad_signatures) == 0

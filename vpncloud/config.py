@@ -27,6 +27,7 @@ from vpncloud.lazy import LazyModule
 if TYPE_CHECKING:
     import yaml
 
+    from vpncloud.core.guard import GuardConfig
     from vpncloud.core.node import NodeConfig
     from vpncloud.core.peer_crypto import CryptoConfig
 
@@ -40,8 +41,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigFile",
+    "GuardSection",
     "build_arg_parser",
     "build_crypto_config",
+    "build_guard_config",
     "build_node_config",
     "config_from_args",
     "load_config_file",
@@ -115,6 +118,32 @@ class StatsdSection:
 
 
 @dataclass
+class GuardSection:
+    """``handshake-guard:`` mapping (ours): the flood guard's limits (``core/guard.py``); unset = default.
+
+    Field names are those of :class:`~vpncloud.core.guard.GuardConfig`, so that the section maps onto it
+    one to one.
+    """
+
+    per_source_rate: float | None = None
+    per_source_burst: float | None = None
+    per_host_new_rate: float | None = None
+    per_host_new_burst: float | None = None
+    global_rate: float | None = None
+    global_burst: float | None = None
+    max_sources: int | None = None
+    amplification_budget: bool | None = None
+    budget_ttl: float | None = None
+    max_pending_per_host: int | None = None
+    max_pending: int | None = None
+    replay_ttl: float | None = None
+    drop_log_interval: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class ConfigFile:
     """One configuration source (a file or the command line), all fields optional (spec 14.2)."""
 
@@ -143,13 +172,14 @@ class ConfigFile:
     hooks: dict[str, str] = field(default_factory=dict)
     # ours
     metrics_listen: str | None = None
+    handshake_guard: GuardSection = field(default_factory=GuardSection)
 
     def to_yaml(self) -> str:
         """Serialise every field with kebab-case keys, unset ones as null (like ``migrate-config``)."""
         return yaml.safe_dump(_kebab(self), sort_keys=False, default_flow_style=False)
 
 
-_OURS_OPTIONAL = frozenset({"metrics_listen"})
+_OURS_OPTIONAL = frozenset({"metrics_listen", "handshake_guard"})
 
 
 def _kebab(obj: Any) -> dict[str, Any]:
@@ -157,7 +187,8 @@ def _kebab(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if value is None and f.name in _OURS_OPTIONAL:
+        unset = value is None or (isinstance(value, GuardSection) and not value.given())
+        if unset and f.name in _OURS_OPTIONAL:
             continue  # an unset key of ours stays out: the file reads like the original's
         if dataclasses.is_dataclass(value):
             value = _kebab(value)
@@ -170,6 +201,7 @@ def _kebab(obj: Any) -> dict[str, Any]:
 # --- strict YAML walking ---------------------------------------------------------------------------
 
 _STR, _INT, _BOOL, _STRLIST, _STRMAP = "str", "int", "bool", "strlist", "strmap"
+_POSNUM, _COUNT = "posnum", "count"
 _NULL_TAG = "tag:yaml.org,2002:null"
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
@@ -198,6 +230,21 @@ _BEACON_SCHEMA: Schema = {
     "password": ("password", _STR),
 }
 _STATSD_SCHEMA: Schema = {"server": ("server", _STR), "prefix": ("prefix", _STR)}
+_GUARD_SCHEMA: Schema = {
+    "per-source-rate": ("per_source_rate", _POSNUM),
+    "per-source-burst": ("per_source_burst", _POSNUM),
+    "per-host-new-rate": ("per_host_new_rate", _POSNUM),
+    "per-host-new-burst": ("per_host_new_burst", _POSNUM),
+    "global-rate": ("global_rate", _POSNUM),
+    "global-burst": ("global_burst", _POSNUM),
+    "max-sources": ("max_sources", _COUNT),
+    "amplification-budget": ("amplification_budget", _BOOL),
+    "budget-ttl": ("budget_ttl", _POSNUM),
+    "max-pending-per-host": ("max_pending_per_host", _COUNT),
+    "max-pending": ("max_pending", _COUNT),
+    "replay-ttl": ("replay_ttl", _POSNUM),
+    "drop-log-interval": ("drop_log_interval", _POSNUM),
+}
 _TOP_SCHEMA: Schema = {
     "device": ("device", (DeviceSection, _DEVICE_SCHEMA)),
     "ip": ("ip", _STR),
@@ -223,6 +270,7 @@ _TOP_SCHEMA: Schema = {
     "hook": ("hook", _STR),
     "hooks": ("hooks", _STRMAP),
     "metrics-listen": ("metrics_listen", _STR),
+    "handshake-guard": ("handshake_guard", (GuardSection, _GUARD_SCHEMA)),
 }
 
 
@@ -258,6 +306,28 @@ def _scalar_int(node: yaml.Node, key: str, bits: int = 32) -> int | None:
         raise ConfigError(f"{key}: expected a decimal unsigned integer ({_where(node)})") from None
     if not 0 <= value < (1 << bits):
         raise ConfigError(f"{key}: {value} is out of range ({_where(node)})")
+    return value
+
+
+def _scalar_positive(node: yaml.Node, key: str) -> float | None:
+    if _is_null(node):
+        return None
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in (_INT_TAG, _FLOAT_TAG):
+        raise ConfigError(f"{key}: expected a positive number ({_where(node)})")
+    try:
+        value = float(str(node.value).replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{key}: expected a decimal number ({_where(node)})") from None
+    # NaN fails every comparison, so "not > 0" catches it along with zero and negatives
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{key}: {node.value} is not a positive number ({_where(node)})")
+    return value
+
+
+def _scalar_count(node: yaml.Node, key: str) -> int | None:
+    value = _scalar_int(node, key)
+    if value == 0:
+        raise ConfigError(f"{key}: must be at least 1 ({_where(node)})")
     return value
 
 
@@ -306,6 +376,10 @@ def _convert(kind: Any, node: yaml.Node, key: str) -> Any:
         return _scalar_int(node, key)
     if kind == _BOOL:
         return _scalar_bool(node, key)
+    if kind == _POSNUM:
+        return _scalar_positive(node, key)
+    if kind == _COUNT:
+        return _scalar_count(node, key)
     if kind == _STRLIST:
         return _str_list(node, key)
     if kind == _STRMAP:
@@ -568,6 +642,7 @@ class Config:
     control_socket: str | None = None
     security_file: str | None = None
     metrics_listen: str | None = None
+    handshake_guard: GuardSection = field(default_factory=GuardSection)
     routes: bool = True
     stats_interval: int = 60
     config_path: str | None = None
@@ -614,6 +689,7 @@ class Config:
         self.hook = _pick(src.hook, self.hook)
         self.hooks = {**self.hooks, **src.hooks}
         self.metrics_listen = _pick(src.metrics_listen, self.metrics_listen)
+        self.handshake_guard = GuardSection(**{**self.handshake_guard.given(), **src.handshake_guard.given()})
 
     def get_keepalive(self) -> int:
         """Configured keepalive or max(peer_timeout/2 - 60, 1) (spec 13)."""
@@ -646,6 +722,7 @@ class Config:
             _parse_algorithm(name)
         if self.metrics_listen:
             parse_metrics_listen(self.metrics_listen)
+        build_guard_config(self)
 
 
 def _pick(new: Any, old: Any) -> Any:
@@ -1002,7 +1079,23 @@ def build_node_config(config: Config, *, port: int, auto_claim_ip: str | None = 
         beacon_load=config.beacon_load is not None,
         stats_interval=config.stats_interval,
         statsd_prefix=(config.statsd_prefix or "vpncloud") if config.statsd_server else None,
+        guard=build_guard_config(config),
     )
+
+
+def build_guard_config(config: Config) -> GuardConfig:
+    """The guard's limits: the defaults, overridden by the ``handshake-guard:`` keys given."""
+    from vpncloud.core.guard import GuardConfig
+
+    given = config.handshake_guard.given()
+    for name in ("per_source_burst", "per_host_new_burst", "global_burst"):
+        # a message costs one token: a burst below 1 would refuse every message for good
+        if name in given and given[name] < 1:
+            raise ConfigError(f"handshake-guard.{name.replace('_', '-')}: must be at least 1")
+    try:
+        return GuardConfig(**given)
+    except ValueError as exc:
+        raise ConfigError(f"handshake-guard: {exc}") from None
 
 
 def algorithm_choice(config: Config) -> tuple[list[Any], bool]:

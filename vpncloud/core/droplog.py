@@ -25,10 +25,19 @@ class DropLog:
         self._until: float | None = None
         self._suppressed: dict[str, int] = {}
 
-    def drop(self, reason: str, now: float, level: int, msg: str, *args: Any) -> None:
-        """One dropped datagram; ``msg % args`` is only formatted if it is logged."""
+    def quiet(self, reason: str, now: float) -> bool:
+        """Count a drop held back inside the interval (True); False: the caller logs it with ``drop``.
+
+        For callers whose log arguments cost something to compute, on a path a flood takes.
+        """
         if self._until is not None and now < self._until:
             self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return True
+        return False
+
+    def drop(self, reason: str, now: float, level: int, msg: str, *args: Any) -> None:
+        """One dropped datagram; ``msg % args`` is only formatted if it is logged."""
+        if self.quiet(reason, now):
             return
         self.flush(now)
         self._until = now + self._interval

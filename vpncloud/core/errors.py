@@ -24,6 +24,14 @@ class ReplayError(CryptoError):
     """A session frame whose nonce is behind the replay window (a replayed or very late datagram)."""
 
 
+class SignatureError(CryptoError):
+    """A handshake message whose signature does not verify with the trusted key it names.
+
+    The check is a pure function of the datagram's bytes and the trusted keys, so the same bytes fail
+    again: the guard remembers them (``HandshakeGuard.record_bad_signature``).
+    """
+
+
 class InitError(CryptoError):
     """A recoverable handshake error: the datagram is dropped, the handshake goes on."""
 

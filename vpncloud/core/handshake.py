@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .crypto_core import CryptoCore
-from .errors import CryptoError, DecodeError, InitError, InitFatal
+from .errors import CryptoError, DecodeError, InitError, InitFatal, SignatureError
 from .identity import Identity
 from .primitives import Algorithm, Rng, X25519Key, ed25519_verify, sha256
 
@@ -56,6 +56,7 @@ __all__ = [
     "decode_init",
     "encode_init",
     "parse_init",
+    "ping_ephemeral_key",
     "salted_node_id_hash",
     "select_algorithm",
 ]
@@ -231,6 +232,42 @@ def decode_init(data: bytes) -> InitMessage:
     return msg
 
 
+def ping_ephemeral_key(data: bytes) -> bytes | None:
+    """The ECDH key of a handshake datagram that :func:`decode_init` would decode as a PING carrying one;
+    None for anything else. The same bounds as ``decode_init`` without building the message: the flood
+    guard asks this of every handshake datagram that reaches its replay table."""
+    n = len(data)
+    if n < 10 or data[0] != INIT_MESSAGE:
+        return None
+    pos = 9
+    stage = key = None
+    while True:
+        if pos >= n:
+            return None
+        ftype = data[pos]
+        if ftype == FIELD_END:
+            break
+        if pos + 3 > n:
+            return None
+        start = pos + 3
+        end = start + ((data[pos + 1] << 8) | data[pos + 2])
+        if end > n:
+            return None
+        if ftype == FIELD_STAGE:
+            if end - start != 1:
+                return None
+            stage = data[start]
+        elif ftype == FIELD_SALTED_NODE_ID_HASH:
+            if end - start != 20:
+                return None
+        elif ftype == FIELD_ECDH_PUBLIC_KEY:
+            key = data[start:end]
+        pos = end
+    if stage != STAGE_PING or key is None or pos + 1 >= n or pos + 2 + data[pos + 1] > n:
+        return None
+    return bytes(key)
+
+
 def parse_init(data: bytes, identity: Identity) -> tuple[InitMessage, bytes]:
     """Decode and verify a handshake message in the original's check order (spec 6.3).
 
@@ -248,7 +285,7 @@ def parse_init(data: bytes, identity: Identity) -> tuple[InitMessage, bytes]:
     except DecodeError as exc:
         raise InitError(str(exc)) from None
     if len(msg.signature) != 64 or not ed25519_verify(public_key, msg.signature, msg.signed_data):
-        raise CryptoError("invalid signature")
+        raise SignatureError("invalid signature")
     if msg.stage is None or msg.salted_node_id_hash is None:
         raise InitError("Missing stage or salted node id hash")
     if msg.stage == STAGE_PING:

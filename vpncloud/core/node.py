@@ -50,9 +50,9 @@ from . import bulk, messages
 from .acl import AclPolicy
 from .beacon import encode_beacon, hour_stamp
 from .droplog import DropLog
-from .errors import CryptoError, DecodeError, InitFatal, VpnCloudError
+from .errors import CryptoError, DecodeError, InitFatal, SignatureError, VpnCloudError
 from .guard import GuardConfig, HandshakeGuard
-from .handshake import STAGE_PING, decode_init
+from .handshake import STAGE_PING, decode_init, ping_ephemeral_key
 from .messages import NodeInfo, PeerInfo
 from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
@@ -336,7 +336,7 @@ class Node:
         self._inbound_reply: dict[SocketAddr, bytes] = {}
         self._proven_repeat: dict[SocketAddr, float] = {}
         # One line per interval for dropped datagrams, however many arrive (issue 24).
-        self._drops = DropLog(log)
+        self._drops = DropLog(log, config.guard.drop_log_interval)
         self.expired_key_refusals = 0
         #: handshakes by result since start (a fixed key set: ``HANDSHAKE_RESULTS``)
         self.handshakes: dict[str, int] = dict.fromkeys(HANDSHAKE_RESULTS, 0)
@@ -460,10 +460,16 @@ class Node:
     def _init_admitted(self, data: bytes, addr: SocketAddr, now: float, *, count: bool = False) -> bool:
         """Flood guard for handshake messages, BEFORE any signature check (see ``guard.py``).
 
-        Order: per-address bucket; cheap key-hash lookup (untrusted messages are dropped here, before
-        any parse, responder object or global token); expired keys; global bucket.
+        Order: bytes that failed their signature before (one lookup, from any address); per-address
+        bucket; cheap key-hash lookup (untrusted messages are dropped here, before any parse, responder
+        object or global token); expired keys; replayed PINGs; global bucket.
         """
         guard = self.guard
+        if data in guard.bad_signatures:
+            guard.note_bad_signature()
+            self.traffic.count_invalid_protocol(len(data), "authentication")
+            self._drops.drop("bad_signature", now, logging.ERROR, "Crypto error: invalid signature (again)")
+            return False
         # Addresses that proved they receive (sessions) or that we contacted ourselves.
         verified = addr in self._peers or (addr in self._pending and addr not in self._inbound)
         if not guard.allow_source(addr, now, known=verified):
@@ -506,6 +512,8 @@ class Node:
 
     def _note_guard_drop(self, now: float) -> None:
         self.traffic.count_invalid_protocol(0, "flood_guard")
+        if self._drops.quiet("flood_guard", now):
+            return
         c = self.guard.counters
         self._drops.drop(
             "flood_guard",
@@ -553,13 +561,9 @@ class Node:
         """The ephemeral key of a PING, b"" for other stages; None if the PING is a replay from elsewhere."""
         key = self.guard.verified_ping_key(data)
         if key is None:
-            try:
-                msg = decode_init(data)
-            except DecodeError:
-                return b""  # rejected with its error by the normal path
-            if msg.stage != STAGE_PING or msg.ecdh_public_key is None:
-                return b""
-            key = msg.ecdh_public_key
+            key = ping_ephemeral_key(data)
+            if key is None:
+                return b""  # not a PING, or malformed: rejected with its error by the normal path
         if not self.guard.ping_allowed(key, addr, now):
             self.traffic.count_invalid_protocol(len(data), "replay")
             self._drops.drop(
@@ -600,6 +604,8 @@ class Node:
                 self._events.append(PeerDisconnected(nice(addr), None))
             return
         except (CryptoError, DecodeError) as err:
+            if isinstance(err, SignatureError):
+                self.guard.record_bad_signature(bytes(data))
             reason = drop_reason(err)
             self.traffic.count_invalid_protocol(len(data), reason)
             self.handshakes["rejected"] += 1
@@ -1300,8 +1306,15 @@ class Node:
         config.device_type = self.config.device_type
         config.mode = self.config.mode
         config.port = self.config.port
+        if config.guard != self.config.guard:
+            # a new guard would forget every budget and pending handshake it tracks: a flood's
+            # attacker could provoke reloads to reset them
+            log.warning("handshake-guard limits changed: they apply at the next restart")
+            config.guard = self.config.guard
         claims_changed = config.claims != self.config.claims
         self.config = config
+        if crypto.identity.trusted_keys != self.crypto.identity.trusted_keys:
+            self.guard.keys_changed()
         self.crypto = crypto
         self.table.cache_timeout = config.switch_timeout
         self.table.claim_timeout = config.peer_timeout
