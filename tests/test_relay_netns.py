@@ -49,7 +49,9 @@ class RelayWorld:
     nodes: dict[str, VpnNode]
 
 
-def _build(topology: Topology, workdir: Path) -> RelayWorld:
+def _build(
+    topology: Topology, workdir: Path, *extra: str, b_relays: tuple[str, ...] = (PUB1, PUB2)
+) -> RelayWorld:
     wan = topology.switch("wan")
     lan_a = topology.switch("lana")
     lan_b = topology.switch("lanb")
@@ -72,7 +74,7 @@ def _build(topology: Topology, workdir: Path) -> RelayWorld:
     offer.write_text("relay: {offer: true, use: true}\n")
     use = workdir / "use.security.yaml"
     use.write_text("relay: {use: true}\n")
-    common = ["--no-port-forwarding", "--keepalive", "10"]
+    common = ["--no-port-forwarding", "--keepalive", "10", *extra]
     peers = ["-c", f"{PUB1}:3210", "-c", f"{PUB2}:3210"]
 
     def node(name: str, sec: Path, *args: str) -> VpnNode:
@@ -94,7 +96,13 @@ def _build(topology: Topology, workdir: Path) -> RelayWorld:
         "pub2": node("pub2", offer, "-c", f"{PUB1}:3210"),
         "a": node("a", use, *peers),
         # B advertises the address a port forward will give it later (useless until then)
-        "b": node("b", use, *peers, "--advertise_addresses", f"{RB_WAN}:3210"),
+        "b": node(
+            "b",
+            use,
+            *[a for r in b_relays for a in ("-c", f"{r}:3210")],
+            "--advertise_addresses",
+            f"{RB_WAN}:3210",
+        ),
     }
     for n in nodes.values():
         n.wait_running()
@@ -249,3 +257,22 @@ def test_symmetric_nats_relay_failover_and_direct(topology: Topology, tmp_path: 
     assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 20)
     for name in ("pub2" if second == "pub2" else "pub1", "a", "b"):
         assert w.nodes[name].stop() == 0
+
+
+@pytest.mark.timeout(400)
+def test_tap_switch_mode_through_a_relay(topology: Topology, tmp_path: Path) -> None:
+    """TAP devices (switch mode): the ends learn each other's MAC through the relay (ARP), then a
+    ping and a TCP transfer pass."""
+    w = _build(topology, tmp_path, "-t", "tap", "--mode", "switch")
+    a, b = w.nodes["a"], w.nodes["b"]
+    assert wait_for(lambda: _relay_of(a, b) is not None and _relay_of(b, a) is not None, 120, 1.0), (
+        a.log_text()
+    )
+    assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 30)
+    neigh = w.ns["a"].run(["ip", "neigh", "show", VPN["b"]], check=False).stdout
+    assert "lladdr" in neigh, neigh  # resolved by ARP across the relay
+    res = w.ns["a"].run(["ping", "-c", "5", "-i", "0.2", VPN["b"]], check=False)
+    assert res.returncode == 0, res.stdout
+    assert _tcp_transfer(w) == "1000000"
+    for node in w.nodes.values():
+        assert node.stop() == 0
