@@ -150,24 +150,31 @@ def test_plan_knowledge_goes_through_a_relay_at_once() -> None:
     assert h.now > 20
 
 
+@pytest.mark.parametrize("lost", ["b", "a"])
 def test_a_relay_that_lost_the_far_end_says_so_and_the_ends_take_another(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, lost: str
 ) -> None:
     """r1 loses b (the link between them is cut; r1 is then connected to a only). a's next relayed
     datagram is answered "no route" and a goes through r2 at once, long before its own timeout of the
-    relayed session (``peer_timeout``) would have noticed."""
-    h, r1, r2, _o, a, b = build(at_once=True)
+    relayed session (``peer_timeout``) would have noticed. The same when a, the end with the lower
+    node id (the one that normally starts relayed handshakes), is lost: b starts it then."""
+    h, r1, r2, o, a, b = build(at_once=True)
+    r1.config.peer_timeout = 30  # r1 forgets the lost end soon; the ends keep 300 s
+    for sn in (r1, r2, o, a, b):
+        sn.config.keepalive = 10  # as the namespace tests (default: 90 s)
     assert h.run_until(lambda: both_relayed(a, b, r1), timeout=5)
-    r1.config.peer_timeout = 30
-    cut = {r1.addr[0], canon((NAT_B, 0))[0]}
-    h.net.add_filter(lambda dg: {dg.sender[0], dg.dst[0]} == cut)
+    if lost == "a":
+        a, b = b, a
+    inside = {r1.addr[0], b.addr[0]}
+    outside = {r1.addr[0], canon((NAT_B if lost == "b" else NAT_A, 0))[0]}
+    h.net.add_filter(lambda dg: {dg.sender[0], dg.dst[0]} in (inside, outside))
     start = h.now
     with caplog.at_level(logging.INFO, logger="vpncloud.relay"):
         assert h.run_until(lambda: both_relayed(a, b, r2), timeout=a.config.peer_timeout)
     assert h.now - start < a.config.peer_timeout / 2
     assert r1.node.relay is not None and r1.node.relay.counters["refusals_sent"] >= 1
     assert a.node.relay is not None and a.node.relay.counters["refusals_received"] >= 1
-    assert "has no session with peer 02020202: trying relay 11111111" in caplog.text
+    assert f"has no session with peer {b.node_id.hex()[:8]}: trying relay 11111111" in caplog.text
     exchange(h, a, b, b"through r2")
     # b's stale session through r1 went when the one through r2 came
     assert [e["relay"] for e in b.node.relay.relayed()] == [r2.node_id.hex()] if b.node.relay else False

@@ -135,6 +135,10 @@ class Wanted:
     #: relay node id -> time until which we do not ask it again (it said it cannot reach the node)
     refused: dict[bytes, float] = field(default_factory=dict)
     refusals: int = 0
+    #: Start the next relayed handshake whichever end has the lower id: after a refusal the other
+    #: end may still believe in a session through the relay that lost us (crossing PINGs are
+    #: settled by the handshake itself, spec 6).
+    force: bool = False
 
 
 class RelayManager:
@@ -339,6 +343,7 @@ class RelayManager:
         left = sorted(r for r in wanted.relays if wanted.refused.get(r, 0.0) <= now)
         if left:
             wanted.next_try = now
+            wanted.force = True
             log.info(
                 "Relay %s %s peer %s: trying relay %s",
                 relay_id.hex()[:8], what, target.hex()[:8], left[0].hex()[:8],
@@ -491,6 +496,7 @@ class RelayManager:
             if nid in connected:
                 # Kept while connected: which relays list it is what a refusal falls back on.
                 wanted.tries = 0
+                wanted.force = False
                 continue
             if not wanted.relays:
                 if now - wanted.since > self.config.direct_retry * 10:
@@ -498,7 +504,7 @@ class RelayManager:
                 continue
             if now - wanted.since < grace or wanted.next_try > now:
                 continue
-            if node.node_id > nid:
+            if node.node_id > nid and not wanted.force:
                 continue  # the other end starts
             usable = [r for r in wanted.relays if wanted.refused.get(r, 0.0) <= now]
             if not usable:
