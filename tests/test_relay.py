@@ -338,7 +338,7 @@ def test_human_status_names_the_relay(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_no_relay_has_a_route_the_end_says_unreachable_and_backs_off(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """a wants o through r, but o is not ours: r answers at once, a drops the relayed handshake (no
     two minutes of retransmitted PINGs), says o is unreachable (log and status) and asks again only
@@ -353,6 +353,8 @@ def test_no_relay_has_a_route_the_end_says_unreachable_and_backs_off(
         assert h.run_until(lambda: bool(a.node.relay and a.node.relay.unreachable), timeout=120)
     assert "Peer 03030303 is unreachable: relay 10101010 cannot relay to it" in caplog.text
     assert a.node.status(h.now)["relay"]["unreachable"] == [o.node_id.hex()]
+    print_status(a.node.status(h.now))
+    assert f"{o.node_id.hex()[:12]} unreachable: no relay can reach it" in capsys.readouterr().out
     assert not any(is_synthetic(k) for k in a.node.pending)
     sent = r.node.relay.counters["not_capable"]
     h.run_for(25)  # within the first backoff (30 s): no more relayed PINGs
