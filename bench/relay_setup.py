@@ -23,13 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.relay import node_status, relayed_ids, until  # noqa: E402
-from vpncloud.lab.netns import Netns, Topology  # noqa: E402
+from bench.relay import NAMES, PY, node_status, numbered, on_one_switch, relayed_ids, until  # noqa: E402
+from vpncloud.lab.netns import Topology  # noqa: E402
 
-PY = sys.executable
-NAMES = ("r", "a", "b", "c", "d")
-UNDERLAY = {name: f"10.132.0.{i + 1}" for i, name in enumerate(NAMES)}
-VPN = {name: f"10.133.0.{i + 1}" for i, name in enumerate(NAMES)}
+UNDERLAY = numbered("10.132.0")
+VPN = numbered("10.133.0")
 SECURITY = {"r": "offer.yaml", "a": "at_once.yaml", "b": "at_once.yaml", "c": "use.yaml", "d": "use.yaml"}
 
 
@@ -43,13 +41,7 @@ def main() -> None:
     (tmp / "use.yaml").write_text("relay: {use: true}\n")
     topo = Topology()
     try:
-        sw = topo.switch("sw")
-        ns: dict[str, Netns] = {}
-        for name in NAMES:
-            ns[name] = topo.namespace(name)
-            topo.plug(ns[name], sw)
-            ns[name].add_addr("eth0", f"{UNDERLAY[name]}/24")
-            ns[name].add_default_route("eth0")
+        ns = on_one_switch(topo, UNDERLAY)
         for x, y in (("a", "b"), ("b", "a"), ("c", "d"), ("d", "c")):
             ns[x].iptables("-A", "INPUT", "-s", UNDERLAY[y], "-p", "udp", "-j", "DROP")
         times: dict[str, list[float]] = {"at_once": [], "grace": []}
