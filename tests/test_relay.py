@@ -17,7 +17,9 @@ from vpncloud.core.relay import (
     FEATURE_RELAY_END,
     FEATURE_RELAY_OFFER,
     MSG_RELAY_FROM,
+    MSG_RELAY_REFUSED,
     MSG_RELAY_TO,
+    REFUSED_NO_ROUTE,
     RelayConfig,
     TokenBucket,
     is_synthetic,
@@ -362,3 +364,13 @@ def test_no_relay_has_a_route_the_end_says_unreachable_and_backs_off(
     h.run_for(10)
     assert r.node.relay.counters["not_capable"] > sent  # asked again after the backoff
     assert o.invalid_packets() == 0
+
+
+def test_a_refusal_counts_only_from_a_relay() -> None:
+    h, _r, a, b, o = star(RelayConfig(offer=True))
+    relay = a.node.relay
+    assert relay is not None
+    b_addr, b_peer = peer_entry(a, b)  # b is an end, not a relay
+    relay.on_message(b_peer, b_addr, MSG_RELAY_REFUSED, o.node_id + bytes((REFUSED_NO_ROUTE,)), h.now)
+    assert relay.counters["not_offered"] == 1
+    assert not relay.unreachable and o.node_id not in relay._wanted

@@ -322,7 +322,10 @@ class RelayManager:
         """The relay cannot reach ``target``: drop what goes through it and try another relay at
         once, or, with none left, call the node unreachable until the backoff ends."""
         self.counters["refusals_received"] += 1
-        if not self.config.use or len(rest) != 1 or target == self.node.node_id:
+        if not self.config.use or not relay.features & FEATURE_RELAY_OFFER:
+            self.counters["not_offered"] += 1  # only a relay may say it cannot reach someone
+            return
+        if len(rest) != 1 or target == self.node.node_id:
             self.counters["malformed"] += 1
             return
         relay_id = relay.node_id
