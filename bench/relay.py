@@ -31,8 +31,15 @@ from vpncloud.lab.netns import Netns, Topology  # noqa: E402
 
 PY = sys.executable
 NAMES = ("r", "a", "b", "c", "d")
-UNDERLAY = {name: f"10.130.0.{i + 1}" for i, name in enumerate(NAMES)}
-VPN = {name: f"10.131.0.{i + 1}" for i, name in enumerate(NAMES)}
+
+
+def numbered(prefix: str) -> dict[str, str]:
+    """An address per node name: ``prefix.1`` for the first, and so on."""
+    return {name: f"{prefix}.{i + 1}" for i, name in enumerate(NAMES)}
+
+
+UNDERLAY = numbered("10.130.0")
+VPN = numbered("10.131.0")
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -63,6 +70,18 @@ def cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
+def on_one_switch(topo: Topology, underlay: dict[str, str]) -> dict[str, Netns]:
+    """A namespace per name, all on one switch, with its underlay address (/24) and default route."""
+    sw = topo.switch("sw")
+    ns: dict[str, Netns] = {}
+    for name, addr in underlay.items():
+        ns[name] = topo.namespace(name)
+        topo.plug(ns[name], sw)
+        ns[name].add_addr("eth0", f"{addr}/24")
+        ns[name].add_default_route("eth0")
+    return ns
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=5)
@@ -73,14 +92,8 @@ def main() -> None:
     (tmp / "use.yaml").write_text("relay: {use: true}\n")
     topo = Topology()
     try:
-        sw = topo.switch("sw")
-        ns: dict[str, Netns] = {}
+        ns = on_one_switch(topo, UNDERLAY)
         procs = {}
-        for name in NAMES:
-            ns[name] = topo.namespace(name)
-            topo.plug(ns[name], sw)
-            ns[name].add_addr("eth0", f"{UNDERLAY[name]}/24")
-            ns[name].add_default_route("eth0")
         for x, y in (("a", "b"), ("b", "a")):
             ns[x].iptables("-A", "INPUT", "-s", UNDERLAY[y], "-p", "udp", "-j", "DROP")
         for name in NAMES:

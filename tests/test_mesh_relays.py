@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from test_mesh_plan import FakeTarget
 
@@ -13,7 +14,7 @@ from vpncloud.mesh.fleet import HostFacts
 from vpncloud.mesh.keystore import Keystore
 from vpncloud.mesh.loader import load_mesh_text
 from vpncloud.mesh.models import relay_settings
-from vpncloud.mesh.plan import key_view
+from vpncloud.mesh.plan import key_view, plan_warnings
 from vpncloud.mesh.render import render_mesh
 from vpncloud.mesh.status import fleet_mesh_status, print_mesh_status
 
@@ -70,6 +71,38 @@ def test_a_nat_node_told_to_relay_is_no_relay_for_other_nat_nodes() -> None:
     result = settings(MESH.replace("vpn_address: 10.5.0.3}", "vpn_address: 10.5.0.3, relay: true}"))
     assert result["a"] == {"offer": True, "use": True}
     assert result["c"] == {"offer": False, "use": True}
+
+
+SYMMETRIC = MESH.replace("vpn_address: 10.5.0.3}", "vpn_address: 10.5.0.3, symmetric_nat: true}")
+
+
+def test_a_symmetric_nat_sends_both_ends_of_its_pairs_through_a_relay_at_once(tmp_path: Path) -> None:
+    """The plan knows a ↔ c cannot connect directly (a's NAT is symmetric): both ends' security
+    files say at_once, the daemon reads it, and plan names the path as known."""
+    assert settings(SYMMETRIC) == {
+        "p": {"offer": True, "use": False},
+        "q": {"offer": True, "use": False},
+        "a": {"offer": False, "use": True, "at_once": True},
+        "c": {"offer": False, "use": True, "at_once": True},
+    }
+    # a third NAT node: still relayed at once with a (symmetric), so at_once too
+    three = SYMMETRIC.replace(
+        "acl:", "  - {name: e, host: he, behind_nat: true, vpn_address: 10.5.0.5}\nacl:"
+    )
+    assert settings(three)["e"] == {"offer": False, "use": True, "at_once": True}
+    # without a symmetric NAT nothing is known: the files stay as they were
+    assert all(v is None or "at_once" not in v for v in settings(MESH).values())
+    paths = [w.message for w in plan_warnings(load_mesh_text(SYMMETRIC)) if w.kind == "relay-path"]
+    assert paths == ["a ↔ c via p or q (symmetric NAT: no direct path, relayed at once)"]
+    store, state_dir = Keystore(tmp_path / "keys"), tmp_path / "state"
+    apply_mesh(load_mesh_text(SYMMETRIC), store, state_dir, FakeTarget())
+    read = load_security_file(state_dir / "r" / "a.security.yaml").relay
+    assert read is not None and read.at_once and read.use
+
+
+def test_symmetric_nat_needs_behind_nat() -> None:
+    with pytest.raises(Exception, match="symmetric_nat needs behind_nat"):
+        load_mesh_text(MESH.replace("underlay: 192.0.2.1,", "underlay: 192.0.2.1, symmetric_nat: true,"))
 
 
 def test_apply_writes_a_security_file_per_node_that_the_daemon_reads(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ capability, forwarding limits and refusals, the synthetic address, ACLs end to e
 from __future__ import annotations
 
 import ipaddress
+import logging
 import struct
 
 import pytest
@@ -16,7 +17,9 @@ from vpncloud.core.relay import (
     FEATURE_RELAY_END,
     FEATURE_RELAY_OFFER,
     MSG_RELAY_FROM,
+    MSG_RELAY_REFUSED,
     MSG_RELAY_TO,
+    REFUSED_NO_ROUTE,
     RelayConfig,
     TokenBucket,
     is_synthetic,
@@ -188,7 +191,7 @@ def star(relay: RelayConfig) -> tuple[Harness, SimNode, SimNode, SimNode, SimNod
     return h, r, a, b, o
 
 
-def test_relay_refusals_are_counted_and_send_nothing() -> None:
+def test_relay_refusals_are_counted_and_answered_only_to_ours() -> None:
     h, r, a, b, o = star(RelayConfig(offer=True, max_pairs=1, pair_idle=60.0))
     relay = r.node.relay
     assert relay is not None
@@ -204,7 +207,14 @@ def test_relay_refusals_are_counted_and_send_nothing() -> None:
     refused = ("not_capable", "no_route", "malformed", "chained", "not_offered")
     assert {k: c[k] for k in refused} == dict.fromkeys(refused, 1)
     assert c["forwarded_packets"] == 0
-    assert r.node.datagrams_to_send() == []
+    # "not capable" and "no route" are answered to a (ours), once per pair and second
+    assert [dst for _, dst in r.node.datagrams_to_send()] == [a.addr, a.addr]
+    assert c["refusals_sent"] == 2
+    relay.on_message(a_peer, a_addr, MSG_RELAY_TO, o.node_id + b"\x00" * 40, now + 0.5)
+    assert r.node.datagrams_to_send() == [] and c["refusals_sent"] == 2
+    _o_addr, o_peer0 = peer_entry(r, o)
+    relay.on_message(o_peer0, _o_addr, MSG_RELAY_TO, a.node_id + b"x", now)  # o is not ours: silence
+    assert r.node.datagrams_to_send() == [] and c["not_capable"] == 3
     relay.on_message(a_peer, a_addr, MSG_RELAY_TO, b.node_id + b"x", now)
     assert c["forwarded_packets"] == 1
     assert [dst for _, dst in r.node.datagrams_to_send()] == [b.addr]
@@ -327,3 +337,40 @@ def test_human_status_names_the_relay(capsys: pytest.CaptureFixture[str]) -> Non
     print_status(r.node.status(h.now))
     out = capsys.readouterr().out
     assert "relaying: 1 pairs" in out and "via relay" not in out
+
+
+def test_no_relay_has_a_route_the_end_says_unreachable_and_backs_off(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """a wants o through r, but o is not ours: r answers at once, a drops the relayed handshake (no
+    two minutes of retransmitted PINGs), says o is unreachable (log and status) and asks again only
+    after the backoff."""
+    h = Harness(seed=12)
+    r = node(h, "r", 0x10, BIG)
+    a = node(h, "a", 0x01, RelayConfig(use=True, at_once=True))
+    o = node(h, "o", 0x03, None)
+    only_via(h, r, a, o)
+    assert r.node.relay is not None and a.node.relay is not None
+    with caplog.at_level(logging.INFO, logger="vpncloud.relay"):
+        assert h.run_until(lambda: bool(a.node.relay and a.node.relay.unreachable), timeout=120)
+    assert "Peer 03030303 is unreachable: relay 10101010 cannot relay to it" in caplog.text
+    assert a.node.status(h.now)["relay"]["unreachable"] == [o.node_id.hex()]
+    print_status(a.node.status(h.now))
+    assert f"{o.node_id.hex()[:12]} unreachable: no relay can reach it" in capsys.readouterr().out
+    assert not any(is_synthetic(k) for k in a.node.pending)
+    sent = r.node.relay.counters["not_capable"]
+    h.run_for(25)  # within the first backoff (30 s): no more relayed PINGs
+    assert r.node.relay.counters["not_capable"] == sent
+    h.run_for(10)
+    assert r.node.relay.counters["not_capable"] > sent  # asked again after the backoff
+    assert o.invalid_packets() == 0
+
+
+def test_a_refusal_counts_only_from_a_relay() -> None:
+    h, _r, a, b, o = star(RelayConfig(offer=True))
+    relay = a.node.relay
+    assert relay is not None
+    b_addr, b_peer = peer_entry(a, b)  # b is an end, not a relay
+    relay.on_message(b_peer, b_addr, MSG_RELAY_REFUSED, o.node_id + bytes((REFUSED_NO_ROUTE,)), h.now)
+    assert relay.counters["not_offered"] == 1
+    assert not relay.unreachable and o.node_id not in relay._wanted

@@ -49,7 +49,9 @@ class RelayWorld:
     nodes: dict[str, VpnNode]
 
 
-def _build(topology: Topology, workdir: Path) -> RelayWorld:
+def _build(
+    topology: Topology, workdir: Path, *extra: str, at_once: bool = False, pub_args: tuple[str, ...] = ()
+) -> RelayWorld:
     wan = topology.switch("wan")
     lan_a = topology.switch("lana")
     lan_b = topology.switch("lanb")
@@ -71,8 +73,8 @@ def _build(topology: Topology, workdir: Path) -> RelayWorld:
     offer = workdir / "offer.security.yaml"
     offer.write_text("relay: {offer: true, use: true}\n")
     use = workdir / "use.security.yaml"
-    use.write_text("relay: {use: true}\n")
-    common = ["--no-port-forwarding", "--keepalive", "10"]
+    use.write_text("relay: {use: true, at_once: true}\n" if at_once else "relay: {use: true}\n")
+    common = ["--no-port-forwarding", "--keepalive", "10", *extra]
     peers = ["-c", f"{PUB1}:3210", "-c", f"{PUB2}:3210"]
 
     def node(name: str, sec: Path, *args: str) -> VpnNode:
@@ -90,11 +92,17 @@ def _build(topology: Topology, workdir: Path) -> RelayWorld:
         )
 
     nodes = {
-        "pub1": node("pub1", offer),
-        "pub2": node("pub2", offer, "-c", f"{PUB1}:3210"),
+        "pub1": node("pub1", offer, *pub_args),
+        "pub2": node("pub2", offer, "-c", f"{PUB1}:3210", *pub_args),
         "a": node("a", use, *peers),
         # B advertises the address a port forward will give it later (useless until then)
-        "b": node("b", use, *peers, "--advertise_addresses", f"{RB_WAN}:3210"),
+        "b": node(
+            "b",
+            use,
+            *peers,
+            "--advertise_addresses",
+            f"{RB_WAN}:3210",
+        ),
     }
     for n in nodes.values():
         n.wait_running()
@@ -249,3 +257,85 @@ def test_symmetric_nats_relay_failover_and_direct(topology: Topology, tmp_path: 
     assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 20)
     for name in ("pub2" if second == "pub2" else "pub1", "a", "b"):
         assert w.nodes[name].stop() == 0
+
+
+@pytest.mark.timeout(400)
+def test_tap_switch_mode_through_a_relay(topology: Topology, tmp_path: Path) -> None:
+    """TAP devices (switch mode): the ends learn each other's MAC through the relay (ARP), then a
+    ping and a TCP transfer pass."""
+    w = _build(topology, tmp_path, "-t", "tap", "--mode", "switch")
+    a, b = w.nodes["a"], w.nodes["b"]
+    assert wait_for(lambda: _relay_of(a, b) is not None and _relay_of(b, a) is not None, 120, 1.0), (
+        a.log_text()
+    )
+    assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 30)
+    neigh = w.ns["a"].run(["ip", "neigh", "show", VPN["b"]], check=False).stdout
+    assert "lladdr" in neigh, neigh  # resolved by ARP across the relay
+    res = w.ns["a"].run(["ping", "-c", "5", "-i", "0.2", VPN["b"]], check=False)
+    assert res.returncode == 0, res.stdout
+    assert _tcp_transfer(w) == "1000000"
+    for node in w.nodes.values():
+        assert node.stop() == 0
+
+
+def _line(log: str, needle: str) -> int:
+    """Index of the first log line containing ``needle`` (the number of lines if none)."""
+    lines = log.splitlines()
+    return next((i for i, line in enumerate(lines) if needle in line), len(lines))
+
+
+@pytest.mark.timeout(400)
+def test_plan_knowledge_relays_at_once_while_the_direct_attempt_is_still_pending(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """``at_once`` (written by the plan for a symmetric NAT): A and B are relayed while their direct
+    handshakes to each other's useless NAT addresses are still retransmitted; those give up only
+    afterwards (120 ticks, spec 6.7)."""
+    w = _build(topology, tmp_path, at_once=True)
+    a, b = w.nodes["a"], w.nodes["b"]
+    assert wait_for(lambda: _relay_of(a, b) is not None and _relay_of(b, a) is not None, 60, 0.5), (
+        a.log_text()
+    )
+    # the direct attempt is still on when the relayed session is up
+    pending = [p for p in (a.status() or {}).get("pending", []) if p.startswith(RB_WAN)]
+    assert pending and "Initialization timeout" not in a.log_text(), a.log_text()
+    assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 20)
+    # ... and it times out later, after the relayed session was established
+    assert wait_for(lambda: "Initialization timeout" in a.log_text(), 200, 1.0), a.log_text()
+    log = a.log_text()
+    assert _line(log, "Added peer [100::") < _line(log, f"Closing pending connection to {RB_WAN}"), log
+    assert _relay_of(a, b) is not None  # still relayed: the failed direct attempt changed nothing
+    for node in w.nodes.values():
+        assert node.stop() == 0
+
+
+@pytest.mark.timeout(500)
+def test_a_relay_that_lost_one_end_answers_no_route_and_the_ends_move(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """The relay in use loses B (its firewall drops B; it is then connected to A only) and forgets
+    it after its peer timeout (40 s). A's next relayed datagram is answered "no route": A drops the
+    session through it and both ends are relayed through the other public node, long before their
+    own timeout of the relayed session (300 s) would have noticed."""
+    w = _build(topology, tmp_path, at_once=True, pub_args=("--peer-timeout", "40"))
+    a, b = w.nodes["a"], w.nodes["b"]
+    ids = {name: _node_id(w.nodes[name]) for name in ("pub1", "pub2")}
+    assert wait_for(lambda: _relay_of(a, b) is not None and _relay_of(b, a) is not None, 60, 0.5), (
+        a.log_text()
+    )
+    first = next(n for n, i in ids.items() if i == _relay_of(a, b))
+    second = "pub2" if first == "pub1" else "pub1"
+    relay_ns = w.ns[first]
+    relay_ns.iptables("-I", "INPUT", "-s", RB_WAN, "-j", "DROP")
+    relay_ns.iptables("-I", "OUTPUT", "-d", RB_WAN, "-j", "DROP")
+    moved = wait_for(lambda: _relay_of(a, b) == ids[second] and _relay_of(b, a) == ids[second], 200, 1.0)
+    assert moved, f"A: {a.status()}\nA log:\n{a.log_text()}\nB log:\n{b.log_text()}"
+    st: dict[str, Any] = w.nodes[first].status() or {}
+    assert st["relay"]["counters"]["refusals_sent"] >= 1
+    log = a.log_text()
+    assert _line(log, "has no session with peer") < len(log.splitlines()), log
+    relayed_lines = [line for line in log.splitlines() if "[100::" in line]
+    assert not any("due to timeout" in line for line in relayed_lines), log
+    assert wait_for(lambda: w.ns["a"].ping(VPN["b"], count=1, timeout=1), 20)
+    for node in w.nodes.values():
+        assert node.stop() == 0

@@ -4,6 +4,10 @@ when one opens. An original-behaving node in the same mesh never receives a rela
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from vpncloud.core.relay import RelayConfig, is_synthetic
 from vpncloud.sim.harness import Harness, SimNode
 from vpncloud.sim.network import NatBox, NatKind, canon
@@ -39,10 +43,10 @@ def direct(x: SimNode, y: SimNode) -> bool:
     return any(p.node_id == y.node_id and not is_synthetic(k) for k, p in x.node.peers.items())
 
 
-def build() -> tuple[Harness, SimNode, SimNode, SimNode, SimNode, SimNode]:
+def build(at_once: bool = False) -> tuple[Harness, SimNode, SimNode, SimNode, SimNode, SimNode]:
     h = Harness(seed=22)
     relay = RelayConfig(offer=True, use=True)
-    end = RelayConfig(use=True)
+    end = RelayConfig(use=True, at_once=at_once)
     r1 = ours(h, "r1", ("192.0.2.1", 3210), 0x10, relay)
     r2 = ours(h, "r2", ("192.0.2.2", 3210), 0x11, relay)
     # o behaves like the original: no relay capability, behind a symmetric NAT too, so a and b
@@ -128,3 +132,49 @@ def test_relays_off_behave_as_before() -> None:
     assert h.connected(a, s) and h.connected(b, s)
     assert not h.connected(a, b)
     assert all(not is_synthetic(k) for n in (s, a, b) for k in list(n.node.peers) + list(n.node.pending))
+
+
+def test_plan_knowledge_goes_through_a_relay_at_once() -> None:
+    """With ``at_once`` (the plan knows hole punching fails) the ends are relayed from the first
+    seconds; without, they wait ``direct_grace`` (20 s) for the direct attempt first."""
+    h, r1, _r2, _o, a, b = build(at_once=True)
+    assert h.run_until(lambda: both_relayed(a, b, r1), timeout=5)
+    exchange(h, a, b, b"at once")
+    # direct is still tried now and then (docs/relays.md), so a later port forward is found
+    assert a.node.relay is not None and a.node.relay._next_direct
+
+    h, r1, _r2, _o, a, b = build(at_once=False)
+    h.run_for(15)
+    assert relayed_via(a, b) is None and relayed_via(b, a) is None
+    assert h.run_until(lambda: both_relayed(a, b, r1), timeout=60)
+    assert h.now > 20
+
+
+@pytest.mark.parametrize("lost", ["b", "a"])
+def test_a_relay_that_lost_the_far_end_says_so_and_the_ends_take_another(
+    caplog: pytest.LogCaptureFixture, lost: str
+) -> None:
+    """r1 loses b (the link between them is cut; r1 is then connected to a only). a's next relayed
+    datagram is answered "no route" and a goes through r2 at once, long before its own timeout of the
+    relayed session (``peer_timeout``) would have noticed. The same when a, the end with the lower
+    node id (the one that normally starts relayed handshakes), is lost: b starts it then."""
+    h, r1, r2, o, a, b = build(at_once=True)
+    r1.config.peer_timeout = 30  # r1 forgets the lost end soon; the ends keep 300 s
+    for sn in (r1, r2, o, a, b):
+        sn.config.keepalive = 10  # as the namespace tests (default: 90 s)
+    assert h.run_until(lambda: both_relayed(a, b, r1), timeout=5)
+    if lost == "a":
+        a, b = b, a
+    inside = {r1.addr[0], b.addr[0]}
+    outside = {r1.addr[0], canon((NAT_B if lost == "b" else NAT_A, 0))[0]}
+    h.net.add_filter(lambda dg: {dg.sender[0], dg.dst[0]} in (inside, outside))
+    start = h.now
+    with caplog.at_level(logging.INFO, logger="vpncloud.relay"):
+        assert h.run_until(lambda: both_relayed(a, b, r2), timeout=a.config.peer_timeout)
+    assert h.now - start < a.config.peer_timeout / 2
+    assert r1.node.relay is not None and r1.node.relay.counters["refusals_sent"] >= 1
+    assert a.node.relay is not None and a.node.relay.counters["refusals_received"] >= 1
+    assert f"has no session with peer {b.node_id.hex()[:8]}: trying relay 11111111" in caplog.text
+    exchange(h, a, b, b"through r2")
+    # b's stale session through r1 went when the one through r2 came
+    assert [e["relay"] for e in b.node.relay.relayed()] == [r2.node_id.hex()] if b.node.relay else False

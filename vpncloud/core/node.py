@@ -58,6 +58,7 @@ from .payload import parse_frame, parse_packet
 from .peer_crypto import CryptoConfig, Initialized, Message, PeerCrypto, Reply
 from .relay import (
     MSG_RELAY_FROM,
+    MSG_RELAY_REFUSED,
     MSG_RELAY_TO,
     SYNTHETIC_PREFIX,
     RelayConfig,
@@ -740,7 +741,7 @@ class Node:
             log.info("Closing connection to %s", _fmt(addr))
             self._remove_peer(addr)
             self._events.append(PeerDisconnected(addr, peer.node_id, raw_addr=True))
-        elif msg_type in (MSG_RELAY_TO, MSG_RELAY_FROM) and self.relay is not None:
+        elif msg_type in (MSG_RELAY_TO, MSG_RELAY_FROM, MSG_RELAY_REFUSED) and self.relay is not None:
             self.relay.on_message(peer, addr, msg_type, payload, now)
         else:
             self.traffic.count_invalid_protocol(len(payload))

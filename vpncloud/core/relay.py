@@ -19,6 +19,7 @@ from vpncloud.fastpath.rows import Train
 from vpncloud.fastpath.superpacket import FEATURE_TCP, FEATURE_UDP
 
 from .errors import VpnCloudError
+from .messages import MSG_NODE_INFO
 from .types import NODE_ID_BYTES, SocketAddr, format_sockaddr, nice
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; node.py imports this module
@@ -31,6 +32,15 @@ FEATURE_RELAY_END = 0x04
 FEATURE_RELAY_OFFER = 0x08
 MSG_RELAY_TO = 0x52
 MSG_RELAY_FROM = 0x72
+#: relay -> end: [16 bytes: node id of the other end][1 byte: reason]; the relay cannot forward to it.
+MSG_RELAY_REFUSED = 0x4E
+REFUSED_NO_ROUTE = 1
+REFUSED_NOT_CAPABLE = 2
+_REFUSED_NAMES = {REFUSED_NO_ROUTE: "has no session with", REFUSED_NOT_CAPABLE: "cannot relay to"}
+#: A relay answers a refused pair at most this often (the end's handshake retransmits).
+REFUSAL_INTERVAL = 1.0
+#: Refusal answers remembered (for their rate limit).
+MAX_REFUSALS = 256
 #: Bytes a relayed datagram grows by: the relay session's header, type and tag (25) and a node id.
 RELAY_OVERHEAD = 25 + NODE_ID_BYTES
 #: Hosts of synthetic addresses: ``100::<n hex>``, one per address so that the handshake guard's
@@ -53,6 +63,8 @@ DROP_REASONS = (
     "pairs_full",
     "malformed",
     "unknown_relay",
+    "refusals_sent",
+    "refusals_received",
 )
 
 
@@ -73,6 +85,9 @@ class RelayConfig:
     direct_grace: float = 20.0
     direct_retry: float = 60.0
     retry: float = 30.0
+    #: The mesh plan knows direct connections to some peers fail (a symmetric NAT): go through a
+    #: relay at once instead of after ``direct_grace``; direct is still retried every ``direct_retry``.
+    at_once: bool = False
 
     @property
     def features(self) -> int:
@@ -117,6 +132,13 @@ class Wanted:
     next_try: float = 0.0
     tries: int = 0
     relays: set[bytes] = field(default_factory=set)
+    #: relay node id -> time until which we do not ask it again (it said it cannot reach the node)
+    refused: dict[bytes, float] = field(default_factory=dict)
+    refusals: int = 0
+    #: Start the next relayed handshake whichever end has the lower id: after a refusal the other
+    #: end may still believe in a session through the relay that lost us (crossing PINGs are
+    #: settled by the handshake itself, spec 6).
+    force: bool = False
 
 
 class RelayManager:
@@ -136,6 +158,11 @@ class RelayManager:
         self.counters: dict[str, int] = {"forwarded_packets": 0, "forwarded_bytes": 0}
         self.counters.update(dict.fromkeys(DROP_REASONS, 0))
         self.moved_direct = 0
+        #: node ids of our ends already announced to the other ends (see _announce_new_end)
+        self._ends: set[bytes] = set()
+        self._refusals: OrderedDict[tuple[bytes, bytes], float] = OrderedDict()
+        #: node id -> time until which no relay can reach it (for status)
+        self.unreachable: dict[bytes, float] = {}
 
     def reconfigure(self, config: RelayConfig) -> None:
         """New limits apply from now on; pair states start afresh under them."""
@@ -219,12 +246,14 @@ class RelayManager:
             return
         other_id = bytes(payload[:NODE_ID_BYTES])
         inner = bytes(payload[NODE_ID_BYTES:])
-        if msg_type == MSG_RELAY_TO:
-            self._forward(peer, other_id, inner, now)
+        if msg_type == MSG_RELAY_REFUSED:
+            self._refused(peer, other_id, inner, now)
+        elif msg_type == MSG_RELAY_TO:
+            self._forward(peer, addr, other_id, inner, now)
         else:
             self._deliver(peer, other_id, inner, now)
 
-    def _forward(self, src: Peer, dst_id: bytes, inner: bytes, now: float) -> None:
+    def _forward(self, src: Peer, src_addr: SocketAddr, dst_id: bytes, inner: bytes, now: float) -> None:
         cfg = self.config
         if not cfg.offer:
             self.counters["not_offered"] += 1
@@ -232,11 +261,13 @@ class RelayManager:
         found = self._peer_by_id(dst_id)
         if found is None:
             self.counters["no_route"] += 1
+            self._refuse(src, src_addr, dst_id, REFUSED_NO_ROUTE, now)
             return
         dst_addr, dst = found
         # Only to a node that said it understands relay messages: never to an original node.
         if not (dst.features & FEATURE_RELAY_END and src.features & FEATURE_RELAY_END):
             self.counters["not_capable"] += 1
+            self._refuse(src, src_addr, dst_id, REFUSED_NOT_CAPABLE, now)
             return
         key = (src.node_id, dst_id) if src.node_id < dst_id else (dst_id, src.node_id)
         pair = self._pairs.get(key)
@@ -266,6 +297,68 @@ class RelayManager:
         self.counters["forwarded_packets"] += 1
         self.counters["forwarded_bytes"] += size
         self.node._send(data, dst_addr)
+
+    def _refuse(self, src: Peer, src_addr: SocketAddr, dst_id: bytes, reason: int, now: float) -> None:
+        """Tell the end at once that this pair goes nowhere, or its handshake retransmits for the
+        whole handshake timeout. Only to an end of ours, and once per second per pair (bounded)."""
+        if not src.features & FEATURE_RELAY_END:
+            return
+        key = (src.node_id, dst_id)
+        if now < self._refusals.get(key, -1.0):
+            return
+        self._refusals[key] = now + REFUSAL_INTERVAL
+        self._refusals.move_to_end(key)
+        while len(self._refusals) > MAX_REFUSALS:
+            self._refusals.popitem(last=False)
+        try:
+            data = src.crypto.send_message(MSG_RELAY_REFUSED, dst_id + bytes((reason,)))
+        except VpnCloudError as err:
+            log.error("Cannot answer %s: %s", _fmt(src_addr), err)
+            return
+        self.counters["refusals_sent"] += 1
+        self.node._send(data, src_addr)
+
+    def _refused(self, relay: Peer, target: bytes, rest: bytes, now: float) -> None:
+        """The relay cannot reach ``target``: drop what goes through it and try another relay at
+        once, or, with none left, call the node unreachable until the backoff ends."""
+        self.counters["refusals_received"] += 1
+        if not self.config.use or not relay.features & FEATURE_RELAY_OFFER:
+            self.counters["not_offered"] += 1  # only a relay may say it cannot reach someone
+            return
+        if len(rest) != 1 or target == self.node.node_id:
+            self.counters["malformed"] += 1
+            return
+        relay_id = relay.node_id
+        n = self._by_ends.get((relay_id, target))
+        if n is not None:
+            addr = _synthetic(n)
+            self.node.drop_relayed(addr, self.node.peers.get(addr), announce=True)
+        wanted = self._wanted.get(target)
+        if wanted is None:
+            if len(self._wanted) >= MAX_WANTED:
+                return
+            wanted = self._wanted[target] = Wanted(since=now)
+        if relay_id in wanted.refused and wanted.refused[relay_id] > now:
+            return  # already known (an answer per retransmitted datagram)
+        wanted.refused[relay_id] = now + min(self.config.retry * 2**wanted.refusals, MAX_RETRY)
+        wanted.refusals += 1
+        what = _REFUSED_NAMES.get(rest[0], "refused")
+        left = sorted(r for r in wanted.relays if wanted.refused.get(r, 0.0) <= now)
+        if left:
+            wanted.next_try = now
+            wanted.force = True
+            log.info(
+                "Relay %s %s peer %s: trying relay %s",
+                relay_id.hex()[:8], what, target.hex()[:8], left[0].hex()[:8],
+            )  # fmt: skip
+            return
+        until = min(wanted.refused.values())
+        wanted.next_try = until
+        self.unreachable[target] = until
+        log.warning(
+            "Peer %s is unreachable: relay %s %s it and no other relay can reach it; next try in %.0f s",
+            target.hex()[:8], relay_id.hex()[:8], what, until - now,
+        )  # fmt: skip
 
     def _evict_idle(self, now: float) -> bool:
         key, pair = next(iter(self._pairs.items()))
@@ -300,9 +393,16 @@ class RelayManager:
             # No super-packets through a relay: one lost slice of 45 costs the whole 64 KB, and the
             # relay forwards slice by slice anyway (bench/relay.py: several times the throughput).
             peer.features &= ~(FEATURE_TCP | FEATURE_UDP)
+        if self.config.offer and not is_synthetic(addr) and peer.features & FEATURE_RELAY_END:
+            self._announce_new_end(peer)
         if not self.config.use or is_synthetic(addr) or not peer.features & FEATURE_RELAY_OFFER:
             return
         own = self.node.node_id
+        listed = {entry.node_id for entry in info.peers}
+        for known, entry_state in self._wanted.items():
+            if known not in listed:
+                # A relay that stopped listing a node is no candidate for it any more.
+                entry_state.relays.discard(peer.node_id)
         for entry in info.peers:
             nid = entry.node_id
             if nid is None or nid == own or nid == peer.node_id:
@@ -314,8 +414,26 @@ class RelayManager:
                 wanted = self._wanted[nid] = Wanted(since=now)
             wanted.relays.add(peer.node_id)
 
+    def _announce_new_end(self, peer: Peer) -> None:
+        """A relay tells its ends of ours about a new end at once: the ordinary NODE_INFO interval
+        (90 s by default) would otherwise delay the first relayed handshake by that much. Original
+        nodes get their NODE_INFO on the ordinary schedule only."""
+        if peer.node_id in self._ends:
+            return
+        self._ends.add(peer.node_id)
+        node = self.node
+        payload = node._node_info_bytes()
+        for addr, other in node.peers.items():
+            if is_synthetic(addr) or not other.features & FEATURE_RELAY_END:
+                continue
+            try:
+                node._send(other.crypto.send_message(MSG_NODE_INFO, payload), addr)
+            except VpnCloudError as err:
+                log.error("Cannot send node info to %s: %s", _fmt(addr), err)
+
     def tick(self, now: float) -> None:
         node = self.node
+        self._ends.intersection_update(p.node_id for p in node.peers.values())
         direct_ids = {p.node_id for a, p in node.peers.items() if not is_synthetic(a)}
         relays = {
             p.node_id
@@ -347,6 +465,20 @@ class RelayManager:
                 targets = [a for a in peer.addrs if not is_synthetic(a)]
                 if targets:
                     node.connect(targets, now)
+        # Two relayed sessions with one node (the other end came through a second relay after the
+        # first lost it): the one heard from last carries the traffic, the other goes.
+        newest: dict[bytes, tuple[float, SocketAddr]] = {}
+        for addr, peer in list(node.peers.items()):
+            if not is_synthetic(addr):
+                continue
+            seen = newest.get(peer.node_id)
+            if seen is None:
+                newest[peer.node_id] = (peer.last_seen, addr)
+                continue
+            old = addr if peer.last_seen < seen[0] else seen[1]
+            if old != addr:
+                newest[peer.node_id] = (peer.last_seen, addr)
+            node.drop_relayed(old, node.peers.get(old), announce=False)
         for addr in [a for a in node.pending if is_synthetic(a)]:
             ends = self.ends_of(addr)
             if ends is None or ends[0] not in direct_ids:
@@ -358,17 +490,29 @@ class RelayManager:
         # Wanted nodes: after the grace period for direct attempts, the lower node id starts a
         # relayed handshake through the first relay that lists the node.
         connected = {p.node_id for p in node.peers.values()}
+        grace = 0.0 if self.config.at_once else self.config.direct_grace
+        for nid, until in list(self.unreachable.items()):
+            if until <= now or nid in connected:
+                del self.unreachable[nid]
         for nid, wanted in list(self._wanted.items()):
             wanted.relays &= relays
-            if nid in connected or not wanted.relays:
-                if nid in connected or now - wanted.since > self.config.direct_retry * 10:
+            if nid in connected:
+                # Kept while connected: which relays list it is what a refusal falls back on.
+                wanted.tries = 0
+                wanted.force = False
+                continue
+            if not wanted.relays:
+                if now - wanted.since > self.config.direct_retry * 10:
                     del self._wanted[nid]
                 continue
-            if now - wanted.since < self.config.direct_grace or wanted.next_try > now:
+            if now - wanted.since < grace or wanted.next_try > now:
                 continue
-            if node.node_id > nid:
+            if node.node_id > nid and not wanted.force:
                 continue  # the other end starts
-            relay_id = min(wanted.relays)
+            usable = [r for r in wanted.relays if wanted.refused.get(r, 0.0) <= now]
+            if not usable:
+                continue
+            relay_id = min(usable)
             synthetic = self.synthetic_for(relay_id, nid)
             if synthetic is None or synthetic in node.pending:
                 continue
@@ -395,6 +539,8 @@ class RelayManager:
             "pairs": len(self._pairs),
             "relayed_peers": self.relayed(),
             "moved_direct": self.moved_direct,
+            "at_once": self.config.at_once,
+            "unreachable": sorted(nid.hex() for nid in self.unreachable),
             "counters": dict(self.counters),
         }
 

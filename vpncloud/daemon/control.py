@@ -293,6 +293,8 @@ def print_status(status: dict[str, Any]) -> None:
     for e in relay.get("relayed_peers", []):
         # short lines: the synthetic address means nothing without its relay
         console.print(f"{e.get('addr')} via relay {str(e.get('relay', ''))[:12]}")
+    for node_id in relay.get("unreachable", []):
+        console.print(f"{str(node_id)[:12]} unreachable: no relay can reach it (retried after a backoff)")
     table = Table(title="Table")
     for col in ("kind", "address", "peer", "ttl"):
         table.add_column(col)

@@ -14,6 +14,7 @@ path given with ``--security-file FILE``. Format (YAML or JSON)::
     relay:                    # optional (issue 22, docs/relays.md); absent = no relays (the original's)
       offer: true             # forward for peers of ours that cannot reach each other
       use: true               # reach such peers through a relay
+      at_once: true           # the plan knows direct fails (symmetric NAT): no 20 s wait for it
       pair_rate: 1000000      # bytes/s per relayed pair, and for all pairs together
       total_rate: 8000000
       max_pairs: 64
@@ -99,11 +100,11 @@ def _parse_relay(raw: Any, source: str) -> RelayConfig:
         raise ConfigError(
             f"{source}: 'relay' must be a mapping (offer, use, pair_rate, total_rate, max_pairs)"
         )
-    unknown = set(raw) - {"offer", "use", "max_pairs", *_RELAY_RATES}
+    unknown = set(raw) - {"offer", "use", "at_once", "max_pairs", *_RELAY_RATES}
     if unknown:
         raise ConfigError(f"{source}: unknown keys in 'relay': {', '.join(sorted(map(str, unknown)))}")
     cfg = RelayConfig()
-    for key in ("offer", "use"):
+    for key in ("offer", "use", "at_once"):
         value = raw.get(key, False)
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: relay {key} must be true or false")

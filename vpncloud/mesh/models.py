@@ -49,7 +49,9 @@ __all__ = [
     "WebSocketProxy",
     "check_mesh",
     "may_relay",
+    "relay_only_pair",
     "relay_settings",
+    "relayed_at_once",
     "relays_for",
     "uses_relays",
 ]
@@ -257,12 +259,19 @@ class Node(_Model):
         "MTU); unset = yes when the node and another node are behind NAT and a node it connects to "
         "may relay.",
     )
+    symmetric_nat: bool = Field(
+        default=False,
+        description="Its NAT maps a new port per destination (hole punching fails): it and the NAT "
+        "nodes it pairs with go through a relay at once instead of after a failed direct attempt.",
+    )
     overrides: NodeOverrides = Field(default_factory=NodeOverrides, description="Per-node settings.")
 
     @model_validator(mode="after")
     def _reachable_somehow(self) -> Node:
         if not self.behind_nat and not self.underlay:
             raise ValueError("a node not behind_nat needs an underlay address")
+        if self.symmetric_nat and not self.behind_nat:
+            raise ValueError("symmetric_nat needs behind_nat: true")
         return self
 
     @field_validator("advertise")
@@ -354,6 +363,7 @@ class MeshFile(_Model):
 
     _peer_cache: dict[str, list[Node]] | None = PrivateAttr(default=None)
     _relay_users: frozenset[str] | None = PrivateAttr(default=None)
+    _relayed_at_once: frozenset[str] | None = PrivateAttr(default=None)
 
 
 # Kept as an alias: "Mesh" reads better in code that handles a loaded description.
@@ -440,6 +450,44 @@ def uses_relays(mesh: Mesh, node: Node) -> bool:
     return node.name in users
 
 
+def relay_only_pair(mesh: Mesh, a: Node, b: Node) -> bool:
+    """Whether the plan knows the two cannot connect directly: both behind NAT, one of them a
+    symmetric NAT (a new port per destination defeats hole punching), and a relay in common."""
+    return (
+        a is not b
+        and a.behind_nat
+        and b.behind_nat
+        and (a.symmetric_nat or b.symmetric_nat)
+        and uses_relays(mesh, a)
+        and uses_relays(mesh, b)
+        and bool({r.name for r in relays_for(mesh, a)} & {r.name for r in relays_for(mesh, b)})
+    )
+
+
+def relayed_at_once(mesh: Mesh, node: Node) -> bool:
+    """Whether the node is an end of a pair that ``relay_only_pair`` knows: it goes through a relay
+    without waiting for the direct attempt to time out (the ``at_once`` of its relay section)."""
+    known = mesh._relayed_at_once
+    if known is None:
+        # Per relay, the symmetric-NAT users and all users: linear in the nodes, not in the pairs.
+        users = [n for n in mesh.nodes if n.behind_nat and uses_relays(mesh, n)]
+        relays = {n.name: {r.name for r in relays_for(mesh, n)} for n in users}
+        sym: dict[str, int] = {}
+        every: dict[str, int] = {}
+        for n in users:
+            for r in relays[n.name]:
+                every[r] = every.get(r, 0) + 1
+                if n.symmetric_nat:
+                    sym[r] = sym.get(r, 0) + 1
+        known = frozenset(
+            n.name
+            for n in users
+            if any((every[r] > 1 if n.symmetric_nat else sym.get(r, 0) > 0) for r in relays[n.name])
+        )
+        mesh._relayed_at_once = known
+    return node.name in known
+
+
 def relay_settings(mesh: Mesh, node: Node) -> dict[str, bool] | None:
     """The node's ``relay`` section of its security file (None: relays off, the original's behaviour).
 
@@ -451,7 +499,10 @@ def relay_settings(mesh: Mesh, node: Node) -> dict[str, bool] | None:
     offer = may_relay(node) and bool(users - {node.name})
     if not (use or offer):
         return None
-    return {"offer": offer, "use": use}
+    out = {"offer": offer, "use": use}
+    if use and relayed_at_once(mesh, node):
+        out["at_once"] = True  # only when on: the files of meshes without symmetric NATs stay as they were
+    return out
 
 
 def check_mesh(mesh: Mesh) -> list[Problem]:

@@ -69,7 +69,8 @@ __all__ = [
 RELOADABLE = frozenset(
     {"peers", "claims", "auto-claim", "crypto.trusted-keys", "peer-timeout", "keepalive", "switch-timeout",
      "advertise-addresses", "statsd.server", "statsd.prefix", "hook", "hooks", "beacon.store", "beacon.load",
-     "beacon.interval", "beacon.password", "entries", "acl", "key-expiry", "relay.offer"}
+     "beacon.interval", "beacon.password", "entries", "acl", "key-expiry", "relay.offer",
+     "relay.at_once"}
 )  # fmt: skip
 
 Action = Literal["create", "update", "replace", "delete"]
@@ -373,7 +374,9 @@ def _names(names: list[str], limit: int = 5) -> str:
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _relay_path(names_a: list[str], names_b: list[str] | None, relays: list[str]) -> str:
+def _relay_path(
+    names_a: list[str], names_b: list[str] | None, relays: list[str], symmetric: bool = False
+) -> str:
     # names_b None: the pairs inside one group
     if names_b is None:
         ends = f"{names_a[0]} ↔ {names_a[1]}" if len(names_a) == 2 else f"{_names(names_a)} ↔ each other"
@@ -381,6 +384,8 @@ def _relay_path(names_a: list[str], names_b: list[str] | None, relays: list[str]
         ends = f"{_names(names_a)} ↔ {_names(names_b)}"
     if not relays:
         return f"{ends}: no relay available (both behind NAT: only hole punching connects them)"
+    if symmetric:
+        return f"{ends} via {' or '.join(relays)} (symmetric NAT: no direct path, relayed at once)"
     return f"{ends} via {' or '.join(relays)} (both behind NAT: when hole punching fails)"
 
 
@@ -391,18 +396,18 @@ def _nat_pair_warnings(mesh: Mesh) -> list[PlanWarning]:
     unreachable exactly when the groups' public nodes are disjoint, and its relays are the common
     ones. Grouping keeps this linear in the nodes for large meshes.
     """
-    groups: dict[tuple[frozenset[str], frozenset[str]], list[str]] = {}
+    groups: dict[tuple[frozenset[str], frozenset[str], bool], list[str]] = {}
     for node in mesh.nodes:
         if node.behind_nat:
             peers = frozenset(p.name for p in public_peers(mesh, node))
             relays = (
                 frozenset(r.name for r in relays_for(mesh, node)) if uses_relays(mesh, node) else frozenset()
             )
-            groups.setdefault((peers, relays), []).append(node.name)
+            groups.setdefault((peers, relays, node.symmetric_nat), []).append(node.name)
     order = {n.name: i for i, n in enumerate(mesh.nodes)}
     warnings = []
-    for ((peers_a, relays_a), names_a), (
-        (peers_b, relays_b),
+    for ((peers_a, relays_a, sym_a), names_a), (
+        (peers_b, relays_b, sym_b),
         names_b,
     ) in itertools.combinations_with_replacement(groups.items(), 2):
         same = names_a is names_b
@@ -421,7 +426,7 @@ def _nat_pair_warnings(mesh: Mesh) -> list[PlanWarning]:
         warnings.append(
             PlanWarning(
                 kind="relay-path" if common else "no-relay",
-                message=_relay_path(names_a, None if same else names_b, common),
+                message=_relay_path(names_a, None if same else names_b, common, sym_a or sym_b),
             )
         )
     return warnings
