@@ -66,11 +66,12 @@ class Daemon:
         peer: str | None,
         device: str = "tun",
         pure_python: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.sock = str(tmp / f"{name}.sock")
         self.log = tmp / f"{name}.log"
-        args = [PY, "-m", "vpncloud", "--control-socket", self.sock, *node_args(name, peer, device)]
+        args = [PY, "-m", "vpncloud", "--control-socket", self.sock, *node_args(name, peer, device), *extra]
         env = {**os.environ, "VPNCLOUD_DATAPLANE": mode, "VPNCLOUD_PURE_PYTHON": "1" if pure_python else ""}
         with open(self.log, "ab") as out:
             self.proc = topo.spawn(ns, args, stdout=out, stderr=subprocess.STDOUT, env=env)

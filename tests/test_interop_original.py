@@ -96,13 +96,22 @@ def test_ours_and_the_original_move_data_both_ways(lan3: Any, tmp_path: Path, mo
     orig.check_healthy()
 
 
-def test_the_original_learns_our_peers_and_we_learn_its(lan3: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("relays", [False, True], ids=["plain", "relays"])
+def test_the_original_learns_our_peers_and_we_learn_its(lan3: Any, tmp_path: Path, relays: bool) -> None:
     """b and c are ours and know each other; the original a knows only b. b's NODE_INFO tells a
     about c, a connects to c, and traffic flows between the original and a node it was never
-    told about."""
+    told about. With ``relays`` b offers relaying and c uses relays (issue 22): their NODE_INFOs
+    carry the relay capability, which the original skips, and nothing relayed ever reaches it."""
     a_ns, b_ns, c_ns = lan3.nodes["a"], lan3.nodes["b"], lan3.nodes["c"]
-    b = Daemon(lan3.topo, b_ns, "b", tmp_path, "super", None)
-    c = Daemon(lan3.topo, c_ns, "c", tmp_path, "super", lan3.v4["b"])
+    b_extra: tuple[str, ...] = ()
+    c_extra: tuple[str, ...] = ()
+    if relays:
+        (tmp_path / "offer.security.yaml").write_text("relay: {offer: true, use: true}\n")
+        (tmp_path / "use.security.yaml").write_text("relay: {use: true, at_once: true}\n")
+        b_extra = ("--security-file", str(tmp_path / "offer.security.yaml"))
+        c_extra = ("--security-file", str(tmp_path / "use.security.yaml"))
+    b = Daemon(lan3.topo, b_ns, "b", tmp_path, "super", None, extra=b_extra)
+    c = Daemon(lan3.topo, c_ns, "c", tmp_path, "super", lan3.v4["b"], extra=c_extra)
     wait_for(lambda: b_ns.ping(TUN4["c"], count=1, timeout=1.0), 30, what="ours b <-> c")
     orig = Original(lan3.topo, a_ns, "a", tmp_path, lan3.v4["b"])
 
@@ -122,4 +131,12 @@ def test_the_original_learns_our_peers_and_we_learn_its(lan3: Any, tmp_path: Pat
     tcp_transfer(c_ns, a_ns, TUN4["a"], tmp_path, 2_000_000, 21)
     for d in (b, c):
         assert d.proc.poll() is None and "Traceback" not in d.log_text()
+        st = d.status()
+        assert st is not None
+        assert invalid_packets(st) == 0, st  # everything the original sent was understood
+        if relays:
+            relay = st["relay"]
+            # relaying is on, and the original is a direct peer of both: nothing relayed, nobody barred
+            assert relay["use"] and relay["offer"] == (d is b), relay
+            assert relay["relayed_peers"] == [] and relay["unreachable"] == [], relay
     orig.check_healthy()
