@@ -24,8 +24,9 @@ from vpncloud.core.relay import (
     TokenBucket,
     is_synthetic,
 )
-from vpncloud.core.types import SocketAddr
+from vpncloud.core.types import SocketAddr, format_sockaddr, nice
 from vpncloud.daemon.control import print_status
+from vpncloud.daemon.loop import peer_env
 from vpncloud.daemon.security_file import parse_security
 from vpncloud.fastpath.superpacket import FEATURE_TCP, decode_features
 from vpncloud.sim.harness import Harness, SimNode, ipv4_packet
@@ -127,6 +128,21 @@ def test_relayed_session_carries_data_and_hides_synthetic_addresses() -> None:
     status = a.node.status(h.now)["relay"]
     assert [e["node_id"] for e in status["relayed_peers"]] == [b.node_id.hex()]
     assert status["relayed_peers"][0]["relay"] == r.node_id.hex()
+
+
+def test_hook_env_names_the_relay_of_a_relayed_peer() -> None:
+    _h, r, a, b = trio()
+    (synthetic,) = [x for x, p in a.node.peers.items() if p.node_id == b.node_id and is_synthetic(x)]
+    relay_addr, _ = peer_entry(a, r)
+    env = peer_env(a.node, synthetic, "[100::1]:1")
+    assert env == {
+        "PEER": "[100::1]:1",
+        "RELAY": format_sockaddr(nice(relay_addr)),
+        "RELAY_NODE_ID": r.node_id.hex(),
+    }
+    assert peer_env(a.node, relay_addr, "10.0.0.16:3210") == {"PEER": "10.0.0.16:3210"}
+    a.node.set_relays(None)  # relays off: no relay manager, plain PEER
+    assert peer_env(a.node, synthetic, "[100::1]:1") == {"PEER": "[100::1]:1"}
 
 
 def test_acl_holds_end_to_end_through_the_relay() -> None:

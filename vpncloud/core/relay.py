@@ -195,6 +195,16 @@ class RelayManager:
         """(relay node id, remote node id) of a synthetic address."""
         return self._synthetic.get(addr[1]) if is_synthetic(addr) else None
 
+    def relay_of(self, addr: SocketAddr) -> tuple[bytes, SocketAddr | None] | None:
+        """Node id and underlay address (None if its session is gone) of the relay behind a
+        synthetic address; None for a direct peer. For hooks: the synthetic address means nothing
+        outside this node."""
+        ends = self.ends_of(addr)
+        if ends is None:
+            return None
+        found = self._peer_by_id(ends[0])
+        return ends[0], found[0] if found is not None else None
+
     def _forget_unused(self) -> None:
         node = self.node
         for n, ends in list(self._synthetic.items()):
