@@ -292,11 +292,21 @@ def test_security_file_relay_section() -> None:
     sec = parse_security({"relay": {"offer": True, "use": True, "pair_rate": 5000, "max_pairs": 3}})
     assert sec.relay == RelayConfig(offer=True, use=True, pair_rate=5000.0, max_pairs=3)
     assert parse_security({"acl": None}).relay is None
+    listed = parse_security({"relay": {"use": True, "at_once": ["ab" * 16]}}).relay
+    assert listed is not None and listed.at_once == frozenset({b"\xab" * 16})
+    assert listed.relay_at_once(b"\xab" * 16) and not listed.relay_at_once(b"\xcd" * 16)
+    assert parse_security({"relay": {"use": True, "at_once": True}}).relay == RelayConfig(
+        use=True, at_once=True
+    )
     for bad, message in (
         ({"relay": [1]}, "must be a mapping"),
         ({"relay": {"offer": "yes"}}, "offer must be true or false"),
         ({"relay": {"pair_rate": 0}}, "pair_rate must be a positive integer"),
         ({"relay": {"via": "x"}}, "unknown keys in 'relay': via"),
+        ({"relay": {"at_once": "yes"}}, "at_once must be true, false or a list of node ids"),
+        ({"relay": {"at_once": ["ab" * 15]}}, "is no node id"),
+        ({"relay": {"at_once": ["zz" * 16]}}, "is no node id"),
+        ({"relay": {"at_once": [7]}}, "is no node id"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_security(bad)
