@@ -27,7 +27,7 @@ import yaml
 from test_ansible_support import Run, ansible_missing, playbook
 
 from vpncloud.lab.netns import Topology, requirements_missing
-from vpncloud.mesh.apply import AnsibleTarget
+from vpncloud.mesh.apply import AnsibleTarget, _public_keys, write_configs
 from vpncloud.mesh.keystore import Keystore
 from vpncloud.mesh.loader import load_mesh
 from vpncloud.mesh.plan import key_view
@@ -83,11 +83,18 @@ class Fleet:
     def socket(self, host: str) -> Path:
         return self.root(host) / "run" / "vpncloud" / f"{MESH}.sock"
 
-    def write_mesh(self, **mesh_settings: object) -> None:
+    def write_mesh(self, nodes: dict[str, dict[str, object]] | None = None, **mesh_settings: object) -> None:
+        """``nodes``: extra fields per node name."""
         data = {
             "mesh": {"name": MESH, "vpn_network": "10.77.0.0/24", "port": 3210, **mesh_settings},
             "nodes": [
-                {"name": h, "host": h, "underlay": f"10.99.0.{i}", "vpn_address": f"10.77.0.{i}"}
+                {
+                    "name": h,
+                    "host": h,
+                    "underlay": f"10.99.0.{i}",
+                    "vpn_address": f"10.77.0.{i}",
+                    **(nodes or {}).get(h, {}),
+                }
                 for i, h in enumerate(HOSTS, start=1)
             ],
             "beacons": {"store": str(self.tmp / "beacons" / "{mesh}-{node}.beacon"), "interval": 3600},
@@ -247,6 +254,39 @@ def test_reload_by_default_restart_only_for_device_port_mode(fleet: Fleet) -> No
         fleet.write_mesh()
         run = fleet.play("site.yml", "--tags", "config", "-e", "vpncloud_health_check=false")
     assert run.rc == 0 and RESTART_TASK in run.changed_tasks("alpha")  # back to port 3210: restart
+
+
+SECURITY_TASK = "Write the security file (ACL, key expiry, the node's relays; no secrets)"
+
+
+def test_relay_section_is_deployed_as_apply_writes_it(fleet: Fleet, tmp_path: Path) -> None:
+    """beta uses relays, so alpha (public) offers: each host gets its own relay section, byte for
+    byte the file `vpncloud apply` writes for that node; back without relays, the files go."""
+    try:
+        fleet.write_mesh(nodes={"beta": {"use_relays": True}})
+        run = fleet.play("site.yml", "--tags", "config", "-e", "vpncloud_health_check=false")
+        assert run.rc == 0, run.output[-3000:]
+        mesh = load_mesh(fleet.mesh_file)
+        keys = key_view(mesh, Keystore(fleet.keys))
+        write_configs(mesh, render_mesh(mesh, keys), tmp_path, _public_keys(keys))
+        for host in HOSTS:
+            assert SECURITY_TASK in run.changed_tasks(host)
+            deployed = fleet.config(host).with_name(f"{MESH}.security.yaml")
+            assert deployed.read_text() == (tmp_path / MESH / f"{host}.security.yaml").read_text()
+            assert deployed.stat().st_mode & 0o777 == 0o600
+        relay = {
+            h: yaml.safe_load(fleet.config(h).with_name(f"{MESH}.security.yaml").read_text())["relay"]
+            for h in HOSTS
+        }
+        assert relay == {"alpha": {"offer": True, "use": False}, "beta": {"offer": False, "use": True}}
+        # relay use changes beta's MTU, which only a restart applies; alpha's offer is a reload
+        assert RESTART_TASK in run.changed_tasks("beta") and RESTART_TASK not in run.changed_tasks("alpha")
+    finally:
+        fleet.write_mesh()
+        run = fleet.play("site.yml", "--tags", "config", "-e", "vpncloud_health_check=false")
+    assert run.rc == 0, run.output[-3000:]
+    for host in HOSTS:
+        assert not fleet.config(host).with_name(f"{MESH}.security.yaml").exists()
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ from vpncloud.core.relay import (
     TokenBucket,
     is_synthetic,
 )
-from vpncloud.core.types import SocketAddr
+from vpncloud.core.types import SocketAddr, format_sockaddr, nice
 from vpncloud.daemon.control import print_status
+from vpncloud.daemon.loop import peer_env
 from vpncloud.daemon.security_file import parse_security
 from vpncloud.fastpath.superpacket import FEATURE_TCP, decode_features
 from vpncloud.sim.harness import Harness, SimNode, ipv4_packet
@@ -127,6 +128,21 @@ def test_relayed_session_carries_data_and_hides_synthetic_addresses() -> None:
     status = a.node.status(h.now)["relay"]
     assert [e["node_id"] for e in status["relayed_peers"]] == [b.node_id.hex()]
     assert status["relayed_peers"][0]["relay"] == r.node_id.hex()
+
+
+def test_hook_env_names_the_relay_of_a_relayed_peer() -> None:
+    _h, r, a, b = trio()
+    (synthetic,) = [x for x, p in a.node.peers.items() if p.node_id == b.node_id and is_synthetic(x)]
+    relay_addr, _ = peer_entry(a, r)
+    env = peer_env(a.node, synthetic, "[100::1]:1")
+    assert env == {
+        "PEER": "[100::1]:1",
+        "RELAY": format_sockaddr(nice(relay_addr)),
+        "RELAY_NODE_ID": r.node_id.hex(),
+    }
+    assert peer_env(a.node, relay_addr, "10.0.0.16:3210") == {"PEER": "10.0.0.16:3210"}
+    a.node.set_relays(None)  # relays off: no relay manager, plain PEER
+    assert peer_env(a.node, synthetic, "[100::1]:1") == {"PEER": "[100::1]:1"}
 
 
 def test_acl_holds_end_to_end_through_the_relay() -> None:
@@ -276,11 +292,21 @@ def test_security_file_relay_section() -> None:
     sec = parse_security({"relay": {"offer": True, "use": True, "pair_rate": 5000, "max_pairs": 3}})
     assert sec.relay == RelayConfig(offer=True, use=True, pair_rate=5000.0, max_pairs=3)
     assert parse_security({"acl": None}).relay is None
+    listed = parse_security({"relay": {"use": True, "at_once": ["ab" * 16]}}).relay
+    assert listed is not None and listed.at_once == frozenset({b"\xab" * 16})
+    assert listed.relay_at_once(b"\xab" * 16) and not listed.relay_at_once(b"\xcd" * 16)
+    assert parse_security({"relay": {"use": True, "at_once": True}}).relay == RelayConfig(
+        use=True, at_once=True
+    )
     for bad, message in (
         ({"relay": [1]}, "must be a mapping"),
         ({"relay": {"offer": "yes"}}, "offer must be true or false"),
         ({"relay": {"pair_rate": 0}}, "pair_rate must be a positive integer"),
         ({"relay": {"via": "x"}}, "unknown keys in 'relay': via"),
+        ({"relay": {"at_once": "yes"}}, "at_once must be true, false or a list of node ids"),
+        ({"relay": {"at_once": ["ab" * 15]}}, "is no node id"),
+        ({"relay": {"at_once": ["zz" * 16]}}, "is no node id"),
+        ({"relay": {"at_once": [7]}}, "is no node id"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_security(bad)

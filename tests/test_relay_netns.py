@@ -50,7 +50,12 @@ class RelayWorld:
 
 
 def _build(
-    topology: Topology, workdir: Path, *extra: str, at_once: bool = False, pub_args: tuple[str, ...] = ()
+    topology: Topology,
+    workdir: Path,
+    *extra: str,
+    at_once: bool = False,
+    pub_args: tuple[str, ...] = (),
+    a_args: tuple[str, ...] = (),
 ) -> RelayWorld:
     wan = topology.switch("wan")
     lan_a = topology.switch("lana")
@@ -94,7 +99,7 @@ def _build(
     nodes = {
         "pub1": node("pub1", offer, *pub_args),
         "pub2": node("pub2", offer, "-c", f"{PUB1}:3210", *pub_args),
-        "a": node("a", use, *peers),
+        "a": node("a", use, *peers, *a_args),
         # B advertises the address a port forward will give it later (useless until then)
         "b": node(
             "b",
@@ -291,11 +296,29 @@ def test_plan_knowledge_relays_at_once_while_the_direct_attempt_is_still_pending
     """``at_once`` (written by the plan for a symmetric NAT): A and B are relayed while their direct
     handshakes to each other's useless NAT addresses are still retransmitted; those give up only
     afterwards (120 ticks, spec 6.7)."""
-    w = _build(topology, tmp_path, at_once=True)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    # A's peer_connected hook writes its peer variables to a file per peer node id
+    script = (
+        f'test "$EVENT" = peer_connected && env | grep -E "^(PEER|RELAY|RELAY_NODE_ID)=" | sort'
+        f" > {hooks}/$NODE_ID.tmp && mv {hooks}/$NODE_ID.tmp {hooks}/$NODE_ID"
+    )
+    w = _build(topology, tmp_path, at_once=True, a_args=("--hook", script))
     a, b = w.nodes["a"], w.nodes["b"]
     assert wait_for(lambda: _relay_of(a, b) is not None and _relay_of(b, a) is not None, 60, 0.5), (
         a.log_text()
     )
+    # the relayed peer's hook names the relay by its underlay address; direct peers have no RELAY
+    relay_id = _relay_of(a, b)
+    relay_addr = {_node_id(w.nodes["pub1"]): PUB1, _node_id(w.nodes["pub2"]): PUB2}[str(relay_id)]
+    b_env = hooks / _node_id(b)
+    assert wait_for(b_env.exists, 20), sorted(p.name for p in hooks.iterdir())
+    env = dict(line.split("=", 1) for line in b_env.read_text().splitlines())
+    assert env["PEER"].startswith("[100::") and env["RELAY"] == f"{relay_addr}:3210", env
+    assert env["RELAY_NODE_ID"] == relay_id, env
+    pub_env = hooks / _node_id(w.nodes["pub1"])
+    assert wait_for(pub_env.exists, 20)
+    assert pub_env.read_text() == f"PEER={PUB1}:3210\n"
     # the direct attempt is still on when the relayed session is up
     pending = [p for p in (a.status() or {}).get("pending", []) if p.startswith(RB_WAN)]
     assert pending and "Initialization timeout" not in a.log_text(), a.log_text()

@@ -178,3 +178,23 @@ def test_a_relay_that_lost_the_far_end_says_so_and_the_ends_take_another(
     exchange(h, a, b, b"through r2")
     # b's stale session through r1 went when the one through r2 came
     assert [e["relay"] for e in b.node.relay.relayed()] == [r2.node_id.hex()] if b.node.relay else False
+
+
+def test_at_once_for_listed_peers_only() -> None:
+    """``at_once`` naming b: a reaches b through the relay at once, while c, another NAT peer of a
+    that is not listed, still waits ``direct_grace`` (20 s) for the direct attempt."""
+    h = Harness(seed=23)
+    r1 = ours(h, "r1", ("192.0.2.1", 3210), 0x10, RelayConfig(offer=True, use=True))
+    a = ours(h, "a", ("192.168.1.2", 3210), 0x01, RelayConfig(use=True, at_once=frozenset({nid(0x02)})),
+             nat=NatBox(NAT_A, NatKind.SYMMETRIC))  # fmt: skip
+    b = ours(h, "b", ("192.168.2.2", 3210), 0x02, RelayConfig(use=True), nat=NatBox(NAT_B, NatKind.SYMMETRIC))
+    c = ours(h, "c", ("192.168.3.2", 3210), 0x03, RelayConfig(use=True), nat=NatBox(NAT_O, NatKind.SYMMETRIC))
+    for sn in (a, b, c):
+        h.add_configured_peer(sn, r1)
+    # a has the lower node id of both pairs, so it alone decides when each relayed handshake starts
+    assert h.run_until(lambda: both_relayed(a, b, r1), timeout=5)
+    h.run_for(15 - h.now)
+    assert relayed_via(a, c) is None and relayed_via(c, a) is None
+    assert h.run_until(lambda: both_relayed(a, c, r1), timeout=60)
+    assert h.now > 20
+    assert a.node.status(h.now)["relay"]["at_once"] == [nid(0x02).hex()]

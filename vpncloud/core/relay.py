@@ -87,7 +87,11 @@ class RelayConfig:
     retry: float = 30.0
     #: The mesh plan knows direct connections to some peers fail (a symmetric NAT): go through a
     #: relay at once instead of after ``direct_grace``; direct is still retried every ``direct_retry``.
-    at_once: bool = False
+    #: True: for every peer; a set of node ids: for those only.
+    at_once: bool | frozenset[bytes] = False
+
+    def relay_at_once(self, node_id: bytes) -> bool:
+        return self.at_once is True or (not isinstance(self.at_once, bool) and node_id in self.at_once)
 
     @property
     def features(self) -> int:
@@ -194,6 +198,16 @@ class RelayManager:
     def ends_of(self, addr: SocketAddr) -> tuple[bytes, bytes] | None:
         """(relay node id, remote node id) of a synthetic address."""
         return self._synthetic.get(addr[1]) if is_synthetic(addr) else None
+
+    def relay_of(self, addr: SocketAddr) -> tuple[bytes, SocketAddr | None] | None:
+        """Node id and underlay address (None if its session is gone) of the relay behind a
+        synthetic address; None for a direct peer. For hooks: the synthetic address means nothing
+        outside this node."""
+        ends = self.ends_of(addr)
+        if ends is None:
+            return None
+        found = self._peer_by_id(ends[0])
+        return ends[0], found[0] if found is not None else None
 
     def _forget_unused(self) -> None:
         node = self.node
@@ -490,7 +504,6 @@ class RelayManager:
         # Wanted nodes: after the grace period for direct attempts, the lower node id starts a
         # relayed handshake through the first relay that lists the node.
         connected = {p.node_id for p in node.peers.values()}
-        grace = 0.0 if self.config.at_once else self.config.direct_grace
         for nid, until in list(self.unreachable.items()):
             if until <= now or nid in connected:
                 del self.unreachable[nid]
@@ -505,6 +518,7 @@ class RelayManager:
                 if now - wanted.since > self.config.direct_retry * 10:
                     del self._wanted[nid]
                 continue
+            grace = 0.0 if self.config.relay_at_once(nid) else self.config.direct_grace
             if now - wanted.since < grace or wanted.next_try > now:
                 continue
             if node.node_id > nid and not wanted.force:
@@ -539,7 +553,11 @@ class RelayManager:
             "pairs": len(self._pairs),
             "relayed_peers": self.relayed(),
             "moved_direct": self.moved_direct,
-            "at_once": self.config.at_once,
+            "at_once": (
+                self.config.at_once
+                if isinstance(self.config.at_once, bool)
+                else sorted(nid.hex() for nid in self.config.at_once)
+            ),
             "unreachable": sorted(nid.hex() for nid in self.unreachable),
             "counters": dict(self.counters),
         }

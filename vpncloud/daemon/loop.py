@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpncloud import fastpath
 from vpncloud.config import (
@@ -59,6 +59,9 @@ from .stats_io import (
     store_beacon,
 )
 from .udp import UdpSocket, primary_addresses, resolve
+
+if TYPE_CHECKING:
+    from vpncloud.core.node import Node
 
 log = get_logger()
 
@@ -820,20 +823,22 @@ class Daemon:
         if isinstance(event, (n.PeerConnected, n.PeerDisconnected, n.PeerTimedOut)):
             self._peers_changed = True
         if isinstance(event, n.PeerConnecting):
-            self.hooks.fire("peer_connecting", self._env(PEER=_peer_text(event.addr)))
+            self.hooks.fire(
+                "peer_connecting", self._env(**peer_env(self.node, event.addr, _peer_text(event.addr)))
+            )
         elif isinstance(event, n.PeerConnected):
             log.info("Peer %s connected (node id %s)", _peer_text(event.addr), event.node_id.hex())
             self.hooks.fire(
                 "peer_connected",
                 self._env(
-                    PEER=_peer_text(event.addr),
+                    **peer_env(self.node, event.addr, _peer_text(event.addr)),
                     CLAIMS=" ".join(str(c) for c in event.claims),
                     NODE_ID=event.node_id.hex(),
                 ),
             )
         elif isinstance(event, n.PeerDisconnected):
             peer = format_sockaddr(event.addr) if event.raw_addr else _peer_text(event.addr)
-            extra = {"PEER": peer}
+            extra = peer_env(self.node, event.addr, peer)
             if event.node_id is not None:
                 extra["NODE_ID"] = event.node_id.hex()
             self.hooks.fire("peer_disconnected", self._env(**extra))
@@ -1096,6 +1101,20 @@ def _memory_status() -> dict[str, Any]:
 
 def _peer_text(addr: SocketAddr) -> str:
     return format_sockaddr(nice(addr))
+
+
+def peer_env(node: Node | None, addr: SocketAddr, text: str) -> dict[str, str]:
+    """A hook's peer variables: ``PEER`` is the node's key for the peer (what status shows, the
+    synthetic address for a relayed peer); ``RELAY`` / ``RELAY_NODE_ID`` say which relay carries a
+    relayed peer (absent for direct peers, ``RELAY`` also when the relay's session is already gone)."""
+    env = {"PEER": text}
+    via = node.relay.relay_of(addr) if node is not None and node.relay is not None else None
+    if via is not None:
+        relay_id, relay_addr = via
+        env["RELAY_NODE_ID"] = relay_id.hex()
+        if relay_addr is not None:
+            env["RELAY"] = _peer_text(relay_addr)
+    return env
 
 
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:

@@ -14,7 +14,8 @@ path given with ``--security-file FILE``. Format (YAML or JSON)::
     relay:                    # optional (issue 22, docs/relays.md); absent = no relays (the original's)
       offer: true             # forward for peers of ours that cannot reach each other
       use: true               # reach such peers through a relay
-      at_once: true           # the plan knows direct fails (symmetric NAT): no 20 s wait for it
+      at_once: true           # the plan knows direct fails (symmetric NAT): no 20 s wait for it;
+                              # or a list of node ids (32 hex digits): for those peers only
       pair_rate: 1000000      # bytes/s per relayed pair, and for all pairs together
       total_rate: 8000000
       max_pairs: 64
@@ -104,7 +105,14 @@ def _parse_relay(raw: Any, source: str) -> RelayConfig:
     if unknown:
         raise ConfigError(f"{source}: unknown keys in 'relay': {', '.join(sorted(map(str, unknown)))}")
     cfg = RelayConfig()
-    for key in ("offer", "use", "at_once"):
+    at_once = raw.get("at_once", False)
+    if isinstance(at_once, list):
+        cfg.at_once = frozenset(_node_id(v, source) for v in at_once)
+    elif not isinstance(at_once, bool):
+        raise ConfigError(f"{source}: relay at_once must be true, false or a list of node ids")
+    else:
+        cfg.at_once = at_once
+    for key in ("offer", "use"):
         value = raw.get(key, False)
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: relay {key} must be true or false")
@@ -117,6 +125,16 @@ def _parse_relay(raw: Any, source: str) -> RelayConfig:
             raise ConfigError(f"{source}: relay {key} must be a positive integer")
         setattr(cfg, key, float(value) if key in _RELAY_RATES else value)
     return cfg
+
+
+def _node_id(value: Any, source: str) -> bytes:
+    try:
+        node_id = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        node_id = b""
+    if len(node_id) != 16:
+        raise ConfigError(f"{source}: relay at_once: {value!r} is no node id (32 hex digits)")
+    return node_id
 
 
 def load_security_file(path: str | Path, *, required: bool = True) -> Security:
