@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vpncloud.daemon.control import ControlError, request  # noqa: E402
-from vpncloud.lab.netns import Netns, Topology  # noqa: E402
+from vpncloud.lab.netns import Netns, NetnsError, Topology  # noqa: E402
 
 PY = sys.executable
 PASSWORD = "bench-security"
@@ -220,7 +220,11 @@ def genuine_ping() -> bytes:
 
 
 def iperf(client: Netns, server_ip: str, seconds: float) -> float:
-    r = client.run(["iperf3", "-c", server_ip, "-t", str(seconds), "-J"], check=False, timeout=seconds + 30)
+    try:
+        args = ["iperf3", "-c", server_ip, "-t", str(seconds), "-J"]
+        r = client.run(args, check=False, timeout=seconds + 30)
+    except NetnsError:
+        return 0.0  # iperf3 stalled (its control connection starved by the flood): nothing got through
     try:
         data = json.loads(r.stdout)
     except json.JSONDecodeError:
