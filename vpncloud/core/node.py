@@ -1065,10 +1065,14 @@ class Node:
         relay = self.relay.config.features if self.relay is not None else 0
         return add_features(self._node_info().encode(), self.super_features | relay)
 
-    def _broadcast_node_info(self) -> None:
+    def _broadcast_node_info(self, only: Callable[[SocketAddr, Peer], bool] | None = None) -> None:
+        """NODE_INFO to every peer, or to those ``only`` admits (the relay's early announcement)."""
         payload = self._node_info_bytes()
-        log.debug("Broadcasting message type 1, %d bytes to %d peers", len(payload), len(self._peers))
+        if only is None:
+            log.debug("Broadcasting message type 1, %d bytes to %d peers", len(payload), len(self._peers))
         for addr, peer in self._peers.items():
+            if only is not None and not only(addr, peer):
+                continue
             try:
                 self._send(peer.crypto.send_message(messages.MSG_NODE_INFO, payload), addr)
             except VpnCloudError as err:

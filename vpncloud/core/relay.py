@@ -19,7 +19,6 @@ from vpncloud.fastpath.rows import Train
 from vpncloud.fastpath.superpacket import FEATURE_TCP, FEATURE_UDP
 
 from .errors import VpnCloudError
-from .messages import MSG_NODE_INFO
 from .types import NODE_ID_BYTES, SocketAddr, format_sockaddr, nice
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; node.py imports this module
@@ -435,15 +434,9 @@ class RelayManager:
         if peer.node_id in self._ends:
             return
         self._ends.add(peer.node_id)
-        node = self.node
-        payload = node._node_info_bytes()
-        for addr, other in node.peers.items():
-            if is_synthetic(addr) or not other.features & FEATURE_RELAY_END:
-                continue
-            try:
-                node._send(other.crypto.send_message(MSG_NODE_INFO, payload), addr)
-            except VpnCloudError as err:
-                log.error("Cannot send node info to %s: %s", _fmt(addr), err)
+        self.node._broadcast_node_info(
+            only=lambda addr, other: not is_synthetic(addr) and bool(other.features & FEATURE_RELAY_END)
+        )
 
     def tick(self, now: float) -> None:
         node = self.node
