@@ -14,7 +14,9 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 # systemd as PID 1; python3 + venv for ansible and the daemon's virtualenv; python3-apt so that
 # package-facts/apt tasks work offline; python3-packaging for ansible.builtin.pip; iproute2/iptables/ping for the VPN, bridges, NAT and checks.
 PKGS="python3,python3-venv,python3-apt,python3-packaging,systemd,systemd-sysv,dbus,iproute2,iputils-ping,iptables,procps,kmod,tcpdump,netcat-openbsd,ca-certificates,sudo${EXTRA_PKGS:+,$EXTRA_PKGS}"
-key=$(printf '%s %s' "$SUITE" "$PKGS" | sha256sum | cut -c1-12)
+# IMAGE_REV: bump when the rootfs changes beyond the package list, so cached tarballs are rebuilt
+IMAGE_REV=2
+key=$(printf '%s %s %s' "$SUITE" "$PKGS" "$IMAGE_REV" | sha256sum | cut -c1-12)
 tarball="$MOLECULE_STATE/rootfs-$SUITE-$key.tar.zst"
 mkdir -p "$MOLECULE_STATE"
 
@@ -40,7 +42,10 @@ if [ -n "${FORCE:-}" ] || [ ! -s "$tarball" ]; then
            "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
     # systemd makes a fresh machine-id per container; no getty on a console that does not exist
     : > "$root/etc/machine-id"
-    rm -f "$root"/etc/systemd/system/getty.target.wants/* 
+    rm -f "$root"/etc/systemd/system/getty.target.wants/*
+    # Debian's daily timers (dpkg-db-backup writes /var/backups at midnight, apt-daily, fstrim...) would
+    # change the containers under a scenario that compares file systems or checks idempotence.
+    rm -f "$root"/etc/systemd/system/timers.target.wants/*
     tar -C "$root" --numeric-owner -cf - . | zstd -q -T0 -3 -o "$tarball.tmp"
     mv "$tarball.tmp" "$tarball"
     rm -rf "$root"
