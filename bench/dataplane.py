@@ -65,6 +65,8 @@ A_UL, B_UL = "10.210.0.1", "10.210.0.2"
 A_TUN, B_TUN = "10.211.0.1", "10.211.0.2"
 PASSWORD = "bench-password"
 CLK = os.sysconf("SC_CLK_TCK")
+# one full-sized TCP segment on a 1,500-byte path, in bits: the unit of the CPU-per-packet column (µs)
+SEGMENT_BITS = 1448 * 8
 
 # --------------------------------------------------------------------------------------- helpers
 
@@ -520,7 +522,7 @@ def report(
     header = (
         "| subject | TCP 1 stream Mbit/s | TCP 4 streams Mbit/s | ping RTT ms 50/s / 1000/s "
         "| VPN CPU (A+B) 1 stream "
-        "| Gbit/s per VPN core | RSS idle / busy MiB |"
+        "| Gbit/s per VPN core | VPN CPU µs per segment (A+B) | RSS idle / busy MiB |"
     )
     for base in baselines:
         header += f" x {base} (1 / 4 streams) |"
@@ -531,6 +533,9 @@ def report(
         m4 = med([s.mbit4 for s in samples])
         cpu = med([s.cpu1 for s in samples])
         per_core = med([(s.mbit1 / 1000 / s.cpu1) if s.mbit1 and s.cpu1 else None for s in samples])
+        per_segment = med(
+            [(s.cpu1 * SEGMENT_BITS / s.mbit1) if s.mbit1 and s.cpu1 else None for s in samples]
+        )
         rss_i = med([s.rss_idle_kb / 1024 if s.rss_idle_kb else None for s in samples])
         rss_b = med([s.rss_busy_kb / 1024 if s.rss_busy_kb else None for s in samples])
         rtt = med([s.rtt_ms for s in samples])
@@ -538,7 +543,7 @@ def report(
         row = (
             f"| {SUBJECTS[name].label} | {fmt(m1)} | {fmt(m4)} | {fmt(rtt, '.3f')} / {fmt(rtt_busy, '.3f')} "
             f"| {fmt(cpu * 100 if cpu is not None else None)} % | {fmt(per_core, '.2f')} "
-            f"| {fmt(rss_i, '.1f')} / {fmt(rss_b, '.1f')} |"
+            f"| {fmt(per_segment, '.1f')} | {fmt(rss_i, '.1f')} / {fmt(rss_b, '.1f')} |"
         )
         for base in baselines:
             ref = results.get(base)
@@ -564,7 +569,9 @@ def report(
         f"Medians over {passes} passes of {duration} s per iperf3 run; ratios are medians of per-pass "
         "ratios (same pass, same conditions). VPN CPU = CPU seconds of both VPN processes per wall "
         "second during the 1-stream run (200 % = both cores). Gbit/s per VPN core = 1-stream "
-        "throughput / that CPU share. RSS = one VPN process: VmRSS when idle after the handshake, "
+        "throughput / that CPU share. VPN CPU µs per segment = that CPU time per 1,448 bytes of TCP "
+        "payload (one full-sized segment of a 1,500-byte path), both sides together. "
+        "RSS = one VPN process: VmRSS when idle after the handshake, "
         "VmHWM (peak) after the traffic."
     )
     lines.append("")
