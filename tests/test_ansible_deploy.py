@@ -289,6 +289,48 @@ def test_relay_section_is_deployed_as_apply_writes_it(fleet: Fleet, tmp_path: Pa
         assert not fleet.config(host).with_name(f"{MESH}.security.yaml").exists()
 
 
+def test_guard_limits_are_deployed_as_apply_writes_them_and_restart(fleet: Fleet) -> None:
+    """mesh.yaml's handshake_guard reaches each host byte for byte as `vpncloud apply` renders it; the
+    role variable vpncloud_handshake_guard overrides it key by key. The daemon reads the guard at start
+    only, so a change restarts (a reload would keep the old limits silently)."""
+    guard = {"max_pending_per_host": 2, "global_rate": 150.5}
+    try:
+        fleet.write_mesh(nodes={"beta": {"overrides": {"handshake_guard": {"max_pending": 32}}}}, defaults={
+            "handshake_guard": guard
+        })  # fmt: skip
+        run = fleet.play("site.yml", "--tags", "config", "-e", "vpncloud_health_check=false")
+        assert run.rc == 0, run.output[-3000:]
+        mesh = load_mesh(fleet.mesh_file)
+        rendered = render_mesh(mesh, key_view(mesh, Keystore(fleet.keys)))
+        for host in HOSTS:
+            assert fleet.config(host).read_text() == config_text(mesh, rendered[host])
+            assert RESTART_TASK in run.changed_tasks(host)
+        sections = {h: yaml.safe_load(fleet.config(h).read_text())["handshake-guard"] for h in HOSTS}
+        assert sections == {
+            "alpha": {"global-rate": 150.5, "max-pending-per-host": 2},
+            "beta": {"global-rate": 150.5, "max-pending-per-host": 2, "max-pending": 32},
+        }
+
+        extra = json.dumps({"vpncloud_health_check": False, "vpncloud_handshake_guard": {"max_pending": 7}})
+        run = fleet.play("site.yml", "--tags", "config", "-e", extra)
+        assert run.rc == 0, run.output[-3000:]
+        for host in HOSTS:
+            assert RESTART_TASK in run.changed_tasks(host)
+            section = yaml.safe_load(fleet.config(host).read_text())["handshake-guard"]
+            assert section == {"global-rate": 150.5, "max-pending-per-host": 2, "max-pending": 7}
+
+        bad = json.dumps({"vpncloud_health_check": False, "vpncloud_handshake_guard": {"max_pendin": 7}})
+        run = fleet.play("site.yml", "--tags", "config", "-e", bad)
+        assert run.rc != 0 and "max_pendin" in run.output
+    finally:
+        fleet.write_mesh()
+        run = fleet.play("site.yml", "--tags", "config", "-e", "vpncloud_health_check=false")
+    assert run.rc == 0, run.output[-3000:]
+    for host in HOSTS:
+        assert "handshake-guard" not in fleet.config(host).read_text()
+        assert RESTART_TASK in run.changed_tasks(host)
+
+
 @pytest.fixture
 def daemons(fleet: Fleet) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """The deployed daemons, started from their virtualenvs in one namespace each."""
