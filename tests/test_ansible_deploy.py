@@ -289,6 +289,43 @@ def test_relay_section_is_deployed_as_apply_writes_it(fleet: Fleet, tmp_path: Pa
         assert not fleet.config(host).with_name(f"{MESH}.security.yaml").exists()
 
 
+def test_guard_limits_are_deployed_as_apply_writes_them_and_restart(fleet: Fleet, tmp_path: Path) -> None:
+    """mesh.yaml's handshake_guard reaches each host as `vpncloud apply` renders it, with the role
+    variable vpncloud_handshake_guard over it key by key: byte for byte apply's config of the same
+    mesh with the variable's keys in its defaults. The daemon reads the guard at start only, so a
+    change restarts (a reload would keep the old limits silently)."""
+    guard = {"max_pending_per_host": 2, "global_rate": 150.5}
+    role_var = {"replay_ttl": 600}
+    try:
+        fleet.write_mesh(nodes={"beta": {"overrides": {"handshake_guard": {"max_pending": 32}}}}, defaults={
+            "handshake_guard": guard
+        })  # fmt: skip
+        extra = json.dumps({"vpncloud_health_check": False, "vpncloud_handshake_guard": role_var})
+        run = fleet.play("site.yml", "--tags", "config", "-e", extra)
+        assert run.rc == 0, run.output[-3000:]
+        data = yaml.safe_load(fleet.mesh_file.read_text())
+        data["mesh"]["defaults"]["handshake_guard"].update(role_var)
+        equivalent = tmp_path / "mesh.yaml"
+        equivalent.write_text(yaml.safe_dump(data, sort_keys=False))
+        mesh = load_mesh(equivalent)
+        rendered = render_mesh(mesh, key_view(mesh, Keystore(fleet.keys)))
+        for host in HOSTS:
+            assert fleet.config(host).read_text() == config_text(mesh, rendered[host])
+            assert RESTART_TASK in run.changed_tasks(host)
+        sections = {h: yaml.safe_load(fleet.config(h).read_text())["handshake-guard"] for h in HOSTS}
+        assert sections == {
+            "alpha": {"global-rate": 150.5, "max-pending-per-host": 2, "replay-ttl": 600.0},
+            "beta": {"global-rate": 150.5, "max-pending-per-host": 2, "max-pending": 32, "replay-ttl": 600.0},
+        }
+    finally:
+        fleet.write_mesh()
+        run = fleet.play("site.yml", "--tags", "config", "-e", "vpncloud_health_check=false")
+    assert run.rc == 0, run.output[-3000:]
+    for host in HOSTS:
+        assert "handshake-guard" not in fleet.config(host).read_text()
+        assert RESTART_TASK in run.changed_tasks(host)
+
+
 @pytest.fixture
 def daemons(fleet: Fleet) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """The deployed daemons, started from their virtualenvs in one namespace each."""

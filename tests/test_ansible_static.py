@@ -262,6 +262,32 @@ def test_metrics_listen_from_the_mesh_and_the_role_variable(tmp_path: Path) -> N
     assert mesh_filters.restart_fingerprint(plain) != mesh_filters.restart_fingerprint(with_metrics)
 
 
+def test_handshake_guard_from_the_mesh_and_the_role_variable(tmp_path: Path) -> None:
+    store = Keystore(tmp_path / "keys")
+    for n in ("alpha", "beta", "gamma"):
+        store.ensure("testnet", n)
+    keys = str(tmp_path / "keys")
+    mesh = _mesh()
+    mesh["mesh"] = {**mesh["mesh"], "defaults": {"handshake_guard": {"max_pending": 32}}}  # type: ignore[dict-item]
+
+    def guard(role_var: object = None) -> dict[str, object]:
+        text = mesh_filters.node_config(mesh, "alpha", keys, "", 0, False, "", role_var)
+        config = Config()
+        config.merge(load_config_text(text))  # the daemon reads what the role writes
+        config.validate()
+        return config.handshake_guard.given()
+
+    assert guard() == {"max_pending": 32}
+    assert guard({"replay_ttl": 600, "max_pending": 8}) == {"max_pending": 8, "replay_ttl": 600.0}
+    for bad in ({"max_pendin": 1}, {"max_pending": 0}, {"global_rate": "fast"}):
+        with pytest.raises(Exception, match="vpncloud_handshake_guard is invalid: " + next(iter(bad))):
+            guard(bad)
+    # the daemon reads the limits at start only: a change needs a restart
+    plain = mesh_filters.node_config(mesh, "alpha", keys)
+    changed = mesh_filters.node_config(mesh, "alpha", keys, "", 0, False, "", {"max_pending": 8})
+    assert mesh_filters.restart_fingerprint(plain) != mesh_filters.restart_fingerprint(changed)
+
+
 def test_missing_key_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="key is missing in the keystore"):
         mesh_filters.node_config(_mesh(), "alpha", str(tmp_path / "empty"))

@@ -38,6 +38,14 @@ def test_apply_lab_then_change_then_no_changes(
     from vpncloud.lab import lab
 
     mesh_file, name, lab_dir = lab_mesh
+    # guard limits for every node, one of them changed on a alone below (issue 24)
+    mesh_file.write_text(
+        mesh_file.read_text().replace(
+            "    port_forwarding: false\n",
+            "    port_forwarding: false\n"
+            "    handshake_guard: {max_pending_per_host: 3, global_rate: 150.5}\n",
+        )
+    )
     common = ["--state-dir", str(tmp_path / "state"), "--keystore", str(tmp_path / "keys"), "--no-color"]
     target = ["--target", "lab", "--lab-dir", str(lab_dir), "--timeout", "60"]
 
@@ -57,6 +65,13 @@ def test_apply_lab_then_change_then_no_changes(
     assert resolved.stdout.split()[:1] == ["10.99.0.2"], resolved
     keys = Keystore(tmp_path / "keys").public_keys(name)
     assert sorted(keys) == ["a", "b", "c"]
+    for node in ("a", "b", "c"):
+        limits = lab.node_status(name, node, lab_dir)[1]["security"]["handshake_guard_limits"]
+        assert (limits["max_pending_per_host"], limits["global_rate"], limits["max_pending"]) == (
+            3,
+            150.5,
+            256,
+        )
 
     # A reload (new claim on b) and a restart (c moves to another port).
     text = mesh_file.read_text()
@@ -64,17 +79,28 @@ def test_apply_lab_then_change_then_no_changes(
         "    vpn_address: 10.99.0.2\n", "    vpn_address: 10.99.0.2\n    claims: [10.100.2.0/24]\n"
     )
     text = text.replace("    underlay: 10.98.0.3\n", "    underlay: 10.98.0.3\n    overrides: {port: 3300}\n")
+    # a guard limit of a alone: the daemon reads the guard at start, so a restarts
+    text = text.replace(
+        "    underlay: 10.98.0.1\n",
+        "    underlay: 10.98.0.1\n    overrides: {handshake_guard: {max_pending_per_host: 5}}\n",
+    )
     mesh_file.write_text(text)
     assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 2
     out = capsys.readouterr().out
     assert (
-        "# node.c must be replaced (restart)" in out and "# node.b will be updated in place (reload)" in out
+        "# node.c must be replaced (restart)" in out
+        and "# node.b will be updated in place (reload)" in out
+        and "# node.a must be replaced (restart)" in out
     )
     assert main(["apply", str(mesh_file), *common, *target]) == 0
     out = capsys.readouterr().out
-    assert "node b: reload" in out and "node c: restart" in out
+    assert "node b: reload" in out and "node c: restart" in out and "node a: restart" in out
     status = lab.lab_status(name, lab_dir)
     assert status.whole and status.ping_ok
+    limits = lab.node_status(name, "a", lab_dir)[1]["security"]["handshake_guard_limits"]
+    assert (limits["max_pending_per_host"], limits["global_rate"]) == (5, 150.5)  # merged key by key
+    limits = lab.node_status(name, "b", lab_dir)[1]["security"]["handshake_guard_limits"]
+    assert limits["max_pending_per_host"] == 3
     assert Keystore(tmp_path / "keys").public_keys(name) == keys  # no key regenerated
 
     assert main(["plan", str(mesh_file), *common, "--detailed-exitcode"]) == 0

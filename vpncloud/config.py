@@ -1085,13 +1085,13 @@ def build_node_config(config: Config, *, port: int, auto_claim_ip: str | None = 
 
 def build_guard_config(config: Config) -> GuardConfig:
     """The guard's limits: the defaults, overridden by the ``handshake-guard:`` keys given."""
-    from vpncloud.core.guard import GuardConfig
+    from vpncloud.core.guard import GuardConfig, guard_limit_problem
 
     given = config.handshake_guard.given()
-    for name in ("per_source_burst", "per_host_new_burst", "global_burst"):
-        # a message costs one token: a burst below 1 would refuse every message for good
-        if name in given and given[name] < 1:
-            raise ConfigError(f"handshake-guard.{name.replace('_', '-')}: must be at least 1")
+    for name, value in given.items():
+        problem = guard_limit_problem(name, value)
+        if problem:
+            raise ConfigError(f"handshake-guard.{name.replace('_', '-')}: {problem}")
     try:
         return GuardConfig(**given)
     except ValueError as exc:

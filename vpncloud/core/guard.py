@@ -57,12 +57,21 @@ address that never answered.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .droplog import DROP_LOG_INTERVAL
 
-__all__ = ["GuardConfig", "GuardCounters", "HandshakeGuard", "TokenBucket"]
+__all__ = [
+    "GUARD_AT_LEAST_ONE",
+    "GUARD_DOC",
+    "GuardConfig",
+    "GuardCounters",
+    "HandshakeGuard",
+    "TokenBucket",
+    "guard_limit_problem",
+]
 
 SocketAddr = tuple[str, int]
 
@@ -93,17 +102,49 @@ class GuardConfig:
     drop_log_interval: float = DROP_LOG_INTERVAL
 
     def __post_init__(self) -> None:
-        rates = (self.per_source_rate, self.per_source_burst, self.global_rate, self.global_burst)
-        if min(*rates, self.per_host_new_rate, self.per_host_new_burst) <= 0:
-            raise ValueError("guard rates and bursts must be positive")
-        if self.budget_ttl <= 0 or self.drop_log_interval <= 0:
-            raise ValueError("budget_ttl and drop_log_interval must be positive")
-        if self.max_sources < 1:
-            raise ValueError("max_sources must be at least 1")
-        if self.max_pending < 1 or self.max_pending_per_host < 1:
-            raise ValueError("pending handshake limits must be at least 1")
-        if self.replay_ttl <= 0:
-            raise ValueError("replay_ttl must be positive")
+        for name, value in dataclasses.asdict(self).items():
+            problem = guard_limit_problem(name, value)
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+
+
+#: Limits that must be at least 1, the others (bool aside) only positive. A message costs one token,
+#: so a burst below 1 would refuse every message for good; the counts are table sizes. This and
+#: :class:`GuardConfig` are the one description of the limits: the daemon's ``handshake-guard:``
+#: section and ``mesh.yaml``'s ``handshake_guard`` block are both checked against them.
+GUARD_AT_LEAST_ONE = frozenset(
+    {"per_source_burst", "per_host_new_burst", "global_burst", "max_sources", "max_pending_per_host",
+     "max_pending"}
+)  # fmt: skip
+
+
+#: What each limit means, for the descriptions of the config schemas (mesh.yaml, Ansible).
+GUARD_DOC = {
+    "per_source_rate": "Handshake messages per second from one address (host and port).",
+    "per_source_burst": "Burst of handshake messages from one address.",
+    "per_host_new_rate": "New addresses (ports) one host may open per second: the price of port hopping.",
+    "per_host_new_burst": "Burst of new addresses one host may open.",
+    "global_rate": "Messages per second that reach the signature check, all sources together.",
+    "global_burst": "Burst of messages that reach the signature check, all sources together.",
+    "max_sources": "Addresses (and hosts) tracked with their own bucket; also bounds the replay, "
+    "byte-budget and bad-signature tables.",
+    "amplification_budget": "Send an address that has not proved it receives at most as many bytes as "
+    "it sent.",
+    "budget_ttl": "Seconds an address's byte budget is remembered.",
+    "max_pending_per_host": "Half-open handshakes started by one host.",
+    "max_pending": "Half-open handshakes started by all peers together.",
+    "replay_ttl": "Seconds a verified PING's ephemeral key stays bound to the address it came from.",
+    "drop_log_interval": "Seconds between the aggregated log lines about dropped datagrams.",
+}
+
+
+def guard_limit_problem(name: str, value: object) -> str | None:
+    """What is wrong with one limit of :class:`GuardConfig` (None: nothing)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None  # the type is the reader's business (strict YAML, pydantic)
+    if name in GUARD_AT_LEAST_ONE:
+        return None if value >= 1 else "must be at least 1"
+    return None if value > 0 else "must be positive"
 
 
 @dataclass

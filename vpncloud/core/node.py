@@ -34,7 +34,7 @@ import ipaddress
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from vpncloud.fastpath.rows import PacketRows, Train
@@ -1294,6 +1294,8 @@ class Node:
             "handshakes": dict(self.handshakes),
             "security": {
                 "handshake_guard": self.guard.snapshot(),
+                # the limits in force: a reload keeps the running guard, so the file may differ
+                "handshake_guard_limits": asdict(self.guard.config),
                 "expired_key_refusals": self.expired_key_refusals,
                 "acl": self.acl.snapshot() if self.acl is not None else None,
             },

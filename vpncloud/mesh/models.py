@@ -14,12 +14,13 @@ problems with a location (``loc``) so the loader can point at the YAML line of t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -28,16 +29,19 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from vpncloud.core.guard import GUARD_AT_LEAST_ONE, GUARD_DOC, GuardConfig
 from vpncloud.sourcefile import host_port_problem, host_problem
 
 __all__ = [
     "AclRuleSpec",
     "AclSpec",
     "Beacons",
+    "HandshakeGuard",
     "Mesh",
     "MeshFile",
     "MeshSettings",
@@ -104,6 +108,51 @@ class Timers(_Model):
     )
 
 
+def _guard_model() -> Any:
+    """``handshake_guard``: derived from :class:`~vpncloud.core.guard.GuardConfig`, so the keys, their
+    defaults and limits are the daemon's and a limit added there appears here (and in the schema)."""
+    defaults = GuardConfig()
+    kinds = {"float": float, "int": int, "bool": bool}
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(GuardConfig):
+        kind = kinds[str(f.type)]
+        limits: dict[str, Any] = {}
+        if kind is not bool:
+            limits = {"ge": 1} if f.name in GUARD_AT_LEAST_ONE else {"gt": 0}
+        if kind is float:
+            limits["allow_inf_nan"] = False
+        default = getattr(defaults, f.name)
+        text = GUARD_DOC[f.name] + f" Default {str(default).lower() if kind is bool else default}."
+        # strict: "10" or "yes" is a mistake in a limit, as the daemon's strict reader says too
+        fields[f.name] = (kind | None, Field(default=None, strict=True, description=text, **limits))
+
+    def _the_daemon_accepts(self: Any) -> Any:
+        # the daemon's own check, so that whatever it would refuse at start is refused here
+        try:
+            GuardConfig(**self.model_dump(exclude_none=True))
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    return create_model(
+        "HandshakeGuard",
+        __base__=_Model,
+        __doc__="Limits of the handshake flood guard (the daemon's handshake-guard section); unset = "
+        "the daemon's default, and a config holds only the limits that differ from it.",
+        __validators__={"_the_daemon_accepts": model_validator(mode="after")(_the_daemon_accepts)},  # type: ignore[dict-item]
+        **fields,
+    )
+
+
+if TYPE_CHECKING:
+
+    class HandshakeGuard(_Model):
+        """The model :func:`_guard_model` builds (fields of GuardConfig, all optional)."""
+
+else:
+    HandshakeGuard = _guard_model()
+
+
 class NodeSettings(_Model):
     """Per-node settings that a mesh sets for all nodes (``defaults``) and a node may override."""
 
@@ -132,6 +181,11 @@ class NodeSettings(_Model):
         pattern=r"^(\[[0-9A-Fa-f:.]+\]:|[0-9.]*:)?[0-9]{1,5}$",
         description="Serve Prometheus metrics on [ADDR]:PORT (metrics-listen); a port alone or ':PORT' "
         "means 127.0.0.1:PORT. Unset = no metrics endpoint.",
+    )
+    handshake_guard: HandshakeGuard | None = Field(
+        default=None,
+        description="Limits of the handshake flood guard (handshake-guard); a node's overrides change "
+        "the defaults' key by key. A change restarts the node (the daemon reads them at start).",
     )
 
     @field_validator("statsd_server")
@@ -400,7 +454,10 @@ def effective_settings(mesh: Mesh, node: Node) -> NodeSettings:
     """The mesh defaults with the node's overrides applied."""
     merged = mesh.mesh.defaults.model_dump(exclude_none=True)
     own = node.overrides.model_dump(exclude_none=True)
+    guard = {**merged.get("handshake_guard", {}), **own.get("handshake_guard", {})}
     merged.update({k: v for k, v in own.items() if k in NodeSettings.model_fields})
+    if guard:
+        merged["handshake_guard"] = guard  # key by key, as the daemon merges its config sources
     return NodeSettings.model_validate(merged)
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from .models import Mesh, Node, NodeOverrides, effective_settings, node_port, public_peers
+from vpncloud.core.guard import GuardConfig
+
+from .models import HandshakeGuard, Mesh, Node, NodeOverrides, effective_settings, node_port, public_peers
 
 __all__ = [
     "UNKNOWN",
@@ -30,6 +32,7 @@ __all__ = [
     "config_path",
     "config_text",
     "flatten",
+    "guard_section",
     "hosts_block",
     "render_mesh",
     "render_node",
@@ -195,7 +198,23 @@ def render_node(mesh: Mesh, node: Node, keys: KeyView) -> RenderedNode:
     if s.metrics_listen:
         # only when set: configs of meshes without metrics stay as they were
         config["metrics-listen"] = s.metrics_listen
+    guard = guard_section(s.handshake_guard)
+    if guard:
+        config["handshake-guard"] = guard
     return RenderedNode(node.name, node.host, unit_name(mesh), config_path(mesh), config)
+
+
+def guard_section(guard: HandshakeGuard | None) -> dict[str, Any]:
+    """The ``handshake-guard`` section: only the limits that differ from the daemon's defaults, so
+    that a mesh without them (or restating a default) renders, plans and restarts exactly as before."""
+    if guard is None:
+        return {}
+    defaults = GuardConfig()
+    return {
+        name.replace("_", "-"): value
+        for name, value in guard.model_dump(exclude_none=True).items()
+        if value != getattr(defaults, name)
+    }
 
 
 def render_mesh(mesh: Mesh, keys: KeyView) -> dict[str, RenderedNode]:
@@ -253,6 +272,10 @@ def _scalar(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        # as PyYAML writes it: YAML 1.1 reads "1e-05" as a string, "1.0e-05" as a float
+        text = repr(value).lower()
+        return text.replace("e", ".0e", 1) if "." not in text and "e" in text else text
     return _quote(str(value))
 
 

@@ -60,15 +60,34 @@ def _mesh(data: Any) -> Any:
     try:
         mesh = models.MeshFile.model_validate(_plain(data))
     except ValidationError as exc:
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)
-        )
-        raise AnsibleFilterError(f"vpncloud_mesh is invalid: {detail}") from None
+        raise AnsibleFilterError(f"vpncloud_mesh is invalid: {_detail(exc)}") from None
     problems = models.check_mesh(mesh)
     if problems:
         detail = "; ".join(f"{'.'.join(str(p) for p in pr.loc)}: {pr.message}" for pr in problems)
         raise AnsibleFilterError(f"vpncloud_mesh is invalid: {detail}")
     return mesh
+
+
+def _detail(exc: Any) -> str:
+    """A pydantic error in one line, with locations and without the input values."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)
+    )
+
+
+def _with_guard(node: Any, handshake_guard: Any) -> Any:
+    """``node`` with the role's vpncloud_handshake_guard over its own handshake_guard, key by key."""
+    models = _vpncloud()[0]
+    from pydantic import ValidationError
+
+    try:
+        extra = models.HandshakeGuard.model_validate(_plain(handshake_guard))
+    except ValidationError as exc:
+        raise AnsibleFilterError(f"vpncloud_handshake_guard is invalid: {_detail(exc)}") from None
+    own = node.overrides.handshake_guard
+    merged = {**(own.model_dump(exclude_none=True) if own else {}), **extra.model_dump(exclude_none=True)}
+    overrides = node.overrides.model_copy(update={"handshake_guard": models.HandshakeGuard(**merged)})
+    return node.model_copy(update={"overrides": overrides})
 
 
 def node_name(data: Any, hostname: str, explicit: str = "") -> str:
@@ -100,12 +119,14 @@ def node_config(
     rotation_phase: int = 0,
     check_mode: bool = False,
     metrics_listen: str = "",
+    handshake_guard: Any = None,
 ) -> str:
     """The node's config file text, secrets included: write it 0600 with no_log, never print it.
 
     Only ``node``'s own private key is read from the keystore (public keys of the others). In check
     mode, keys the run would create first are shown as "(known after apply)" instead of failing.
-    ``metrics_listen`` (the role's vpncloud_metrics_listen) overrides the mesh's metrics_listen.
+    ``metrics_listen`` (the role's vpncloud_metrics_listen) overrides the mesh's metrics_listen,
+    ``handshake_guard`` (vpncloud_handshake_guard) the node's handshake_guard limits key by key.
     """
     _models, render, plan, keystore_mod = _vpncloud()
     mesh = _mesh(data)
@@ -132,6 +153,8 @@ def node_config(
     target = next((n for n in mesh.nodes if n.name == node), None)
     if target is None:
         raise AnsibleFilterError(f"{node!r} is not a node of mesh {mesh.mesh.name!r}")
+    if handshake_guard:
+        target = _with_guard(target, handshake_guard)
     rendered = render.render_node(mesh, target, keys)
     if metrics_listen:
         rendered.config["metrics-listen"] = str(metrics_listen)
@@ -190,6 +213,8 @@ def restart_fingerprint(text: str, security: str = "") -> dict[str, Any]:
         **{key: config.get(key) for key in _START_ONLY},
         # only when set, so that fingerprints of nodes without metrics stay as they were
         **({"metrics-listen": config["metrics-listen"]} if config.get("metrics-listen") else {}),
+        # the daemon reads the guard's limits at start only (a reload keeps the running guard)
+        **({"handshake-guard": config["handshake-guard"]} if config.get("handshake-guard") else {}),
         # the daemon lowers its TUN MTU for relays only at start; only when on, as above
         **({"relay-use": True} if _relay_use(security) else {}),
     }
