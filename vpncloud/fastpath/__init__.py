@@ -3,7 +3,11 @@
 ``_kernels`` (C, built at install time against libcrypto when a compiler and OpenSSL's headers are
 there) and ``_python`` offer the same functions; this module picks one at import, the C one unless
 it is not built or ``VPNCLOUD_PURE_PYTHON=1`` asks for the Python one. Callers use ``Aead``,
-``open_train``, ``KernelError`` and ``KERNELS`` (``"c"`` or ``"python"``) from here only.
+``open_train``, ``tcp_rows``, the Ed25519 and X25519 functions, ``KernelError`` and ``KERNELS``
+(``"c"`` or ``"python"``) from here only.
+
+The Python twin is imported only when it runs: it imports cryptography, whose own OpenSSL costs
+about 8 MiB of resident memory that a daemon with the C kernels does not need.
 """
 
 from __future__ import annotations
@@ -14,38 +18,45 @@ from typing import TYPE_CHECKING, Any
 
 from vpncloud.lazy import lazy
 
-from . import _python
-
 __all__ = [
     "KERNELS",
     "KERNELS_REASON",
     "TCP_ROWS",
     "Aead",
     "KernelError",
+    "ed25519_public",
+    "ed25519_sign",
+    "ed25519_verify",
     "implementation",
     "lazy_numpy",
     "open_train",
     "tcp_rows",
+    "x25519_exchange",
+    "x25519_public",
 ]
 
 
 def _load() -> tuple[ModuleType, str]:
     if os.environ.get("VPNCLOUD_PURE_PYTHON", "").strip() not in ("", "0"):
-        return _python, "VPNCLOUD_PURE_PYTHON is set"
+        return implementation("python"), "VPNCLOUD_PURE_PYTHON is set"
     import importlib.util
 
     if importlib.util.find_spec(f"{__name__}._kernels") is None:
-        return _python, "C kernels not built (no compiler or no OpenSSL headers at install time)"
+        return implementation(
+            "python"
+        ), "C kernels not built (no compiler or no OpenSSL headers at install time)"
     try:
         from . import _kernels  # type: ignore[attr-defined]
     except ImportError as exc:  # built, but for another Python or without its libcrypto
-        return _python, f"C kernels do not load ({exc})"
+        return implementation("python"), f"C kernels do not load ({exc})"
     return _kernels, "C kernels built"
 
 
 def implementation(name: str) -> ModuleType:
     """The kernels by name, ``"c"`` or ``"python"`` (tests run both); ImportError if not built."""
     if name == "python":
+        from . import _python
+
         return _python
     if name == "c":
         from . import _kernels  # type: ignore[attr-defined]
@@ -56,15 +67,30 @@ def implementation(name: str) -> ModuleType:
 
 _impl, KERNELS_REASON = _load()
 #: Which kernels run: "c" or "python" (the log at startup and ``status --json`` say it).
-KERNELS = "python" if _impl is _python else "c"
+KERNELS = "python" if _impl.__name__.endswith("._python") else "c"
 if TYPE_CHECKING:
     # both twins have one interface: the Python one's signatures are the types
-    from ._python import Aead, KernelError, open_train, tcp_rows
+    from ._python import (
+        Aead,
+        KernelError,
+        ed25519_public,
+        ed25519_sign,
+        ed25519_verify,
+        open_train,
+        tcp_rows,
+        x25519_exchange,
+        x25519_public,
+    )
 else:
     Aead = _impl.Aead
     KernelError = _impl.KernelError
     open_train = _impl.open_train
     tcp_rows = _impl.tcp_rows
+    ed25519_public = _impl.ed25519_public
+    ed25519_sign = _impl.ed25519_sign
+    ed25519_verify = _impl.ed25519_verify
+    x25519_public = _impl.x25519_public
+    x25519_exchange = _impl.x25519_exchange
 
 
 # numpy costs about 14 MB of RSS; an idle node, or one whose batches never have enough

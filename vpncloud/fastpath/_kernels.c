@@ -1,5 +1,8 @@
 /* Data-plane kernels: seal and open the rows of one buffer with OpenSSL's EVP (issue 21).
  *
+ * Also the single-packet AEAD and the handshake's Ed25519 and X25519 through the same libcrypto, so
+ * a daemon with these kernels never loads cryptography's own OpenSSL (about 8 MiB resident).
+ *
  * Also the TCP segmentation of a TSO super-packet into such rows, with its checksums
  * (vpncloud/fastpath/offload.py decides the layout and the flags, the kernel only writes them).
  *
@@ -15,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <string.h>
@@ -189,6 +193,36 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(open_doc, "open(nonce, body) -> bytes or None\n\n"
+                       "Plaintext of body (ciphertext + 16-byte tag); None when it does not authenticate.");
+
+static PyObject *Aead_open(AeadObject *self, PyObject *args)
+{
+    Py_buffer nonce, body;
+    if (!PyArg_ParseTuple(args, "y*y*", &nonce, &body))
+        return NULL;
+    PyObject *result = NULL;
+    if (self->dec == NULL || nonce.len != NONCE_LEN || body.len > MAX_CHUNK + TAG_LEN) {
+        PyErr_SetString(KernelError, "uninitialised Aead, nonce not 12 bytes or body over 1 MiB");
+        goto done;
+    }
+    if (body.len < TAG_LEN) {
+        /* no room for a tag: not authentic, like a wrong tag */
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, body.len - TAG_LEN);
+    if (result != NULL &&
+        !open_one(self->dec, nonce.buf, body.buf, (int)body.len, (unsigned char *)PyBytes_AS_STRING(result))) {
+        /* the bytes object never escapes, so its unauthenticated plaintext is freed unseen */
+        Py_SETREF(result, Py_NewRef(Py_None));
+    }
+done:
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&body);
+    return result;
+}
+
 PyDoc_STRVAR(seal_doc, "seal(nonce, plaintext) -> bytes\n\nCiphertext followed by the 16-byte tag.");
 
 static PyObject *Aead_seal(AeadObject *self, PyObject *args)
@@ -216,6 +250,7 @@ done:
 static PyMethodDef Aead_methods[] = {
     {"seal_rows", (PyCFunction)Aead_seal_rows, METH_VARARGS, seal_rows_doc},
     {"seal", (PyCFunction)Aead_seal, METH_VARARGS, seal_doc},
+    {"open", (PyCFunction)Aead_open, METH_VARARGS, open_doc},
     {NULL}};
 
 static PyTypeObject AeadType = {
@@ -412,9 +447,168 @@ done:
     return rows;
 }
 
+/* --- Ed25519 and X25519 (spec 5 and 6.6) ---------------------------------------------------------
+ * Raw 32-byte keys in and out, an EVP_PKEY per call: the handshake makes a few of these per peer and
+ * minute, and a key object would be state the caller has to own. OpenSSL's error queue is emptied
+ * after every failure so that a refused signature leaves nothing behind for a later call. */
+
+#define KEY_LEN 32
+#define SIG_LEN 64
+
+static int check_key(const Py_buffer *key, const char *what)
+{
+    if (key->len == KEY_LEN)
+        return 1;
+    PyErr_Format(KernelError, "%s must be 32 bytes", what);
+    return 0;
+}
+
+/* The raw public key of a raw private one; NULL with KernelError set when OpenSSL refuses it. */
+static PyObject *public_of(int type, const Py_buffer *private)
+{
+    unsigned char pub[KEY_LEN];
+    size_t len = sizeof(pub);
+    EVP_PKEY *pkey = EVP_PKEY_new_raw_private_key(type, NULL, private->buf, KEY_LEN);
+    int ok = pkey != NULL && EVP_PKEY_get_raw_public_key(pkey, pub, &len) == 1 && len == KEY_LEN;
+    EVP_PKEY_free(pkey);
+    if (!ok) {
+        ERR_clear_error();
+        PyErr_SetString(KernelError, "OpenSSL refused the private key");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)pub, KEY_LEN);
+}
+
+PyDoc_STRVAR(ed25519_public_doc, "ed25519_public(seed) -> bytes\n\nThe 32-byte public key of a 32-byte seed.");
+
+static PyObject *ed25519_public(PyObject *module, PyObject *args)
+{
+    Py_buffer seed;
+    if (!PyArg_ParseTuple(args, "y*", &seed))
+        return NULL;
+    PyObject *result = check_key(&seed, "an Ed25519 seed") ? public_of(EVP_PKEY_ED25519, &seed) : NULL;
+    PyBuffer_Release(&seed);
+    return result;
+}
+
+PyDoc_STRVAR(ed25519_sign_doc, "ed25519_sign(seed, data) -> bytes\n\nThe deterministic 64-byte signature of data.");
+
+static PyObject *ed25519_sign(PyObject *module, PyObject *args)
+{
+    Py_buffer seed, data;
+    if (!PyArg_ParseTuple(args, "y*y*", &seed, &data))
+        return NULL;
+    PyObject *result = NULL;
+    EVP_PKEY *pkey = NULL;
+    EVP_MD_CTX *ctx = NULL;
+    unsigned char sig[SIG_LEN];
+    size_t len = sizeof(sig);
+    if (!check_key(&seed, "an Ed25519 seed"))
+        goto done;
+    pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed.buf, KEY_LEN);
+    ctx = EVP_MD_CTX_new();
+    if (pkey == NULL || ctx == NULL || EVP_DigestSignInit(ctx, NULL, NULL, NULL, pkey) != 1 ||
+        EVP_DigestSign(ctx, sig, &len, data.buf, (size_t)data.len) != 1 || len != SIG_LEN) {
+        ERR_clear_error();
+        PyErr_SetString(KernelError, "OpenSSL failed to sign");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize((const char *)sig, SIG_LEN);
+done:
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(pkey);
+    PyBuffer_Release(&seed);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+PyDoc_STRVAR(ed25519_verify_doc,
+             "ed25519_verify(public, signature, data) -> bool\n\n"
+             "Whether signature is a valid signature of data by public; False, never an exception, for a\n"
+             "signature or key that is wrong in any way (lengths included).");
+
+static PyObject *ed25519_verify(PyObject *module, PyObject *args)
+{
+    Py_buffer pub, sig, data;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &pub, &sig, &data))
+        return NULL;
+    int ok = 0;
+    if (pub.len == KEY_LEN && sig.len == SIG_LEN) {
+        EVP_PKEY *pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub.buf, KEY_LEN);
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        ok = pkey != NULL && ctx != NULL && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, pkey) == 1 &&
+             EVP_DigestVerify(ctx, sig.buf, SIG_LEN, data.buf, (size_t)data.len) == 1;
+        EVP_MD_CTX_free(ctx);
+        EVP_PKEY_free(pkey);
+        ERR_clear_error();
+    }
+    PyBuffer_Release(&pub);
+    PyBuffer_Release(&sig);
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(ok);
+}
+
+PyDoc_STRVAR(x25519_public_doc, "x25519_public(private) -> bytes\n\nThe 32-byte public key of a 32-byte private key.");
+
+static PyObject *x25519_public(PyObject *module, PyObject *args)
+{
+    Py_buffer private;
+    if (!PyArg_ParseTuple(args, "y*", &private))
+        return NULL;
+    PyObject *result = check_key(&private, "an X25519 private key") ? public_of(EVP_PKEY_X25519, &private) : NULL;
+    PyBuffer_Release(&private);
+    return result;
+}
+
+PyDoc_STRVAR(x25519_exchange_doc,
+             "x25519_exchange(private, peer_public) -> bytes or None\n\n"
+             "The raw 32-byte shared secret; None when it is all zero (a small-order peer point).");
+
+static PyObject *x25519_exchange(PyObject *module, PyObject *args)
+{
+    Py_buffer private, peer;
+    if (!PyArg_ParseTuple(args, "y*y*", &private, &peer))
+        return NULL;
+    PyObject *result = NULL;
+    EVP_PKEY *own = NULL, *other = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    unsigned char secret[KEY_LEN];
+    size_t len = sizeof(secret);
+    if (!check_key(&private, "an X25519 private key") || !check_key(&peer, "an X25519 public key"))
+        goto done;
+    own = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, private.buf, KEY_LEN);
+    other = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer.buf, KEY_LEN);
+    ctx = own == NULL ? NULL : EVP_PKEY_CTX_new(own, NULL);
+    if (ctx == NULL || other == NULL || EVP_PKEY_derive_init(ctx) != 1) {
+        ERR_clear_error();
+        PyErr_SetString(KernelError, "OpenSSL could not set up the X25519 exchange");
+        goto done;
+    }
+    /* OpenSSL refuses to derive an all-zero secret (RFC 7748 section 6.1): the one way it fails here */
+    if (EVP_PKEY_derive_set_peer(ctx, other) == 1 && EVP_PKEY_derive(ctx, secret, &len) == 1 && len == KEY_LEN) {
+        result = PyBytes_FromStringAndSize((const char *)secret, KEY_LEN);
+    } else {
+        ERR_clear_error();
+        result = Py_NewRef(Py_None);
+    }
+    OPENSSL_cleanse(secret, sizeof(secret));
+done:
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(own);
+    EVP_PKEY_free(other);
+    PyBuffer_Release(&private);
+    PyBuffer_Release(&peer);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"open_train", open_train, METH_VARARGS, open_train_doc},
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
+    {"ed25519_public", ed25519_public, METH_VARARGS, ed25519_public_doc},
+    {"ed25519_sign", ed25519_sign, METH_VARARGS, ed25519_sign_doc},
+    {"ed25519_verify", ed25519_verify, METH_VARARGS, ed25519_verify_doc},
+    {"x25519_public", x25519_public, METH_VARARGS, x25519_public_doc},
+    {"x25519_exchange", x25519_exchange, METH_VARARGS, x25519_exchange_doc},
     {NULL}};
 
 static struct PyModuleDef kernels_module = {
