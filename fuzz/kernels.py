@@ -2,7 +2,8 @@
 
     python fuzz/kernels.py TARGET SO_PATH [libFuzzer flags]
 
-TARGET is one of aead, seal, seal_rows, open_train, tcp_rows; SO_PATH the extension built with
+TARGET is one of aead, seal, open, seal_rows, open_train, tcp_rows, ed25519_public, ed25519_sign,
+ed25519_verify, x25519_public, x25519_exchange; SO_PATH the extension built with
 -fsanitize=address,undefined,fuzzer-no-link (the script builds it). Each target feeds the C entry
 point arbitrary arguments and checks the result against the Python twin: a memory error (ASan), an
 undefined behaviour (UBSan), an exception other than the documented ones or a difference from the
@@ -44,12 +45,42 @@ def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
         return ("error", None if isinstance(err, ValueError) else type(err).__name__)
     if isinstance(result, tuple):
         return ("ok", (bytes(result[0]), *result[1:]))
+    if result is None or isinstance(result, bool):
+        return ("ok", result)
     return ("ok", bytes(result))
 
 
 def key_for(fdp: atheris.FuzzedDataProvider) -> tuple[int, bytes]:
     alg = fdp.ConsumeIntInRange(1, 3)
     return alg, fdp.ConsumeBytes(KEY_LEN[alg])
+
+
+#: Points of small order on Curve25519 (RFC 7748 section 6.1, as libsodium lists them): an exchange
+#: with one gives the all-zero secret, which both twins refuse.
+SMALL_ORDER = [
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+]
+
+
+def odd_length(fdp: atheris.FuzzedDataProvider, size: int) -> bytes:
+    """Mostly ``size`` bytes, sometimes one more or fewer (or none at all)."""
+    return fdp.ConsumeBytes(fdp.PickValueInList([size, size, size, size - 1, size + 1, 0]))
+
+
+def flip(fdp: atheris.FuzzedDataProvider, data: bytes) -> bytes:
+    """``data`` with one bit flipped at a chosen place, or unchanged."""
+    if not data or not fdp.ConsumeBool():
+        return data
+    pos = fdp.ConsumeIntInRange(0, len(data) * 8 - 1)
+    out = bytearray(data)
+    out[pos // 8] ^= 1 << pos % 8
+    return bytes(out)
 
 
 def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
@@ -70,6 +101,57 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
         assert outcome(lambda: C.Aead(alg, key).seal(nonce, plain)) == outcome(
             lambda: PY.Aead(alg, key).seal(nonce, plain)
         )
+
+    def open_(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        alg, key = key_for(fdp)
+        if len(key) != KEY_LEN[alg]:
+            return
+        nonce = fdp.ConsumeBytes(fdp.ConsumeIntInRange(10, 13))
+        if len(nonce) == 12 and fdp.ConsumeBool():
+            # a real frame, maybe with a bit flipped, so that opening runs and not only the refusals
+            body = flip(fdp, C.Aead(alg, key).seal(nonce, fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))))
+        else:
+            body = fdp.ConsumeBytes(fdp.remaining_bytes())
+        c = outcome(lambda: C.Aead(alg, key).open(nonce, body))
+        assert c == outcome(lambda: PY.Aead(alg, key).open(nonce, body)), (alg, nonce, body)
+
+    def ed25519_public(data: bytes) -> None:
+        seed = data[:40]
+        assert outcome(lambda: C.ed25519_public(seed)) == outcome(lambda: PY.ed25519_public(seed)), seed
+
+    def ed25519_sign(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        seed = odd_length(fdp, 32)
+        msg = fdp.ConsumeBytes(fdp.remaining_bytes())
+        assert outcome(lambda: C.ed25519_sign(seed, msg)) == outcome(lambda: PY.ed25519_sign(seed, msg)), seed
+
+    def ed25519_verify(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        if fdp.ConsumeBool():
+            # a valid signature by a real key, then maybe a bit of key, signature or data flipped
+            seed = fdp.ConsumeBytes(32).ljust(32, b"\0")
+            msg = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))
+            pub, sig = flip(fdp, C.ed25519_public(seed)), flip(fdp, C.ed25519_sign(seed, msg))
+            msg = flip(fdp, msg)
+        else:
+            pub, sig = odd_length(fdp, 32), odd_length(fdp, 64)
+            msg = fdp.ConsumeBytes(fdp.remaining_bytes())
+        c = C.ed25519_verify(pub, sig, msg)  # never raises: an exception here is a finding
+        assert c == PY.ed25519_verify(pub, sig, msg), (pub, sig, msg)
+
+    def x25519_public(data: bytes) -> None:
+        key = data[:40]
+        assert outcome(lambda: C.x25519_public(key)) == outcome(lambda: PY.x25519_public(key)), key
+
+    def x25519_exchange(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        private = odd_length(fdp, 32)
+        # half the time a small-order point (or one bit away from it): the all-zero secret is refused
+        small = fdp.ConsumeBool()
+        peer = flip(fdp, fdp.PickValueInList(SMALL_ORDER)) if small else odd_length(fdp, 32)
+        c = outcome(lambda: C.x25519_exchange(private, peer))
+        assert c == outcome(lambda: PY.x25519_exchange(private, peer)), (private, peer)
 
     def seal_rows(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
@@ -135,9 +217,15 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
     return {
         "aead": aead,
         "seal": seal,
+        "open": open_,
         "seal_rows": seal_rows,
         "open_train": open_train,
         "tcp_rows": tcp_rows,
+        "ed25519_public": ed25519_public,
+        "ed25519_sign": ed25519_sign,
+        "ed25519_verify": ed25519_verify,
+        "x25519_public": x25519_public,
+        "x25519_exchange": x25519_exchange,
     }
 
 
