@@ -24,6 +24,9 @@ import atheris
 os.environ["VPNCLOUD_PURE_PYTHON"] = "1"  # the package must not load the uninstrumented build
 from vpncloud.fastpath import _python as PY
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from curve_points import SMALL_ORDER
+
 KEY_LEN = {1: 16, 2: 32, 3: 32}
 #: What the kernels may raise for arguments they refuse (the parser's OverflowError included).
 EXPECTED = (ValueError, OverflowError, TypeError)
@@ -55,19 +58,6 @@ def key_for(fdp: atheris.FuzzedDataProvider) -> tuple[int, bytes]:
     return alg, fdp.ConsumeBytes(KEY_LEN[alg])
 
 
-#: Points of small order on Curve25519 (RFC 7748 section 6.1, as libsodium lists them): an exchange
-#: with one gives the all-zero secret, which both twins refuse.
-SMALL_ORDER = [
-    bytes(32),
-    (1).to_bytes(32, "little"),
-    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
-    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
-    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
-    bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
-    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
-]
-
-
 def odd_length(fdp: atheris.FuzzedDataProvider, size: int) -> bytes:
     """Mostly ``size`` bytes, sometimes one more or fewer (or none at all)."""
     return fdp.ConsumeBytes(fdp.PickValueInList([size, size, size, size - 1, size + 1, 0]))
@@ -84,6 +74,11 @@ def flip(fdp: atheris.FuzzedDataProvider, data: bytes) -> bytes:
 
 
 def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
+    def same(name: str, *args: Any) -> None:
+        """The module function ``name`` gives the same in C and in Python."""
+        c = outcome(lambda: getattr(C, name)(*args))
+        assert c == outcome(lambda: getattr(PY, name)(*args)), (name, args)
+
     def aead(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
         alg = fdp.ConsumeIntInRange(-1, 5)
@@ -117,14 +112,12 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
         assert c == outcome(lambda: PY.Aead(alg, key).open(nonce, body)), (alg, nonce, body)
 
     def ed25519_public(data: bytes) -> None:
-        seed = data[:40]
-        assert outcome(lambda: C.ed25519_public(seed)) == outcome(lambda: PY.ed25519_public(seed)), seed
+        same("ed25519_public", data[:40])
 
     def ed25519_sign(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
         seed = odd_length(fdp, 32)
-        msg = fdp.ConsumeBytes(fdp.remaining_bytes())
-        assert outcome(lambda: C.ed25519_sign(seed, msg)) == outcome(lambda: PY.ed25519_sign(seed, msg)), seed
+        same("ed25519_sign", seed, fdp.ConsumeBytes(fdp.remaining_bytes()))
 
     def ed25519_verify(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
@@ -141,8 +134,7 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
         assert c == PY.ed25519_verify(pub, sig, msg), (pub, sig, msg)
 
     def x25519_public(data: bytes) -> None:
-        key = data[:40]
-        assert outcome(lambda: C.x25519_public(key)) == outcome(lambda: PY.x25519_public(key)), key
+        same("x25519_public", data[:40])
 
     def x25519_exchange(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
@@ -150,8 +142,7 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
         # half the time a small-order point (or one bit away from it): the all-zero secret is refused
         small = fdp.ConsumeBool()
         peer = flip(fdp, fdp.PickValueInList(SMALL_ORDER)) if small else odd_length(fdp, 32)
-        c = outcome(lambda: C.x25519_exchange(private, peer))
-        assert c == outcome(lambda: PY.x25519_exchange(private, peer)), (private, peer)
+        same("x25519_exchange", private, peer)
 
     def seal_rows(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
