@@ -160,11 +160,11 @@ def ed25519_verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
 class X25519Key:
     """An ephemeral X25519 private key made from 32 random bytes of the injected rng."""
 
-    __slots__ = ("_private", "public")
+    __slots__ = ("_key", "public")
 
     def __init__(self, private: bytes) -> None:
-        self.public: bytes = fastpath.x25519_public(private)
-        self._private = bytes(private)
+        self._key = fastpath.X25519(private)
+        self.public: bytes = self._key.public
 
     @classmethod
     def generate(cls, rng: Rng) -> X25519Key:
@@ -179,7 +179,7 @@ class X25519Key:
         """
         if len(peer_public) != 32:
             raise CryptoError("Invalid X25519 public key length")
-        secret = fastpath.x25519_exchange(self._private, peer_public)
+        secret = self._key.exchange(peer_public)
         if secret is None:
             raise CryptoError("X25519 key exchange failed (small order point)")
         return secret

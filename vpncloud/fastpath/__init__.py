@@ -3,7 +3,7 @@
 ``_kernels`` (C, built at install time against libcrypto when a compiler and OpenSSL's headers are
 there) and ``_python`` offer the same functions; this module picks one at import, the C one unless
 it is not built or ``VPNCLOUD_PURE_PYTHON=1`` asks for the Python one. Callers use ``Aead``,
-``open_train``, ``tcp_rows``, the Ed25519 and X25519 functions, ``KernelError`` and ``KERNELS``
+``open_train``, ``tcp_rows``, the Ed25519 functions, ``X25519``, ``KernelError`` and ``KERNELS``
 (``"c"`` or ``"python"``) from here only.
 
 The Python twin is imported only when it runs: it imports cryptography, whose own OpenSSL costs
@@ -22,6 +22,7 @@ __all__ = [
     "KERNELS",
     "KERNELS_REASON",
     "TCP_ROWS",
+    "X25519",
     "Aead",
     "KernelError",
     "ed25519_public",
@@ -31,8 +32,6 @@ __all__ = [
     "lazy_numpy",
     "open_train",
     "tcp_rows",
-    "x25519_exchange",
-    "x25519_public",
 ]
 
 
@@ -71,6 +70,7 @@ KERNELS = "python" if _impl.__name__.endswith("._python") else "c"
 if TYPE_CHECKING:
     # both twins have one interface: the Python one's signatures are the types
     from ._python import (
+        X25519,
         Aead,
         KernelError,
         ed25519_public,
@@ -78,8 +78,6 @@ if TYPE_CHECKING:
         ed25519_verify,
         open_train,
         tcp_rows,
-        x25519_exchange,
-        x25519_public,
     )
 else:
     Aead = _impl.Aead
@@ -89,8 +87,7 @@ else:
     ed25519_public = _impl.ed25519_public
     ed25519_sign = _impl.ed25519_sign
     ed25519_verify = _impl.ed25519_verify
-    x25519_public = _impl.x25519_public
-    x25519_exchange = _impl.x25519_exchange
+    X25519 = _impl.X25519
 
 
 # numpy costs about 14 MB of RSS; an idle node, or one whose batches never have enough

@@ -448,9 +448,10 @@ done:
 }
 
 /* --- Ed25519 and X25519 (spec 5 and 6.6) ---------------------------------------------------------
- * Raw 32-byte keys in and out, an EVP_PKEY per call: the handshake makes a few of these per peer and
- * minute, and a key object would be state the caller has to own. OpenSSL's error queue is emptied
- * after every failure so that a refused signature leaves nothing behind for a later call. */
+ * Raw 32-byte keys in and out. Ed25519 makes an EVP_PKEY per call, as cryptography did: the seed
+ * is the identity's, and a key object would be state the caller has to own for a few signatures a
+ * minute. An X25519 key is an object (below). OpenSSL's error queue is emptied after every failure
+ * so that a refused signature leaves nothing behind for a later call. */
 
 #define KEY_LEN 32
 #define SIG_LEN 64
@@ -548,37 +549,84 @@ static PyObject *ed25519_verify(PyObject *module, PyObject *args)
     return PyBool_FromLong(ok);
 }
 
-PyDoc_STRVAR(x25519_public_doc, "x25519_public(private) -> bytes\n\nThe 32-byte public key of a 32-byte private key.");
+/* An X25519 private key keeps its EVP_PKEY: OpenSSL computes the public key when it takes a raw
+ * private one, a base-point multiplication that an exchange would otherwise pay once more. */
+typedef struct {
+    PyObject_HEAD
+    EVP_PKEY *pkey;
+    PyObject *public;
+} X25519Object;
 
-static PyObject *x25519_public(PyObject *module, PyObject *args)
+static int X25519_init(X25519Object *self, PyObject *args, PyObject *kwargs)
 {
     Py_buffer private;
     if (!PyArg_ParseTuple(args, "y*", &private))
-        return NULL;
-    PyObject *result = check_key(&private, "an X25519 private key") ? public_of(EVP_PKEY_X25519, &private) : NULL;
+        return -1;
+    EVP_PKEY *pkey = NULL;
+    PyObject *public = NULL;
+    unsigned char pub[KEY_LEN];
+    size_t len = sizeof(pub);
+    if (!check_key(&private, "an X25519 private key"))
+        goto fail;
+    pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, private.buf, KEY_LEN);
+    if (pkey == NULL || EVP_PKEY_get_raw_public_key(pkey, pub, &len) != 1 || len != KEY_LEN) {
+        ERR_clear_error();
+        PyErr_SetString(KernelError, "OpenSSL refused the private key");
+        goto fail;
+    }
+    public = PyBytes_FromStringAndSize((const char *)pub, KEY_LEN);
+    if (public == NULL)
+        goto fail;
     PyBuffer_Release(&private);
-    return result;
+    /* __init__ may run twice on one object: never leak the first key */
+    EVP_PKEY_free(self->pkey);
+    self->pkey = pkey;
+    Py_XSETREF(self->public, public);
+    return 0;
+fail:
+    EVP_PKEY_free(pkey);
+    PyBuffer_Release(&private);
+    return -1;
+}
+
+static void X25519_dealloc(X25519Object *self)
+{
+    EVP_PKEY_free(self->pkey);
+    Py_XDECREF(self->public);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *X25519_get_public(X25519Object *self, void *closure)
+{
+    if (self->public == NULL) {
+        PyErr_SetString(KernelError, "X25519 was not initialised");
+        return NULL;
+    }
+    return Py_NewRef(self->public);
 }
 
 PyDoc_STRVAR(x25519_exchange_doc,
-             "x25519_exchange(private, peer_public) -> bytes or None\n\n"
+             "exchange(peer_public) -> bytes or None\n\n"
              "The raw 32-byte shared secret; None when it is all zero (a small-order peer point).");
 
-static PyObject *x25519_exchange(PyObject *module, PyObject *args)
+static PyObject *X25519_exchange(X25519Object *self, PyObject *args)
 {
-    Py_buffer private, peer;
-    if (!PyArg_ParseTuple(args, "y*y*", &private, &peer))
+    Py_buffer peer;
+    if (!PyArg_ParseTuple(args, "y*", &peer))
         return NULL;
     PyObject *result = NULL;
-    EVP_PKEY *own = NULL, *other = NULL;
+    EVP_PKEY *other = NULL;
     EVP_PKEY_CTX *ctx = NULL;
     unsigned char secret[KEY_LEN];
     size_t len = sizeof(secret);
-    if (!check_key(&private, "an X25519 private key") || !check_key(&peer, "an X25519 public key"))
+    if (self->pkey == NULL) {
+        PyErr_SetString(KernelError, "X25519 was not initialised");
         goto done;
-    own = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, private.buf, KEY_LEN);
+    }
+    if (!check_key(&peer, "an X25519 public key"))
+        goto done;
     other = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer.buf, KEY_LEN);
-    ctx = own == NULL ? NULL : EVP_PKEY_CTX_new(own, NULL);
+    ctx = EVP_PKEY_CTX_new(self->pkey, NULL);
     if (ctx == NULL || other == NULL || EVP_PKEY_derive_init(ctx) != 1) {
         ERR_clear_error();
         PyErr_SetString(KernelError, "OpenSSL could not set up the X25519 exchange");
@@ -594,12 +642,30 @@ static PyObject *x25519_exchange(PyObject *module, PyObject *args)
     OPENSSL_cleanse(secret, sizeof(secret));
 done:
     EVP_PKEY_CTX_free(ctx);
-    EVP_PKEY_free(own);
     EVP_PKEY_free(other);
-    PyBuffer_Release(&private);
     PyBuffer_Release(&peer);
     return result;
 }
+
+static PyMethodDef X25519_methods[] = {
+    {"exchange", (PyCFunction)X25519_exchange, METH_VARARGS, x25519_exchange_doc},
+    {NULL}};
+
+static PyGetSetDef X25519_getset[] = {
+    {"public", (getter)X25519_get_public, NULL, "The 32-byte public key.", NULL},
+    {NULL}};
+
+static PyTypeObject X25519Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vpncloud.fastpath._kernels.X25519",
+    .tp_doc = "X25519(private): a 32-byte private key, its public key and exchanges with peers.",
+    .tp_basicsize = sizeof(X25519Object),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)X25519_init,
+    .tp_dealloc = (destructor)X25519_dealloc,
+    .tp_methods = X25519_methods,
+    .tp_getset = X25519_getset,
+};
 
 static PyMethodDef module_methods[] = {
     {"open_train", open_train, METH_VARARGS, open_train_doc},
@@ -607,8 +673,6 @@ static PyMethodDef module_methods[] = {
     {"ed25519_public", ed25519_public, METH_VARARGS, ed25519_public_doc},
     {"ed25519_sign", ed25519_sign, METH_VARARGS, ed25519_sign_doc},
     {"ed25519_verify", ed25519_verify, METH_VARARGS, ed25519_verify_doc},
-    {"x25519_public", x25519_public, METH_VARARGS, x25519_public_doc},
-    {"x25519_exchange", x25519_exchange, METH_VARARGS, x25519_exchange_doc},
     {NULL}};
 
 static struct PyModuleDef kernels_module = {
@@ -617,14 +681,15 @@ static struct PyModuleDef kernels_module = {
 
 PyMODINIT_FUNC PyInit__kernels(void)
 {
-    if (PyType_Ready(&AeadType) < 0)
+    if (PyType_Ready(&AeadType) < 0 || PyType_Ready(&X25519Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&kernels_module);
     if (m == NULL)
         return NULL;
     KernelError = PyErr_NewException("vpncloud.fastpath._kernels.KernelError", PyExc_ValueError, NULL);
     if (KernelError == NULL || PyModule_AddObjectRef(m, "KernelError", KernelError) < 0 ||
-        PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0) {
+        PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0 ||
+        PyModule_AddObjectRef(m, "X25519", (PyObject *)&X25519Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

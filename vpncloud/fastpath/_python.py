@@ -210,20 +210,21 @@ def ed25519_verify(
     return True
 
 
-def x25519_public(private: bytes | bytearray | memoryview) -> bytes:
-    priv = X25519PrivateKey.from_private_bytes(_check_key(private, "an X25519 private key"))
-    return priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+class X25519:
+    """A 32-byte X25519 private key with its public key; cryptography's key object, as in C."""
 
+    __slots__ = ("_key", "public")
 
-def x25519_exchange(
-    private: bytes | bytearray | memoryview, peer_public: bytes | bytearray | memoryview
-) -> bytes | None:
-    priv = X25519PrivateKey.from_private_bytes(_check_key(private, "an X25519 private key"))
-    peer = X25519PublicKey.from_public_bytes(_check_key(peer_public, "an X25519 public key"))
-    try:
-        return priv.exchange(peer)
-    except ValueError:  # the all-zero secret of a small-order point, as OpenSSL refuses it in C
-        return None
+    def __init__(self, private: bytes | bytearray | memoryview) -> None:
+        self._key = X25519PrivateKey.from_private_bytes(_check_key(private, "an X25519 private key"))
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def exchange(self, peer_public: bytes | bytearray | memoryview) -> bytes | None:
+        peer = X25519PublicKey.from_public_bytes(_check_key(peer_public, "an X25519 public key"))
+        try:
+            return self._key.exchange(peer)
+        except ValueError:  # the all-zero secret of a small-order point, as OpenSSL refuses it in C
+            return None
 
 
 def _finish_vec(total: Any) -> Any:
