@@ -28,6 +28,7 @@ __all__ = [
     "Rng",
     "SystemRng",
     "X25519Key",
+    "ed25519_key",
     "ed25519_public_key",
     "ed25519_sign",
     "ed25519_verify",
@@ -142,14 +143,20 @@ def pbkdf2_seed(password: str) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), PBKDF2_SALT, PBKDF2_ITERATIONS, 32)
 
 
+def ed25519_key(seed: bytes) -> fastpath.Ed25519:
+    """A signing key for a 32-byte seed: ``.public`` and ``.sign(data)``. Setting it up derives the
+    public key, a base-point multiplication: a node keeps its key instead of a seed to sign with."""
+    return fastpath.Ed25519(seed)
+
+
 def ed25519_public_key(seed: bytes) -> bytes:
     """Public key of a 32-byte Ed25519 seed."""
-    return fastpath.ed25519_public(seed)
+    return fastpath.Ed25519(seed).public
 
 
 def ed25519_sign(seed: bytes, data: bytes) -> bytes:
     """Deterministic Ed25519 signature (64 bytes)."""
-    return fastpath.ed25519_sign(seed, data)
+    return fastpath.Ed25519(seed).sign(data)
 
 
 def ed25519_verify(public_key: bytes, signature: bytes, data: bytes) -> bool:

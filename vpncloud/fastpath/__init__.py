@@ -3,7 +3,7 @@
 ``_kernels`` (C, built at install time against libcrypto when a compiler and OpenSSL's headers are
 there) and ``_python`` offer the same functions; this module picks one at import, the C one unless
 it is not built or ``VPNCLOUD_PURE_PYTHON=1`` asks for the Python one. Callers use ``Aead``,
-``open_train``, ``tcp_rows``, the Ed25519 functions, ``X25519``, ``KernelError`` and ``KERNELS``
+``open_train``, ``tcp_rows``, ``Ed25519``, ``ed25519_verify``, ``X25519``, ``KernelError`` and ``KERNELS``
 (``"c"`` or ``"python"``) from here only.
 
 The Python twin is imported only when it runs: it imports cryptography, whose own OpenSSL costs
@@ -24,9 +24,8 @@ __all__ = [
     "TCP_ROWS",
     "X25519",
     "Aead",
+    "Ed25519",
     "KernelError",
-    "ed25519_public",
-    "ed25519_sign",
     "ed25519_verify",
     "implementation",
     "lazy_numpy",
@@ -72,9 +71,8 @@ if TYPE_CHECKING:
     from ._python import (
         X25519,
         Aead,
+        Ed25519,
         KernelError,
-        ed25519_public,
-        ed25519_sign,
         ed25519_verify,
         open_train,
         tcp_rows,
@@ -84,8 +82,7 @@ else:
     KernelError = _impl.KernelError
     open_train = _impl.open_train
     tcp_rows = _impl.tcp_rows
-    ed25519_public = _impl.ed25519_public
-    ed25519_sign = _impl.ed25519_sign
+    Ed25519 = _impl.Ed25519
     ed25519_verify = _impl.ed25519_verify
     X25519 = _impl.X25519
 

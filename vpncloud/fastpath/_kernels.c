@@ -448,10 +448,10 @@ done:
 }
 
 /* --- Ed25519 and X25519 (spec 5 and 6.6) ---------------------------------------------------------
- * Raw 32-byte keys in and out. Ed25519 makes an EVP_PKEY per call, as cryptography did: the seed
- * is the identity's, and a key object would be state the caller has to own for a few signatures a
- * minute. An X25519 key is an object (below). OpenSSL's error queue is emptied after every failure
- * so that a refused signature leaves nothing behind for a later call. */
+ * A private key is an object that keeps its EVP_PKEY: OpenSSL derives the public key when it takes a
+ * raw private one, a base-point multiplication that each signature or exchange would otherwise pay
+ * once more. Verification takes raw bytes. OpenSSL's error queue is emptied after every failure so
+ * that a refused signature or point leaves nothing behind for a later call. */
 
 #define KEY_LEN 32
 #define SIG_LEN 64
@@ -464,51 +464,86 @@ static int check_key(const Py_buffer *key, const char *what)
     return 0;
 }
 
-/* The raw public key of a raw private one; NULL with KernelError set when OpenSSL refuses it. */
-static PyObject *public_of(int type, const Py_buffer *private)
+/* One private key of either curve; the type object says which. */
+typedef struct {
+    PyObject_HEAD
+    EVP_PKEY *pkey;
+    PyObject *public;
+} KeyObject;
+
+static int key_init(KeyObject *self, PyObject *args, int type, const char *what)
 {
+    Py_buffer private;
+    if (!PyArg_ParseTuple(args, "y*", &private))
+        return -1;
+    EVP_PKEY *pkey = NULL;
+    PyObject *public = NULL;
     unsigned char pub[KEY_LEN];
     size_t len = sizeof(pub);
-    EVP_PKEY *pkey = EVP_PKEY_new_raw_private_key(type, NULL, private->buf, KEY_LEN);
-    int ok = pkey != NULL && EVP_PKEY_get_raw_public_key(pkey, pub, &len) == 1 && len == KEY_LEN;
-    EVP_PKEY_free(pkey);
-    if (!ok) {
+    if (!check_key(&private, what))
+        goto fail;
+    pkey = EVP_PKEY_new_raw_private_key(type, NULL, private.buf, KEY_LEN);
+    if (pkey == NULL || EVP_PKEY_get_raw_public_key(pkey, pub, &len) != 1 || len != KEY_LEN) {
         ERR_clear_error();
         PyErr_SetString(KernelError, "OpenSSL refused the private key");
+        goto fail;
+    }
+    public = PyBytes_FromStringAndSize((const char *)pub, KEY_LEN);
+    if (public == NULL)
+        goto fail;
+    PyBuffer_Release(&private);
+    /* __init__ may run twice on one object: never leak the first key */
+    EVP_PKEY_free(self->pkey);
+    self->pkey = pkey;
+    Py_XSETREF(self->public, public);
+    return 0;
+fail:
+    EVP_PKEY_free(pkey);
+    PyBuffer_Release(&private);
+    return -1;
+}
+
+static void Key_dealloc(KeyObject *self)
+{
+    EVP_PKEY_free(self->pkey);
+    Py_XDECREF(self->public);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Key_get_public(KeyObject *self, void *closure)
+{
+    if (self->public == NULL) {
+        PyErr_SetString(KernelError, "key was not initialised");
         return NULL;
     }
-    return PyBytes_FromStringAndSize((const char *)pub, KEY_LEN);
+    return Py_NewRef(self->public);
 }
 
-PyDoc_STRVAR(ed25519_public_doc, "ed25519_public(seed) -> bytes\n\nThe 32-byte public key of a 32-byte seed.");
+static PyGetSetDef Key_getset[] = {{"public", (getter)Key_get_public, NULL, "The 32-byte public key.", NULL},
+                                   {NULL}};
 
-static PyObject *ed25519_public(PyObject *module, PyObject *args)
+static int Ed25519_init(KeyObject *self, PyObject *args, PyObject *kwargs)
 {
-    Py_buffer seed;
-    if (!PyArg_ParseTuple(args, "y*", &seed))
-        return NULL;
-    PyObject *result = check_key(&seed, "an Ed25519 seed") ? public_of(EVP_PKEY_ED25519, &seed) : NULL;
-    PyBuffer_Release(&seed);
-    return result;
+    return key_init(self, args, EVP_PKEY_ED25519, "an Ed25519 seed");
 }
 
-PyDoc_STRVAR(ed25519_sign_doc, "ed25519_sign(seed, data) -> bytes\n\nThe deterministic 64-byte signature of data.");
+PyDoc_STRVAR(ed25519_sign_doc, "sign(data) -> bytes\n\nThe deterministic 64-byte signature of data.");
 
-static PyObject *ed25519_sign(PyObject *module, PyObject *args)
+static PyObject *Ed25519_sign(KeyObject *self, PyObject *args)
 {
-    Py_buffer seed, data;
-    if (!PyArg_ParseTuple(args, "y*y*", &seed, &data))
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data))
         return NULL;
     PyObject *result = NULL;
-    EVP_PKEY *pkey = NULL;
     EVP_MD_CTX *ctx = NULL;
     unsigned char sig[SIG_LEN];
     size_t len = sizeof(sig);
-    if (!check_key(&seed, "an Ed25519 seed"))
+    if (self->pkey == NULL) {
+        PyErr_SetString(KernelError, "key was not initialised");
         goto done;
-    pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed.buf, KEY_LEN);
+    }
     ctx = EVP_MD_CTX_new();
-    if (pkey == NULL || ctx == NULL || EVP_DigestSignInit(ctx, NULL, NULL, NULL, pkey) != 1 ||
+    if (ctx == NULL || EVP_DigestSignInit(ctx, NULL, NULL, NULL, self->pkey) != 1 ||
         EVP_DigestSign(ctx, sig, &len, data.buf, (size_t)data.len) != 1 || len != SIG_LEN) {
         ERR_clear_error();
         PyErr_SetString(KernelError, "OpenSSL failed to sign");
@@ -517,11 +552,24 @@ static PyObject *ed25519_sign(PyObject *module, PyObject *args)
     result = PyBytes_FromStringAndSize((const char *)sig, SIG_LEN);
 done:
     EVP_MD_CTX_free(ctx);
-    EVP_PKEY_free(pkey);
-    PyBuffer_Release(&seed);
     PyBuffer_Release(&data);
     return result;
 }
+
+static PyMethodDef Ed25519_methods[] = {{"sign", (PyCFunction)Ed25519_sign, METH_VARARGS, ed25519_sign_doc},
+                                        {NULL}};
+
+static PyTypeObject Ed25519Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vpncloud.fastpath._kernels.Ed25519",
+    .tp_doc = "Ed25519(seed): a 32-byte seed, its public key and signatures with it.",
+    .tp_basicsize = sizeof(KeyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ed25519_init,
+    .tp_dealloc = (destructor)Key_dealloc,
+    .tp_methods = Ed25519_methods,
+    .tp_getset = Key_getset,
+};
 
 PyDoc_STRVAR(ed25519_verify_doc,
              "ed25519_verify(public, signature, data) -> bool\n\n"
@@ -549,67 +597,16 @@ static PyObject *ed25519_verify(PyObject *module, PyObject *args)
     return PyBool_FromLong(ok);
 }
 
-/* An X25519 private key keeps its EVP_PKEY: OpenSSL computes the public key when it takes a raw
- * private one, a base-point multiplication that an exchange would otherwise pay once more. */
-typedef struct {
-    PyObject_HEAD
-    EVP_PKEY *pkey;
-    PyObject *public;
-} X25519Object;
-
-static int X25519_init(X25519Object *self, PyObject *args, PyObject *kwargs)
+static int X25519_init(KeyObject *self, PyObject *args, PyObject *kwargs)
 {
-    Py_buffer private;
-    if (!PyArg_ParseTuple(args, "y*", &private))
-        return -1;
-    EVP_PKEY *pkey = NULL;
-    PyObject *public = NULL;
-    unsigned char pub[KEY_LEN];
-    size_t len = sizeof(pub);
-    if (!check_key(&private, "an X25519 private key"))
-        goto fail;
-    pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, private.buf, KEY_LEN);
-    if (pkey == NULL || EVP_PKEY_get_raw_public_key(pkey, pub, &len) != 1 || len != KEY_LEN) {
-        ERR_clear_error();
-        PyErr_SetString(KernelError, "OpenSSL refused the private key");
-        goto fail;
-    }
-    public = PyBytes_FromStringAndSize((const char *)pub, KEY_LEN);
-    if (public == NULL)
-        goto fail;
-    PyBuffer_Release(&private);
-    /* __init__ may run twice on one object: never leak the first key */
-    EVP_PKEY_free(self->pkey);
-    self->pkey = pkey;
-    Py_XSETREF(self->public, public);
-    return 0;
-fail:
-    EVP_PKEY_free(pkey);
-    PyBuffer_Release(&private);
-    return -1;
-}
-
-static void X25519_dealloc(X25519Object *self)
-{
-    EVP_PKEY_free(self->pkey);
-    Py_XDECREF(self->public);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *X25519_get_public(X25519Object *self, void *closure)
-{
-    if (self->public == NULL) {
-        PyErr_SetString(KernelError, "X25519 was not initialised");
-        return NULL;
-    }
-    return Py_NewRef(self->public);
+    return key_init(self, args, EVP_PKEY_X25519, "an X25519 private key");
 }
 
 PyDoc_STRVAR(x25519_exchange_doc,
              "exchange(peer_public) -> bytes or None\n\n"
              "The raw 32-byte shared secret; None when it is all zero (a small-order peer point).");
 
-static PyObject *X25519_exchange(X25519Object *self, PyObject *args)
+static PyObject *X25519_exchange(KeyObject *self, PyObject *args)
 {
     Py_buffer peer;
     if (!PyArg_ParseTuple(args, "y*", &peer))
@@ -620,7 +617,7 @@ static PyObject *X25519_exchange(X25519Object *self, PyObject *args)
     unsigned char secret[KEY_LEN];
     size_t len = sizeof(secret);
     if (self->pkey == NULL) {
-        PyErr_SetString(KernelError, "X25519 was not initialised");
+        PyErr_SetString(KernelError, "key was not initialised");
         goto done;
     }
     if (!check_key(&peer, "an X25519 public key"))
@@ -651,27 +648,21 @@ static PyMethodDef X25519_methods[] = {
     {"exchange", (PyCFunction)X25519_exchange, METH_VARARGS, x25519_exchange_doc},
     {NULL}};
 
-static PyGetSetDef X25519_getset[] = {
-    {"public", (getter)X25519_get_public, NULL, "The 32-byte public key.", NULL},
-    {NULL}};
-
 static PyTypeObject X25519Type = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vpncloud.fastpath._kernels.X25519",
     .tp_doc = "X25519(private): a 32-byte private key, its public key and exchanges with peers.",
-    .tp_basicsize = sizeof(X25519Object),
+    .tp_basicsize = sizeof(KeyObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)X25519_init,
-    .tp_dealloc = (destructor)X25519_dealloc,
+    .tp_dealloc = (destructor)Key_dealloc,
     .tp_methods = X25519_methods,
-    .tp_getset = X25519_getset,
+    .tp_getset = Key_getset,
 };
 
 static PyMethodDef module_methods[] = {
     {"open_train", open_train, METH_VARARGS, open_train_doc},
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
-    {"ed25519_public", ed25519_public, METH_VARARGS, ed25519_public_doc},
-    {"ed25519_sign", ed25519_sign, METH_VARARGS, ed25519_sign_doc},
     {"ed25519_verify", ed25519_verify, METH_VARARGS, ed25519_verify_doc},
     {NULL}};
 
@@ -681,7 +672,7 @@ static struct PyModuleDef kernels_module = {
 
 PyMODINIT_FUNC PyInit__kernels(void)
 {
-    if (PyType_Ready(&AeadType) < 0 || PyType_Ready(&X25519Type) < 0)
+    if (PyType_Ready(&AeadType) < 0 || PyType_Ready(&Ed25519Type) < 0 || PyType_Ready(&X25519Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&kernels_module);
     if (m == NULL)
@@ -689,6 +680,7 @@ PyMODINIT_FUNC PyInit__kernels(void)
     KernelError = PyErr_NewException("vpncloud.fastpath._kernels.KernelError", PyExc_ValueError, NULL);
     if (KernelError == NULL || PyModule_AddObjectRef(m, "KernelError", KernelError) < 0 ||
         PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0 ||
+        PyModule_AddObjectRef(m, "Ed25519", (PyObject *)&Ed25519Type) < 0 ||
         PyModule_AddObjectRef(m, "X25519", (PyObject *)&X25519Type) < 0) {
         Py_DECREF(m);
         return NULL;

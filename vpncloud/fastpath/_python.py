@@ -187,13 +187,17 @@ def _check_key(key: bytes | bytearray | memoryview, what: str) -> bytes:
     return bytes(key)
 
 
-def ed25519_public(seed: bytes | bytearray | memoryview) -> bytes:
-    priv = Ed25519PrivateKey.from_private_bytes(_check_key(seed, "an Ed25519 seed"))
-    return priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+class Ed25519:
+    """A 32-byte Ed25519 seed with its public key; cryptography's key object, as in C."""
 
+    __slots__ = ("_key", "public")
 
-def ed25519_sign(seed: bytes | bytearray | memoryview, data: bytes | bytearray | memoryview) -> bytes:
-    return Ed25519PrivateKey.from_private_bytes(_check_key(seed, "an Ed25519 seed")).sign(bytes(data))
+    def __init__(self, seed: bytes | bytearray | memoryview) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(_check_key(seed, "an Ed25519 seed"))
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign(self, data: bytes | bytearray | memoryview) -> bytes:
+        return self._key.sign(bytes(data))
 
 
 def ed25519_verify(
