@@ -3,8 +3,8 @@
 ``_kernels`` (C, built at install time against libcrypto when a compiler and OpenSSL's headers are
 there) and ``_python`` offer the same functions; this module picks one at import, the C one unless
 it is not built or ``VPNCLOUD_PURE_PYTHON=1`` asks for the Python one. Callers use ``Aead``,
-``open_train``, ``tcp_rows``, ``Ed25519``, ``ed25519_verify``, ``X25519``, ``KernelError`` and ``KERNELS``
-(``"c"`` or ``"python"``) from here only.
+``open_train``, ``tcp_rows``, ``Ed25519``, ``ed25519_verify``, ``X25519``, ``KernelError`` and
+``KERNELS`` (``"c"`` or ``"python"``) from here only.
 
 The Python twin is imported only when it runs: it imports cryptography, whose own OpenSSL costs
 about 8 MiB of resident memory that a daemon with the C kernels does not need.
@@ -40,9 +40,8 @@ def _load() -> tuple[ModuleType, str]:
     import importlib.util
 
     if importlib.util.find_spec(f"{__name__}._kernels") is None:
-        return implementation(
-            "python"
-        ), "C kernels not built (no compiler or no OpenSSL headers at install time)"
+        why = "C kernels not built (no compiler or no OpenSSL headers at install time)"
+        return implementation("python"), why
     try:
         from . import _kernels  # type: ignore[attr-defined]
     except ImportError as exc:  # built, but for another Python or without its libcrypto
