@@ -2,11 +2,11 @@
 
     python fuzz/kernels.py TARGET SO_PATH [libFuzzer flags]
 
-TARGET is one of aead, seal, seal_rows, open_train, tcp_rows; SO_PATH the extension built with
--fsanitize=address,undefined,fuzzer-no-link (the script builds it). Each target feeds the C entry
-point arbitrary arguments and checks the result against the Python twin: a memory error (ASan), an
-undefined behaviour (UBSan), an exception other than the documented ones or a difference from the
-twin is a finding.
+TARGET is one of aead, seal, open, seal_rows, open_train, tcp_rows, ed25519, ed25519_verify, x25519;
+SO_PATH the extension built with -fsanitize=address,undefined,fuzzer-no-link (the script builds it).
+Each target feeds the C entry point arbitrary arguments and checks the result against the Python
+twin: a memory error (ASan), an undefined behaviour (UBSan), an exception other than the documented
+ones or a difference from the twin is a finding.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import atheris
 
 os.environ["VPNCLOUD_PURE_PYTHON"] = "1"  # the package must not load the uninstrumented build
 from vpncloud.fastpath import _python as PY
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from curve_points import SMALL_ORDER
 
 KEY_LEN = {1: 16, 2: 32, 3: 32}
 #: What the kernels may raise for arguments they refuse (the parser's OverflowError included).
@@ -44,12 +47,29 @@ def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
         return ("error", None if isinstance(err, ValueError) else type(err).__name__)
     if isinstance(result, tuple):
         return ("ok", (bytes(result[0]), *result[1:]))
+    if result is None or isinstance(result, bool):
+        return ("ok", result)
     return ("ok", bytes(result))
 
 
 def key_for(fdp: atheris.FuzzedDataProvider) -> tuple[int, bytes]:
     alg = fdp.ConsumeIntInRange(1, 3)
     return alg, fdp.ConsumeBytes(KEY_LEN[alg])
+
+
+def odd_length(fdp: atheris.FuzzedDataProvider, size: int) -> bytes:
+    """Mostly ``size`` bytes, sometimes one more or fewer (or none at all)."""
+    return fdp.ConsumeBytes(fdp.PickValueInList([size, size, size, size - 1, size + 1, 0]))
+
+
+def flip(fdp: atheris.FuzzedDataProvider, data: bytes) -> bytes:
+    """``data`` with one bit flipped at a chosen place, or unchanged."""
+    if not data or not fdp.ConsumeBool():
+        return data
+    pos = fdp.ConsumeIntInRange(0, len(data) * 8 - 1)
+    out = bytearray(data)
+    out[pos // 8] ^= 1 << pos % 8
+    return bytes(out)
 
 
 def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
@@ -70,6 +90,59 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
         assert outcome(lambda: C.Aead(alg, key).seal(nonce, plain)) == outcome(
             lambda: PY.Aead(alg, key).seal(nonce, plain)
         )
+
+    def open_(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        alg, key = key_for(fdp)
+        if len(key) != KEY_LEN[alg]:
+            return
+        nonce = fdp.ConsumeBytes(fdp.ConsumeIntInRange(10, 13))
+        if len(nonce) == 12 and fdp.ConsumeBool():
+            # a real frame, maybe with a bit flipped, so that opening runs and not only the refusals
+            body = flip(fdp, C.Aead(alg, key).seal(nonce, fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))))
+        else:
+            body = fdp.ConsumeBytes(fdp.remaining_bytes())
+        c = outcome(lambda: C.Aead(alg, key).open(nonce, body))
+        assert c == outcome(lambda: PY.Aead(alg, key).open(nonce, body)), (alg, nonce, body)
+
+    def ed25519(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        seed = odd_length(fdp, 32)
+        msg = fdp.ConsumeBytes(fdp.remaining_bytes())
+        c = outcome(lambda: C.Ed25519(seed).public)
+        assert c == outcome(lambda: PY.Ed25519(seed).public), seed
+        if c[0] == "ok":
+            assert C.Ed25519(seed).sign(msg) == PY.Ed25519(seed).sign(msg), (seed, msg)
+
+    def ed25519_verify(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        if fdp.ConsumeBool():
+            # a valid signature by a real key, then maybe a bit of key, signature or data flipped
+            seed = fdp.ConsumeBytes(32).ljust(32, b"\0")
+            msg = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))
+            key = C.Ed25519(seed)
+            pub, sig = flip(fdp, key.public), flip(fdp, key.sign(msg))
+            msg = flip(fdp, msg)
+        else:
+            pub, sig = odd_length(fdp, 32), odd_length(fdp, 64)
+            msg = fdp.ConsumeBytes(fdp.remaining_bytes())
+        c = C.ed25519_verify(pub, sig, msg)  # never raises: an exception here is a finding
+        assert c == PY.ed25519_verify(pub, sig, msg), (pub, sig, msg)
+
+    def x25519(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        private = odd_length(fdp, 32)
+        # half the time a small-order point (or one bit away from it): the all-zero secret is refused
+        small = fdp.ConsumeBool()
+        peer = flip(fdp, fdp.PickValueInList(SMALL_ORDER)) if small else odd_length(fdp, 32)
+        c = outcome(lambda: C.X25519(private).public)
+        assert c == outcome(lambda: PY.X25519(private).public), private
+        if c[0] == "ok":
+            key_c, key_py = C.X25519(private), PY.X25519(private)
+            assert outcome(lambda: key_c.exchange(peer)) == outcome(lambda: key_py.exchange(peer)), (
+                private,
+                peer,
+            )
 
     def seal_rows(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
@@ -135,9 +208,13 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
     return {
         "aead": aead,
         "seal": seal,
+        "open": open_,
         "seal_rows": seal_rows,
         "open_train": open_train,
         "tcp_rows": tcp_rows,
+        "ed25519": ed25519,
+        "ed25519_verify": ed25519_verify,
+        "x25519": x25519,
     }
 
 

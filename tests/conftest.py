@@ -85,3 +85,19 @@ def kernels(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "c" and c_kernels() is None:
         pytest.skip(NO_C)
     return fastpath.implementation(request.param)
+
+
+#: What core.primitives takes from the kernels (the handshake's keys and the single-packet AEAD).
+PRIMITIVE_KERNELS = ("Aead", "Ed25519", "X25519", "ed25519_verify")
+
+
+@pytest.fixture(params=["c", "python"])
+def crypto_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """core.primitives on each kernels in turn: the C ones (OpenSSL's libcrypto), then the Python
+    twin (cryptography), whichever the process picked at import."""
+    if request.param == "c" and c_kernels() is None:
+        pytest.skip(NO_C)
+    impl = fastpath.implementation(request.param)
+    for name in PRIMITIVE_KERNELS:
+        monkeypatch.setattr(fastpath, name, getattr(impl, name))
+    return impl

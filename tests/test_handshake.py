@@ -26,6 +26,9 @@ from vpncloud.core.handshake import (
 from vpncloud.core.identity import Identity
 from vpncloud.core.primitives import Algorithm
 
+# core.primitives on the C kernels and on their Python twin (cryptography): each test on both
+pytestmark = pytest.mark.usefixtures("crypto_kernels")
+
 A128, A256, CHA = Algorithm.AES128, Algorithm.AES256, Algorithm.CHACHA20
 IDENT = Identity.from_config(password="test")
 ALGS = AlgorithmList.build([(A128, 600.0), (A256, 500.0), (CHA, 400.0)], False)

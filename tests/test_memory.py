@@ -19,7 +19,7 @@ from conftest import c_kernels
 from reach_support import wait_for
 from test_daemon_netns import PASSWORD, VNode, full_mesh, ping_matrix
 
-from vpncloud.lazy import OPTIONAL_MODULES, LazyModule, lazy
+from vpncloud.lazy import OPTIONAL_MODULES, TWIN_MODULES, LazyModule, lazy
 
 PY = sys.executable
 
@@ -66,6 +66,32 @@ def test_daemon_start_up_imports_no_optional_module(pure: str) -> None:
     assert loaded == []
 
 
+def test_primitives_with_c_kernels_never_import_cryptography() -> None:
+    """The handshake's Ed25519 and X25519 and the AEAD run on the C kernels' libcrypto; the Python
+    twin (VPNCLOUD_PURE_PYTHON=1) is the one that brings cryptography in."""
+    if c_kernels() is None:
+        pytest.skip("C kernels not built")
+    code = """
+        import json, sys
+        from vpncloud.core import primitives as p
+        from vpncloud.core.errors import CryptoError
+        seed, key = bytes(range(32)), p.X25519Key(bytes(32))
+        ok = p.ed25519_verify(p.ed25519_public_key(seed), p.ed25519_sign(seed, b"m"), b"m")
+        try:
+            key.exchange(bytes(32))
+            small = "accepted"
+        except CryptoError:
+            small = "refused"
+        aead = p.Aead(p.Algorithm.AES256, bytes(32))
+        plain = aead.open(bytes(12), aead.seal(bytes(12), b"x"))
+        print(json.dumps([ok, small, plain.decode(), "cryptography" in sys.modules]))
+    """
+    c = run_python(code, env={"VPNCLOUD_PURE_PYTHON": "0", "PATH": "/usr/bin:/bin"})
+    py = run_python(code, env={"VPNCLOUD_PURE_PYTHON": "1", "PATH": "/usr/bin:/bin"})
+    assert c == [True, "refused", "x", False]
+    assert py == [True, "refused", "x", True]
+
+
 def test_numpy_is_imported_by_the_first_batch_that_uses_it() -> None:
     """The coalescing check of a run of equal-sized TCP segments is what brings numpy in."""
     result = run_python("""
@@ -90,7 +116,8 @@ def test_numpy_is_imported_by_the_first_batch_that_uses_it() -> None:
 @pytest.mark.parametrize("kernels", ["c", "python"])
 def test_idle_daemons_hold_no_optional_module(lan3: Any, tmp_path: Path, kernels: str) -> None:
     """Two TUN router-mode daemons: connected, routes and pings work, and ``status --json`` says
-    that neither numpy, pyroute2, PyYAML nor any other optional module was imported."""
+    that neither numpy, pyroute2, PyYAML nor any other optional module was imported, and that only
+    the Python twin of the kernels imported cryptography (the handshake ran in both)."""
     if kernels == "c" and c_kernels() is None:
         pytest.skip("C kernels not built")
     env = {"VPNCLOUD_PURE_PYTHON": "1" if kernels == "python" else "0"}
@@ -114,6 +141,7 @@ def test_idle_daemons_hold_no_optional_module(lan3: Any, tmp_path: Path, kernels
         assert st is not None
         assert st["dataplane"]["kernels"] == kernels
         assert st["memory"]["optional_modules"] == []
+        assert st["memory"]["twin_modules"] == ([] if kernels == "c" else list(TWIN_MODULES))
         assert 0 < st["memory"]["vm_rss_kb"] <= st["memory"]["vm_hwm_kb"]
         assert "Traceback" not in n.log_text()
 

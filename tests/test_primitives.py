@@ -23,6 +23,9 @@ from vpncloud.core.primitives import (
 )
 from vpncloud.crypto_speed import measure_speeds
 
+# core.primitives on the C kernels and on their Python twin (cryptography): each test on both
+pytestmark = pytest.mark.usefixtures("crypto_kernels")
+
 AEADS = [Algorithm.AES128, Algorithm.AES256, Algorithm.CHACHA20]
 
 

@@ -31,6 +31,9 @@ from vpncloud.core.messages import NodeInfo
 from vpncloud.core.peer_crypto import CryptoConfig, PeerCrypto, Reply
 from vpncloud.core.primitives import Algorithm, sha256
 
+# core.primitives on the C kernels and on their Python twin (cryptography): each test on both
+pytestmark = pytest.mark.usefixtures("crypto_kernels")
+
 # Keys named in the vectors README ("Keys and passwords").
 IDENTITIES = {
     "password:test": Identity.from_config(password="test"),

@@ -27,6 +27,10 @@ OPTIONAL_MODULES = (
     "wsproto",
 )
 
+#: What only the Python twin of the kernels (vpncloud.fastpath._python) imports: cryptography, with
+#: its own OpenSSL (about 8 MiB resident). A daemon with the C kernels never loads it.
+TWIN_MODULES = ("cryptography",)
+
 
 class LazyModule:
     """Stands for module ``name`` and imports it when the first attribute is read.
@@ -52,6 +56,6 @@ def lazy(name: str) -> Any:
     return LazyModule(name) if importlib.util.find_spec(name) is not None else None
 
 
-def loaded_optional() -> list[str]:
-    """The :data:`OPTIONAL_MODULES` this process has imported."""
-    return [name for name in OPTIONAL_MODULES if name in sys.modules]
+def loaded_optional(names: tuple[str, ...] = OPTIONAL_MODULES) -> list[str]:
+    """The ``names`` (by default the :data:`OPTIONAL_MODULES`) this process has imported."""
+    return [name for name in names if name in sys.modules]

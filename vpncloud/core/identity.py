@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 from . import base62
 from .errors import ConfigError, DecodeError
-from .primitives import Rng, ed25519_public_key, ed25519_sign, pbkdf2_seed, sha256
+from .primitives import Rng, ed25519_key, ed25519_public_key, pbkdf2_seed, sha256
 
 __all__ = ["Identity", "genkey_text", "seed_from_password"]
 
@@ -40,7 +40,7 @@ class Identity:
     The seed is secret: it never appears in ``repr``/``str``.
     """
 
-    __slots__ = ("expiry", "public_key", "seed", "trusted_keys")
+    __slots__ = ("_key", "expiry", "public_key", "seed", "trusted_keys")
 
     def __init__(
         self, seed: bytes, trusted_keys: Iterable[bytes] = (), expiry: Mapping[bytes, float] | None = None
@@ -48,7 +48,8 @@ class Identity:
         if len(seed) != 32:
             raise ConfigError("Private key must be 32 bytes")
         self.seed = bytes(seed)
-        self.public_key = ed25519_public_key(self.seed)
+        self._key = ed25519_key(self.seed)
+        self.public_key: bytes = self._key.public
         trusted = tuple(bytes(k) for k in trusted_keys)
         for key in trusted:
             if len(key) != 32:
@@ -89,7 +90,7 @@ class Identity:
 
     def sign(self, data: bytes) -> bytes:
         """Ed25519 signature of ``data`` with the own seed."""
-        return ed25519_sign(self.seed, data)
+        return self._key.sign(data)
 
     def key_hash(self, salt: bytes) -> bytes:
         """``SHA-256(own public key || salt)[:4]`` (spec 5.3)."""

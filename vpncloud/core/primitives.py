@@ -1,8 +1,10 @@
 """Cryptographic primitives (spec sections 5, 6.6, 7.5 and 26).
 
-This is the **only** module of the core that imports ``cryptography.hazmat``: everything else goes
-through the small wrappers below, so the rest of the core stays independent of the library and easy
-to audit. Nothing here reads a clock; randomness only enters through an injected ``Rng``.
+The core reaches Ed25519, X25519 and the AEAD only through the small wrappers below, and they reach
+them through ``vpncloud.fastpath``: OpenSSL's libcrypto straight from the C kernels, or
+cryptography in their Python twin. So a daemon with the C kernels never imports cryptography (issue
+21: about 8 MiB of resident memory). Nothing here reads a clock; randomness only enters through an
+injected ``Rng``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
+from .. import fastpath
 from .errors import ConfigError, CryptoError
 
 __all__ = [
@@ -31,6 +28,7 @@ __all__ = [
     "Rng",
     "SystemRng",
     "X25519Key",
+    "ed25519_key",
     "ed25519_public_key",
     "ed25519_sign",
     "ed25519_verify",
@@ -108,56 +106,31 @@ def parse_algorithm(name: str) -> Algorithm:
     return alg
 
 
-#: What ``Aead.open_into`` raises for a frame that does not authenticate.
-TagError = InvalidTag
-
-
 class Aead:
     """One AEAD key: ``seal``/``open`` with a 12-byte nonce and empty associated data."""
 
-    __slots__ = ("_decrypt", "_encrypt", "algorithm", "open_into", "seal_into")
+    __slots__ = ("_open", "algorithm", "seal")
 
     def __init__(self, alg: Algorithm, key: bytes) -> None:
         if alg is Algorithm.PLAIN:
             raise ValueError("PLAIN has no AEAD")
         if len(key) != alg.key_len:
             raise ValueError(f"{alg.name} needs a {alg.key_len}-byte key, got {len(key)}")
-        impl = ChaCha20Poly1305(key) if alg is Algorithm.CHACHA20 else AESGCM(key)
+        impl = fastpath.Aead(alg, key)
         self.algorithm = alg
-        # Bound methods are kept so the hot path is a single attribute lookup and call.
-        self._encrypt = impl.encrypt
-        self._decrypt = impl.decrypt
-        # cryptography >= 47 encrypts into a caller's buffer; older ones get seal + copy
-        into = getattr(impl, "encrypt_into", None)
-        self.seal_into = self._seal_copy if into is None else into
-        into = getattr(impl, "decrypt_into", None)
-        self.open_into = self._open_copy if into is None else into
+        # the kernel's bound methods: the hot path is one attribute lookup and call, no wrapper
+        self.seal = impl.seal
+        self._open = impl.open
 
-    def seal(self, nonce: bytes, plaintext: bytes) -> bytes:
-        """Encrypt; returns ciphertext followed by the 16-byte tag."""
-        return self._encrypt(nonce, plaintext, None)
+    #: ``seal(nonce, plaintext)``: ciphertext followed by the 16-byte tag.
+    seal: Callable[[bytes, bytes | bytearray | memoryview], bytes]
 
-    #: ``seal_into(nonce, plaintext, None, out)``: encrypt into ``out``, which must be exactly
-    #: ``len(plaintext) + 16`` bytes long. The library's own method when it has one (a hot loop
-    #: calls it per segment, so no wrapper), else seal + copy. The third argument must be None.
-    seal_into: Callable[[bytes, bytes | memoryview, None, memoryview], object]
-
-    #: ``open_into(nonce, ct_tag, None, out)``: decrypt into ``out`` (exactly ``len(ct_tag) - 16``
-    #: bytes); raises :data:`TagError` when the frame does not authenticate.
-    open_into: Callable[[bytes, bytes | memoryview, None, memoryview], object]
-
-    def _open_copy(self, nonce: bytes, ct_tag: bytes | memoryview, _aad: None, out: memoryview) -> None:
-        out[:] = self._decrypt(nonce, bytes(ct_tag), None)
-
-    def _seal_copy(self, nonce: bytes, plaintext: bytes | memoryview, _aad: None, out: memoryview) -> None:
-        out[:] = self._encrypt(nonce, bytes(plaintext), None)
-
-    def open(self, nonce: bytes, ct_tag: bytes | memoryview) -> bytes:
+    def open(self, nonce: bytes, ct_tag: bytes | bytearray | memoryview) -> bytes:
         """Decrypt and authenticate; raises ``CryptoError`` on any failure."""
-        try:
-            return self._decrypt(nonce, ct_tag, None)
-        except InvalidTag:
-            raise CryptoError("Failed to decrypt data") from None
+        plain = self._open(nonce, ct_tag)
+        if plain is None:
+            raise CryptoError("Failed to decrypt data")
+        return plain
 
 
 def sha256(data: bytes) -> bytes:
@@ -170,24 +143,25 @@ def pbkdf2_seed(password: str) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), PBKDF2_SALT, PBKDF2_ITERATIONS, 32)
 
 
+def ed25519_key(seed: bytes) -> fastpath.Ed25519:
+    """A signing key for a 32-byte seed: ``.public`` and ``.sign(data)``. Setting it up derives the
+    public key, a base-point multiplication: a node keeps its key instead of a seed to sign with."""
+    return fastpath.Ed25519(seed)
+
+
 def ed25519_public_key(seed: bytes) -> bytes:
     """Public key of a 32-byte Ed25519 seed."""
-    priv = Ed25519PrivateKey.from_private_bytes(seed)
-    return priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return fastpath.Ed25519(seed).public
 
 
 def ed25519_sign(seed: bytes, data: bytes) -> bytes:
     """Deterministic Ed25519 signature (64 bytes)."""
-    return Ed25519PrivateKey.from_private_bytes(seed).sign(data)
+    return fastpath.Ed25519(seed).sign(data)
 
 
 def ed25519_verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """True if ``signature`` is a valid Ed25519 signature of ``data``; never raises."""
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return fastpath.ed25519_verify(public_key, signature, data)
 
 
 class X25519Key:
@@ -196,8 +170,8 @@ class X25519Key:
     __slots__ = ("_key", "public")
 
     def __init__(self, private: bytes) -> None:
-        self._key = X25519PrivateKey.from_private_bytes(private)
-        self.public: bytes = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self._key = fastpath.X25519(private)
+        self.public: bytes = self._key.public
 
     @classmethod
     def generate(cls, rng: Rng) -> X25519Key:
@@ -212,10 +186,10 @@ class X25519Key:
         """
         if len(peer_public) != 32:
             raise CryptoError("Invalid X25519 public key length")
-        try:
-            return self._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
-        except ValueError:
-            raise CryptoError("X25519 key exchange failed (small order point)") from None
+        secret = self._key.exchange(peer_public)
+        if secret is None:
+            raise CryptoError("X25519 key exchange failed (small order point)")
+        return secret
 
     def __repr__(self) -> str:
         return f"X25519Key(public={self.public.hex()})"

@@ -40,7 +40,7 @@ from vpncloud.core.types import SocketAddr, format_sockaddr, mapped, nice
 from vpncloud.fastpath import offload
 from vpncloud.fastpath.rows import PacketRows, Train
 from vpncloud.fastpath.superpacket import SuperPacketView
-from vpncloud.lazy import loaded_optional
+from vpncloud.lazy import TWIN_MODULES, loaded_optional
 
 from . import device as devmod
 from . import heap
@@ -1085,7 +1085,8 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 
 def _memory_status() -> dict[str, Any]:
     """RSS now and at its peak, and which heavy optional modules are loaded (issue 21): a feature
-    that imports one eagerly shows up here, and in the test that reads it."""
+    that imports one eagerly shows up here, and in the test that reads it. ``twin_modules``: those
+    of the kernels' Python twin, which a daemon with the C kernels must not have loaded."""
     vm: dict[str, int] = {}
     with contextlib.suppress(OSError), open("/proc/self/status") as fh:
         for line in fh:
@@ -1096,6 +1097,7 @@ def _memory_status() -> dict[str, Any]:
         "vm_rss_kb": vm.get("VmRSS", 0),
         "vm_hwm_kb": vm.get("VmHWM", 0),
         "optional_modules": loaded_optional(),
+        "twin_modules": loaded_optional(TWIN_MODULES),
     }
 
 

@@ -1,5 +1,8 @@
 /* Data-plane kernels: seal and open the rows of one buffer with OpenSSL's EVP (issue 21).
  *
+ * Also the single-packet AEAD and the handshake's Ed25519 and X25519 through the same libcrypto, so
+ * a daemon with these kernels never loads cryptography's own OpenSSL (about 8 MiB resident).
+ *
  * Also the TCP segmentation of a TSO super-packet into such rows, with its checksums
  * (vpncloud/fastpath/offload.py decides the layout and the flags, the kernel only writes them).
  *
@@ -15,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <string.h>
@@ -189,6 +193,36 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(open_doc, "open(nonce, body) -> bytes or None\n\n"
+                       "Plaintext of body (ciphertext + 16-byte tag); None when it does not authenticate.");
+
+static PyObject *Aead_open(AeadObject *self, PyObject *args)
+{
+    Py_buffer nonce, body;
+    if (!PyArg_ParseTuple(args, "y*y*", &nonce, &body))
+        return NULL;
+    PyObject *result = NULL;
+    if (self->dec == NULL || nonce.len != NONCE_LEN || body.len > MAX_CHUNK + TAG_LEN) {
+        PyErr_SetString(KernelError, "uninitialised Aead, nonce not 12 bytes or body over 1 MiB");
+        goto done;
+    }
+    if (body.len < TAG_LEN) {
+        /* no room for a tag: not authentic, like a wrong tag */
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, body.len - TAG_LEN);
+    if (result != NULL &&
+        !open_one(self->dec, nonce.buf, body.buf, (int)body.len, (unsigned char *)PyBytes_AS_STRING(result))) {
+        /* the bytes object never escapes, so its unauthenticated plaintext is freed unseen */
+        Py_SETREF(result, Py_NewRef(Py_None));
+    }
+done:
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&body);
+    return result;
+}
+
 PyDoc_STRVAR(seal_doc, "seal(nonce, plaintext) -> bytes\n\nCiphertext followed by the 16-byte tag.");
 
 static PyObject *Aead_seal(AeadObject *self, PyObject *args)
@@ -216,6 +250,7 @@ done:
 static PyMethodDef Aead_methods[] = {
     {"seal_rows", (PyCFunction)Aead_seal_rows, METH_VARARGS, seal_rows_doc},
     {"seal", (PyCFunction)Aead_seal, METH_VARARGS, seal_doc},
+    {"open", (PyCFunction)Aead_open, METH_VARARGS, open_doc},
     {NULL}};
 
 static PyTypeObject AeadType = {
@@ -412,9 +447,223 @@ done:
     return rows;
 }
 
+/* --- Ed25519 and X25519 (spec 5 and 6.6) ---------------------------------------------------------
+ * A private key is an object that keeps its EVP_PKEY: OpenSSL derives the public key when it takes a
+ * raw private one, a base-point multiplication that each signature or exchange would otherwise pay
+ * once more. Verification takes raw bytes. OpenSSL's error queue is emptied after every failure so
+ * that a refused signature or point leaves nothing behind for a later call. */
+
+#define KEY_LEN 32
+#define SIG_LEN 64
+
+static int check_key(const Py_buffer *key, const char *what)
+{
+    if (key->len == KEY_LEN)
+        return 1;
+    PyErr_Format(KernelError, "%s must be 32 bytes", what);
+    return 0;
+}
+
+/* One private key of either curve; the type object says which. */
+typedef struct {
+    PyObject_HEAD
+    EVP_PKEY *pkey;
+    PyObject *public;
+} KeyObject;
+
+static int key_init(KeyObject *self, PyObject *args, int type, const char *what)
+{
+    Py_buffer private;
+    if (!PyArg_ParseTuple(args, "y*", &private))
+        return -1;
+    EVP_PKEY *pkey = NULL;
+    PyObject *public = NULL;
+    unsigned char pub[KEY_LEN];
+    size_t len = sizeof(pub);
+    if (!check_key(&private, what))
+        goto fail;
+    pkey = EVP_PKEY_new_raw_private_key(type, NULL, private.buf, KEY_LEN);
+    if (pkey == NULL || EVP_PKEY_get_raw_public_key(pkey, pub, &len) != 1 || len != KEY_LEN) {
+        ERR_clear_error();
+        PyErr_SetString(KernelError, "OpenSSL refused the private key");
+        goto fail;
+    }
+    public = PyBytes_FromStringAndSize((const char *)pub, KEY_LEN);
+    if (public == NULL)
+        goto fail;
+    PyBuffer_Release(&private);
+    /* __init__ may run twice on one object: never leak the first key */
+    EVP_PKEY_free(self->pkey);
+    self->pkey = pkey;
+    Py_XSETREF(self->public, public);
+    return 0;
+fail:
+    EVP_PKEY_free(pkey);
+    PyBuffer_Release(&private);
+    return -1;
+}
+
+static void Key_dealloc(KeyObject *self)
+{
+    EVP_PKEY_free(self->pkey);
+    Py_XDECREF(self->public);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Key_get_public(KeyObject *self, void *closure)
+{
+    if (self->public == NULL) {
+        PyErr_SetString(KernelError, "key was not initialised");
+        return NULL;
+    }
+    return Py_NewRef(self->public);
+}
+
+static PyGetSetDef Key_getset[] = {{"public", (getter)Key_get_public, NULL, "The 32-byte public key.", NULL},
+                                   {NULL}};
+
+static int Ed25519_init(KeyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return key_init(self, args, EVP_PKEY_ED25519, "an Ed25519 seed");
+}
+
+PyDoc_STRVAR(ed25519_sign_doc, "sign(data) -> bytes\n\nThe deterministic 64-byte signature of data.");
+
+static PyObject *Ed25519_sign(KeyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    PyObject *result = NULL;
+    EVP_MD_CTX *ctx = NULL;
+    unsigned char sig[SIG_LEN];
+    size_t len = sizeof(sig);
+    if (self->pkey == NULL) {
+        PyErr_SetString(KernelError, "key was not initialised");
+        goto done;
+    }
+    ctx = EVP_MD_CTX_new();
+    if (ctx == NULL || EVP_DigestSignInit(ctx, NULL, NULL, NULL, self->pkey) != 1 ||
+        EVP_DigestSign(ctx, sig, &len, data.buf, (size_t)data.len) != 1 || len != SIG_LEN) {
+        ERR_clear_error();
+        PyErr_SetString(KernelError, "OpenSSL failed to sign");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize((const char *)sig, SIG_LEN);
+done:
+    EVP_MD_CTX_free(ctx);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+static PyMethodDef Ed25519_methods[] = {{"sign", (PyCFunction)Ed25519_sign, METH_VARARGS, ed25519_sign_doc},
+                                        {NULL}};
+
+static PyTypeObject Ed25519Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vpncloud.fastpath._kernels.Ed25519",
+    .tp_doc = "Ed25519(seed): a 32-byte seed, its public key and signatures with it.",
+    .tp_basicsize = sizeof(KeyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ed25519_init,
+    .tp_dealloc = (destructor)Key_dealloc,
+    .tp_methods = Ed25519_methods,
+    .tp_getset = Key_getset,
+};
+
+PyDoc_STRVAR(ed25519_verify_doc,
+             "ed25519_verify(public, signature, data) -> bool\n\n"
+             "Whether signature is a valid signature of data by public; False, never an exception, for a\n"
+             "signature or key that is wrong in any way (lengths included).");
+
+static PyObject *ed25519_verify(PyObject *module, PyObject *args)
+{
+    Py_buffer pub, sig, data;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &pub, &sig, &data))
+        return NULL;
+    int ok = 0;
+    if (pub.len == KEY_LEN && sig.len == SIG_LEN) {
+        EVP_PKEY *pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub.buf, KEY_LEN);
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        ok = pkey != NULL && ctx != NULL && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, pkey) == 1 &&
+             EVP_DigestVerify(ctx, sig.buf, SIG_LEN, data.buf, (size_t)data.len) == 1;
+        EVP_MD_CTX_free(ctx);
+        EVP_PKEY_free(pkey);
+        ERR_clear_error();
+    }
+    PyBuffer_Release(&pub);
+    PyBuffer_Release(&sig);
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(ok);
+}
+
+static int X25519_init(KeyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return key_init(self, args, EVP_PKEY_X25519, "an X25519 private key");
+}
+
+PyDoc_STRVAR(x25519_exchange_doc,
+             "exchange(peer_public) -> bytes or None\n\n"
+             "The raw 32-byte shared secret; None when it is all zero (a small-order peer point).");
+
+static PyObject *X25519_exchange(KeyObject *self, PyObject *args)
+{
+    Py_buffer peer;
+    if (!PyArg_ParseTuple(args, "y*", &peer))
+        return NULL;
+    PyObject *result = NULL;
+    EVP_PKEY *other = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    unsigned char secret[KEY_LEN];
+    size_t len = sizeof(secret);
+    if (self->pkey == NULL) {
+        PyErr_SetString(KernelError, "key was not initialised");
+        goto done;
+    }
+    if (!check_key(&peer, "an X25519 public key"))
+        goto done;
+    other = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer.buf, KEY_LEN);
+    ctx = EVP_PKEY_CTX_new(self->pkey, NULL);
+    if (ctx == NULL || other == NULL || EVP_PKEY_derive_init(ctx) != 1) {
+        ERR_clear_error();
+        PyErr_SetString(KernelError, "OpenSSL could not set up the X25519 exchange");
+        goto done;
+    }
+    /* OpenSSL refuses to derive an all-zero secret (RFC 7748 section 6.1): the one way it fails here */
+    if (EVP_PKEY_derive_set_peer(ctx, other) == 1 && EVP_PKEY_derive(ctx, secret, &len) == 1 && len == KEY_LEN) {
+        result = PyBytes_FromStringAndSize((const char *)secret, KEY_LEN);
+    } else {
+        ERR_clear_error();
+        result = Py_NewRef(Py_None);
+    }
+    OPENSSL_cleanse(secret, sizeof(secret));
+done:
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(other);
+    PyBuffer_Release(&peer);
+    return result;
+}
+
+static PyMethodDef X25519_methods[] = {
+    {"exchange", (PyCFunction)X25519_exchange, METH_VARARGS, x25519_exchange_doc},
+    {NULL}};
+
+static PyTypeObject X25519Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vpncloud.fastpath._kernels.X25519",
+    .tp_doc = "X25519(private): a 32-byte private key, its public key and exchanges with peers.",
+    .tp_basicsize = sizeof(KeyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)X25519_init,
+    .tp_dealloc = (destructor)Key_dealloc,
+    .tp_methods = X25519_methods,
+    .tp_getset = Key_getset,
+};
+
 static PyMethodDef module_methods[] = {
     {"open_train", open_train, METH_VARARGS, open_train_doc},
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
+    {"ed25519_verify", ed25519_verify, METH_VARARGS, ed25519_verify_doc},
     {NULL}};
 
 static struct PyModuleDef kernels_module = {
@@ -423,14 +672,16 @@ static struct PyModuleDef kernels_module = {
 
 PyMODINIT_FUNC PyInit__kernels(void)
 {
-    if (PyType_Ready(&AeadType) < 0)
+    if (PyType_Ready(&AeadType) < 0 || PyType_Ready(&Ed25519Type) < 0 || PyType_Ready(&X25519Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&kernels_module);
     if (m == NULL)
         return NULL;
     KernelError = PyErr_NewException("vpncloud.fastpath._kernels.KernelError", PyExc_ValueError, NULL);
     if (KernelError == NULL || PyModule_AddObjectRef(m, "KernelError", KernelError) < 0 ||
-        PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0) {
+        PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0 ||
+        PyModule_AddObjectRef(m, "Ed25519", (PyObject *)&Ed25519Type) < 0 ||
+        PyModule_AddObjectRef(m, "X25519", (PyObject *)&X25519Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

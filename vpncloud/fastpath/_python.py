@@ -9,10 +9,15 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 TAG_LEN = 16
+KEY_LEN = 32
+SIG_LEN = 64
 HEADER_LEN = 8
 OVERHEAD = HEADER_LEN + TAG_LEN
 NUM_SLOTS = 4
@@ -43,10 +48,18 @@ class Aead:
         self._enc_into = getattr(impl, "encrypt_into", None)
         self._dec_into = getattr(impl, "decrypt_into", None)
 
-    def seal(self, nonce: bytes, data: bytes) -> bytes:
+    def seal(self, nonce: bytes, data: bytes | bytearray | memoryview) -> bytes:
         if len(nonce) != 12 or len(data) > MAX_CHUNK:
             raise KernelError("uninitialised Aead, nonce not 12 bytes or data over 1 MiB")
         return self._encrypt(bytes(nonce), bytes(data), None)
+
+    def open(self, nonce: bytes, body: bytes | bytearray | memoryview) -> bytes | None:
+        if len(nonce) != 12 or len(body) > MAX_CHUNK + TAG_LEN:
+            raise KernelError("uninitialised Aead, nonce not 12 bytes or body over 1 MiB")
+        try:
+            return self._decrypt(bytes(nonce), bytes(body), None)
+        except InvalidTag:
+            return None
 
     def seal_rows(
         self,
@@ -166,6 +179,56 @@ def open_train(
             continue
         append(size)
     return rows, lengths
+
+
+def _check_key(key: bytes | bytearray | memoryview, what: str) -> bytes:
+    if len(key) != KEY_LEN:
+        raise KernelError(f"{what} must be 32 bytes")
+    return bytes(key)
+
+
+class Ed25519:
+    """A 32-byte Ed25519 seed with its public key; cryptography's key object, as in C."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, seed: bytes | bytearray | memoryview) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(_check_key(seed, "an Ed25519 seed"))
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign(self, data: bytes | bytearray | memoryview) -> bytes:
+        return self._key.sign(bytes(data))
+
+
+def ed25519_verify(
+    public: bytes | bytearray | memoryview,
+    signature: bytes | bytearray | memoryview,
+    data: bytes | bytearray | memoryview,
+) -> bool:
+    if len(public) != KEY_LEN or len(signature) != SIG_LEN:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(public)).verify(bytes(signature), bytes(data))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class X25519:
+    """A 32-byte X25519 private key with its public key; cryptography's key object, as in C."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, private: bytes | bytearray | memoryview) -> None:
+        self._key = X25519PrivateKey.from_private_bytes(_check_key(private, "an X25519 private key"))
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def exchange(self, peer_public: bytes | bytearray | memoryview) -> bytes | None:
+        peer = X25519PublicKey.from_public_bytes(_check_key(peer_public, "an X25519 public key"))
+        try:
+            return self._key.exchange(peer)
+        except ValueError:  # the all-zero secret of a small-order point, as OpenSSL refuses it in C
+            return None
 
 
 def _finish_vec(total: Any) -> Any:
