@@ -57,6 +57,14 @@ def key_for(fdp: atheris.FuzzedDataProvider) -> tuple[int, bytes]:
     return alg, fdp.ConsumeBytes(KEY_LEN[alg])
 
 
+def keyed_nonce(fdp: atheris.FuzzedDataProvider) -> tuple[int, bytes, bytes] | None:
+    """A whole key of a random algorithm and a nonce of 10 to 13 bytes (the right length is 12)."""
+    alg, key = key_for(fdp)
+    if len(key) != KEY_LEN[alg]:
+        return None
+    return alg, key, fdp.ConsumeBytes(fdp.ConsumeIntInRange(10, 13))
+
+
 def odd_length(fdp: atheris.FuzzedDataProvider, size: int) -> bytes:
     """Mostly ``size`` bytes, sometimes one more or fewer (or none at all)."""
     return fdp.ConsumeBytes(fdp.PickValueInList([size, size, size, size - 1, size + 1, 0]))
@@ -82,10 +90,9 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
 
     def seal(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
-        alg, key = key_for(fdp)
-        if len(key) != KEY_LEN[alg]:
+        if (keyed := keyed_nonce(fdp)) is None:
             return
-        nonce = fdp.ConsumeBytes(fdp.ConsumeIntInRange(10, 13))
+        alg, key, nonce = keyed
         plain = fdp.ConsumeBytes(fdp.remaining_bytes())
         assert outcome(lambda: C.Aead(alg, key).seal(nonce, plain)) == outcome(
             lambda: PY.Aead(alg, key).seal(nonce, plain)
@@ -93,10 +100,9 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
 
     def open_(data: bytes) -> None:
         fdp = atheris.FuzzedDataProvider(data)
-        alg, key = key_for(fdp)
-        if len(key) != KEY_LEN[alg]:
+        if (keyed := keyed_nonce(fdp)) is None:
             return
-        nonce = fdp.ConsumeBytes(fdp.ConsumeIntInRange(10, 13))
+        alg, key, nonce = keyed
         if len(nonce) == 12 and fdp.ConsumeBool():
             # a real frame, maybe with a bit flipped, so that opening runs and not only the refusals
             body = flip(fdp, C.Aead(alg, key).seal(nonce, fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))))
