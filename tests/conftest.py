@@ -9,6 +9,7 @@ The ``secret_scan`` plugin (tests/secret_scan.py) is on for every run.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -21,6 +22,14 @@ from vpncloud.lab.netns import Netns, Topology, requirements_missing
 # Every run greps all captured output and output files for the secrets the suite uses (issue 10):
 # a hit fails the session (VPNCLOUD_SECRET_SCAN=report only lists the hits).
 pytest_plugins = ["secret_scan"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A job started with `cmd &` by a non-interactive shell (a CI runner's, nohup's) inherits SIGINT
+    # ignored, Python keeps it so, and every child inherits it: the tests that interrupt `lab up` or a
+    # topology with SIGINT would wait forever. A handled signal is reset to the default on exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
