@@ -136,26 +136,33 @@ class Daemon:
 
 # --- 1. flood -------------------------------------------------------------------------------------
 
-#: Flood kinds of issue 24: (name, payload, sources). Sources: ``one`` = one real address (UDP
+#: Flood kinds of issue 24: (name, payload, sources, port). Sources: ``one`` = one real address (UDP
 #: socket), ``random`` = 250 spoofed addresses, ``wide`` = 65,536 spoofed addresses (10.77.0.0/16),
 #: random ports. Payloads: ``junk`` = 0xFF + random bytes (a PING with a random key hash),
 #: ``keyhash`` = a genuine PING with a broken signature (passes the key-hash filter),
 #: ``keyhash_vary`` = the same with a different broken signature from each source,
 #: ``replay`` = one genuine, validly signed PING.
+#: The ``control_`` kinds send the same flood to ``SINK_PORT`` on b, where a socket is bound and never
+#: read: the kernel drops the flood on that full queue, so the tunnel loses only what the flood costs the
+#: machine itself (the flooder's CPU, the kernel's receive path). That is the ceiling a daemon could reach
+#: if a flood datagram cost it nothing.
+SINK_PORT = 3299
 FLOODS = [
-    ("ping_one_source", "junk", "one"),
-    ("ping_random_sources", "junk", "random"),
-    ("ping_wide_range", "junk", "wide"),
-    ("valid_key_hash_random", "keyhash", "random"),
-    ("valid_key_hash_varied_wide", "keyhash_vary", "wide"),
-    ("replayed_ping_random", "replay", "wide"),
+    ("control_one_source", "junk", "one", SINK_PORT),
+    ("ping_one_source", "junk", "one", 3210),
+    ("ping_random_sources", "junk", "random", 3210),
+    ("control_wide_range", "junk", "wide", SINK_PORT),
+    ("ping_wide_range", "junk", "wide", 3210),
+    ("valid_key_hash_random", "keyhash", "random", 3210),
+    ("valid_key_hash_varied_wide", "keyhash_vary", "wide", 3210),
+    ("replayed_ping_random", "replay", "wide", 3210),
 ]
 SPOOF_NET = "10.77.0.0/16"
 
 FLOODER = textwrap.dedent("""
     import os, random, socket, struct, sys, time
-    kind, sources, target, rate, seconds, ping_hex = sys.argv[1:7]
-    rate, seconds = int(rate), float(seconds)
+    kind, sources, target, port, rate, seconds, ping_hex = sys.argv[1:8]
+    port, rate, seconds = int(port), int(rate), float(seconds)
     ping = bytes.fromhex(ping_hex)
     rnd = random.Random(24)
     if kind == "junk":
@@ -170,7 +177,7 @@ FLOODER = textwrap.dedent("""
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setblocking(False)
         packets = payloads
-        send = lambda data: s.sendto(data, (target, 3210))
+        send = lambda data: s.sendto(data, (target, port))
     else:
         count = 250 if sources == "random" else 65536
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
@@ -180,7 +187,7 @@ FLOODER = textwrap.dedent("""
         for i in range(count):
             src = bytes((10, 77, i >> 8, i & 255)) if count > 250 else bytes((10, 77, 1, 1 + i))
             data = payloads[i % len(payloads)]
-            udp = struct.pack("!HHHH", rnd.randrange(1024, 65535), 3210, 8 + len(data), 0) + data
+            udp = struct.pack("!HHHH", rnd.randrange(1024, 65535), port, 8 + len(data), 0) + data
             ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, src, dst)
             packets.append(ip + udp)
         rnd.shuffle(packets)
@@ -262,11 +269,17 @@ class Setup:
         self.a.start()
         wait_for(lambda: self.a_ns.ping("10.120.0.2"), 30, f"{label}: tunnel a -> b")
         topo.spawn(self.b_ns, ["iperf3", "-s", "-B", "10.120.0.2"])
+        # the control floods' target: bound, never read
+        sink = "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+        topo.spawn(self.b_ns, [PY, "-c", f"{sink}; s.bind(('', {SINK_PORT})); time.sleep(1e6)"])
         wait_for(lambda: ":5201" in self.b_ns.run(["ss", "-ltn"], check=False).stdout, 10, "iperf3 server")
         self.topo = topo
         self.unloaded = 0.0
+        self.no_iperf = False
 
-    def run(self, kind: str, payload: str, sources: str, rate: int, seconds: float, after: float) -> dict:
+    def run(
+        self, kind: str, payload: str, sources: str, port: int, rate: int, seconds: float, after: float
+    ) -> dict:
         b = self.b
         assert b.proc is not None
         st0 = b.status()
@@ -276,12 +289,28 @@ class Setup:
         flooder = None
         if kind != "unloaded":
             flooder = self.x_ns.popen(
-                [PY, "-c", FLOODER, payload, sources, "10.76.0.2", str(rate), str(seconds + 1), PING_HEX],
+                [
+                    PY,
+                    "-c",
+                    FLOODER,
+                    payload,
+                    sources,
+                    "10.76.0.2",
+                    str(port),
+                    str(rate),
+                    str(seconds + 1),
+                    PING_HEX,
+                ],
                 stdout=subprocess.PIPE,
             )
             self.topo.processes.append(flooder)
-        mbit = iperf(self.a_ns, "10.120.0.2", seconds)
-        cpu = (cpu_seconds(b.proc.pid) - cpu0) / (time.monotonic() - t0)
+        if self.no_iperf:
+            time.sleep(seconds)  # the flood runs that long; nothing to await
+            mbit = 0.0
+        else:
+            mbit = iperf(self.a_ns, "10.120.0.2", seconds)
+        cpu_s = cpu_seconds(b.proc.pid) - cpu0
+        cpu = cpu_s / (time.monotonic() - t0)
         sent = 0
         if flooder is not None:
             out, _ = flooder.communicate(timeout=60)
@@ -297,6 +326,7 @@ class Setup:
             self.unloaded = mbit
         alive = b.proc.poll() is None and self.a_ns.ping("10.120.0.2", count=3, timeout=2.0)
         dp0, dp1 = st0.get("dataplane") or {}, st1.get("dataplane") or {}
+        reads = dp1.get("listen_socket_datagrams", 0) - dp0.get("listen_socket_datagrams", 0)
         return {
             "impl": self.label,
             "flood": kind,
@@ -307,7 +337,9 @@ class Setup:
             "to_range_during": reflected_during,
             "to_range_after": reflected_after,
             "rss_growth_mb": round(rss1 - rss0, 1),
-            "listen_reads": dp1.get("listen_socket_datagrams", 0) - dp0.get("listen_socket_datagrams", 0),
+            "listen_reads": reads,
+            # with --no-iperf: what one flood datagram the daemon read cost it (reads, dispatch, guard)
+            "b_cpu_us_per_read": round(1e6 * cpu_s / reads, 2) if reads else "",
             "session_ok": bool(alive) and (b.original is not None or bool(st1.get("peers"))),
         }
 
@@ -316,7 +348,13 @@ PING_HEX = ""
 
 
 def bench_flood(
-    tmp: Path, rate: int, seconds: float, after: float, baseline: Path | None, kinds: list[str]
+    tmp: Path,
+    rate: int,
+    seconds: float,
+    after: float,
+    baseline: Path | None,
+    kinds: list[str],
+    no_iperf: bool = False,
 ) -> list[dict[str, Any]]:
     global PING_HEX
     PING_HEX = genuine_ping().hex()
@@ -328,10 +366,12 @@ def bench_flood(
         impls.append(("original", None, os.environ["VPNCLOUD_ORIGINAL"]))
     with Topology() as topo:
         setups = [Setup(topo, tmp, label, tree, original) for label, tree, original in impls]
-        for kind, payload, sources in [("unloaded", "", ""), *(f for f in FLOODS if f[0] in kinds)]:
+        for setup in setups:
+            setup.no_iperf = no_iperf
+        for kind, payload, sources, port in [("unloaded", "", "", 0), *(f for f in FLOODS if f[0] in kinds)]:
             # interleaved: every implementation takes each flood before the next flood starts
             for setup in setups:
-                row = setup.run(kind, payload, sources, rate, seconds, after)
+                row = setup.run(kind, payload, sources, port, rate, seconds, after)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
@@ -550,6 +590,11 @@ def main() -> int:
     ap.add_argument("--after", type=float, default=15.0, help="watch window after each flood")
     ap.add_argument("--baseline", type=Path, help="a source tree (e.g. /work/main) to run interleaved")
     ap.add_argument("--kinds", default=",".join(f[0] for f in FLOODS), help="flood kinds, comma-separated")
+    ap.add_argument(
+        "--no-iperf",
+        action="store_true",
+        help="floods only, no stream: b's CPU per flood datagram it read (b_cpu_us_per_read)",
+    )
     ap.add_argument("--churn-seconds", type=float, default=40.0)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--skip", action="append", default=[], choices=["flood", "replay", "churn"])
@@ -575,7 +620,8 @@ def main() -> int:
         if "flood" not in ns.skip:
             print(f"== floods at up to {rate}/s, iperf3 a -> b in the tunnel, {seconds:.0f} s each")
             kinds = ns.kinds.split(",")
-            print(table(bench_flood(tmp, rate, seconds, ns.after, ns.baseline, kinds)), flush=True)
+            rows = bench_flood(tmp, rate, seconds, ns.after, ns.baseline, kinds, ns.no_iperf)
+            print(table(rows), flush=True)
         if "replay" not in ns.skip:
             print("\n== replayed DATA (real crypto cores, in-process)")
             print(table([bench_replay()]), flush=True)
