@@ -14,6 +14,7 @@ Claims checked here:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -329,6 +330,19 @@ def test_spoofed_junk_leaves_no_per_source_state() -> None:
 # --- issue 24 -------------------------------------------------------------------------------------
 
 
+def restart_under_attack(
+    h: Harness, a: SimNode, b: SimNode, attack: Callable[[float], None], tries: int
+) -> None:
+    """Kill ``b``, start a new node at its address, and attack ``a`` until they are peers again."""
+    h.stop(b, graceful=False)
+    b2 = h.add_node("b2", b.addr, peers=[a])
+    for _ in range(tries):
+        attack(0.5)
+        if h.connected(a, b2) and h.connected(b2, a):
+            break
+    assert h.connected(a, b2) and h.connected(b2, a)
+
+
 def test_spoofed_pings_with_a_peers_ip_do_not_keep_it_from_rejoining() -> None:
     """20 forged PINGs per second carrying the peer's IP (other ports, trusted key hash, bad
     signature) while the peer restarts: it rejoins (the per-IP limit of issue 10 kept it out)."""
@@ -346,13 +360,7 @@ def test_spoofed_pings_with_a_peers_ip_do_not_keep_it_from_rejoining() -> None:
             h.run_for(0.05)
 
     attack(2)
-    h.stop(b, graceful=False)
-    b2 = h.add_node("b2", b.addr, peers=[a])
-    for _ in range(10):
-        attack(0.5)
-        if h.connected(a, b2) and h.connected(b2, a):
-            break
-    assert h.connected(a, b2) and h.connected(b2, a)
+    restart_under_attack(h, a, b, attack, 10)
     g = a.node.guard.counters
     assert g.dropped_new_address > 0  # port hopping was charged to the host
 
@@ -524,3 +532,54 @@ def test_the_bad_signature_table_is_bounded_and_forgotten_with_the_keys() -> Non
     other = CryptoConfig(identity=identity_from_password("other"), algorithms=list(DEFAULT_ALGORITHMS))
     node.reconfigure(NodeConfig(), other, 502.0)
     assert len(node.guard.bad_signatures) == 0
+
+
+def test_the_reserve_of_a_returning_host_serves_it_only_when_the_global_limit_is_spent() -> None:
+    cfg = GuardConfig(global_rate=1.0, global_burst=1.0, returning_rate=1.0, returning_burst=2.0)
+    g = HandshakeGuard(cfg)
+    assert g.allow_global(0.0, "10.0.0.9")  # the global token first, the reserve untouched
+    assert not g.allow_global(0.0, "10.0.0.9")  # never connected: no reserve
+    g.remember_peer("10.0.0.9", 0.0)
+    assert g.allow_global(0.0, "10.0.0.9") and g.allow_global(0.0, "10.0.0.9")
+    assert not g.allow_global(0.0, "10.0.0.9")  # its burst of 2 is spent
+    assert not g.allow_global(0.0, "10.0.0.8")  # another host does not share it
+    assert g.allow_global(1.5, "10.0.0.8")  # the global bucket refilled
+    assert g.allow_global(1.5, "10.0.0.9")  # the reserve refilled (1/s) while the global one is spent
+    c = g.counters
+    assert (c.allowed, c.allowed_returning, c.dropped_global) == (2, 3, 3)
+
+
+def test_returning_hosts_are_bounded_least_recently_connected_first() -> None:
+    g = HandshakeGuard(GuardConfig(global_rate=1.0, global_burst=1.0, max_sources=3))
+    for i in range(4):
+        g.remember_peer(f"10.0.0.{i}", 0.0)
+    g.remember_peer("10.0.0.1", 0.0)  # connected again: the most recent now
+    g.remember_peer("10.0.0.4", 0.0)  # one more: 10.0.0.2 is the least recently connected left
+    assert g.allow_global(0.0)  # spend the global token
+    assert [g.allow_global(0.0, f"10.0.0.{i}") for i in range(5)] == [False, True, False, True, True]
+
+
+def test_a_peer_rejoins_while_forgeries_with_varied_signatures_spend_the_global_limit() -> None:
+    """Issue 24: 1,000 forged PINGs per second (trusted key hash, another signature in each, from
+    random hosts) keep the global bucket spent, so the signature check admits a PING from outside
+    by luck only; a peer that restarts meanwhile rejoins on its host's reserve."""
+    h = Harness(seed=26)
+    a = h.add_node()
+    b = h.add_node(peers=[a])
+    assert h.run_until(h.full_mesh, timeout=5)
+    ping = fresh_pings(1)[0]  # never delivered: its ephemeral key is in no replay table
+    rnd = random.Random(3)
+
+    def attack(seconds: float) -> None:
+        for _ in range(int(seconds * 20)):
+            for _ in range(50):
+                forged = ping[:-32] + rnd.randbytes(2) + ping[-30:]
+                src = (f"198.51.{rnd.randrange(256)}.{rnd.randrange(1, 255)}", rnd.randrange(1024, 65535))
+                h.deliver_raw(a, forged, src)
+            h.run_for(0.05)
+
+    attack(3)
+    g = a.node.guard.counters
+    assert g.dropped_global > 0 and g.allowed_returning == 0
+    restart_under_attack(h, a, b, attack, 20)
+    assert g.allowed_returning > 0  # b2's PING passed on b's reserve, not on a spare global token

@@ -131,6 +131,8 @@ class GuardSection:
     per_host_new_burst: float | None = None
     global_rate: float | None = None
     global_burst: float | None = None
+    returning_rate: float | None = None
+    returning_burst: float | None = None
     max_sources: int | None = None
     amplification_budget: bool | None = None
     budget_ttl: float | None = None
@@ -237,6 +239,8 @@ _GUARD_SCHEMA: Schema = {
     "per-host-new-burst": ("per_host_new_burst", _POSNUM),
     "global-rate": ("global_rate", _POSNUM),
     "global-burst": ("global_burst", _POSNUM),
+    "returning-rate": ("returning_rate", _POSNUM),
+    "returning-burst": ("returning_burst", _POSNUM),
     "max-sources": ("max_sources", _COUNT),
     "amplification-budget": ("amplification_budget", _BOOL),
     "budget-ttl": ("budget_ttl", _POSNUM),

@@ -37,7 +37,13 @@ or (replaying a captured, validly signed PING from spoofed addresses) turn it in
    only after the signature verified, so a forgery cannot poison the table. (An attacker on the path
    who races a PING to us from another address first holds that one PING off; the initiator's next
    attempt, with a fresh key, gets through.);
-5. a **global** token bucket for the messages that will reach the signature check;
+5. a **global** token bucket for the messages that will reach the signature check. A flood that
+   varies its forged signatures spends it (every such datagram needs a check), and with it the chance
+   of every legitimate PING from outside. Hosts that completed a handshake with us before
+   (:meth:`HandshakeGuard.remember_peer`, at most ``max_sources``) keep a small **reserve** each
+   (``returning_rate``/``_burst``) that serves them when the global bucket is spent, so a peer that
+   restarts or roams back during such a flood rejoins. An attacker who spoofs remembered hosts gets at
+   most one reserve per host of the mesh, and no more than before from anywhere else;
 6. **pending bounds** (:meth:`HandshakeGuard.admit_pending`): at most ``max_pending_per_host``
    half-open handshakes started by one host and ``max_pending`` in total; beyond the total the oldest
    one started by a peer is dropped (the node's side; an honest initiator repeats its PING).
@@ -87,6 +93,10 @@ class GuardConfig:
     per_host_new_burst: float = 8.0
     global_rate: float = 200.0
     global_burst: float = 400.0
+    #: Per host that completed a handshake with us before: what it may still bring to the signature
+    #: check once the global bucket is spent (a peer rejoining during a flood).
+    returning_rate: float = 1.0
+    returning_burst: float = 4.0
     max_sources: int = 4096
     amplification_budget: bool = True
     #: Seconds an address's byte budget is kept (bounded by ``max_sources`` as well).
@@ -113,8 +123,8 @@ class GuardConfig:
 #: :class:`GuardConfig` are the one description of the limits: the daemon's ``handshake-guard:``
 #: section and ``mesh.yaml``'s ``handshake_guard`` block are both checked against them.
 GUARD_AT_LEAST_ONE = frozenset(
-    {"per_source_burst", "per_host_new_burst", "global_burst", "max_sources", "max_pending_per_host",
-     "max_pending"}
+    {"per_source_burst", "per_host_new_burst", "global_burst", "returning_burst", "max_sources",
+     "max_pending_per_host", "max_pending"}
 )  # fmt: skip
 
 
@@ -126,6 +136,9 @@ GUARD_DOC = {
     "per_host_new_burst": "Burst of new addresses one host may open.",
     "global_rate": "Messages per second that reach the signature check, all sources together.",
     "global_burst": "Burst of messages that reach the signature check, all sources together.",
+    "returning_rate": "Per host that completed a handshake before: messages per second it may still "
+    "bring to the signature check when the global limit is spent.",
+    "returning_burst": "Burst of the reserve of a host that completed a handshake before.",
     "max_sources": "Addresses (and hosts) tracked with their own bucket; also bounds the replay, "
     "byte-budget and bad-signature tables.",
     "amplification_budget": "Send an address that has not proved it receives at most as many bytes as "
@@ -156,6 +169,7 @@ class GuardCounters:
     dropped_new_address: int = 0
     dropped_overflow: int = 0
     dropped_global: int = 0
+    allowed_returning: int = 0
     dropped_untrusted: int = 0
     dropped_replayed_ping: int = 0
     dropped_bad_signature: int = 0
@@ -251,6 +265,8 @@ class HandshakeGuard:
         self._sources = _BucketTable(cfg.per_source_rate, cfg.per_source_burst, cfg.max_sources)
         self._hosts = _BucketTable(cfg.per_host_new_rate, cfg.per_host_new_burst, cfg.max_sources)
         self._global: TokenBucket | None = None
+        # hosts that completed a handshake, least recently seen first, each with its reserve
+        self._returning: OrderedDict[str, TokenBucket] = OrderedDict()
         self._budgets: OrderedDict[SocketAddr, _Budget] = OrderedDict()
         self._pings: OrderedDict[bytes, tuple[SocketAddr, float]] = OrderedDict()
         # verified PING datagram -> its ephemeral key: a replay is byte-identical, found without a parse
@@ -288,15 +304,32 @@ class HandshakeGuard:
             self.counters.dropped_source += 1
         return False
 
-    def allow_global(self, now: float) -> bool:
-        """Global limit; call right before the signature check."""
+    def allow_global(self, now: float, host: str | None = None) -> bool:
+        """Global limit; call right before the signature check. When it is spent, a ``host`` that
+        completed a handshake before (:meth:`remember_peer`) may still pass on its own reserve."""
         if self._global is None:
             self._global = TokenBucket.full(self.config.global_rate, self.config.global_burst, now)
         if self._global.take(now):
             self.counters.allowed += 1
             return True
+        reserve = self._returning.get(host) if host is not None else None
+        if reserve is not None and reserve.take(now):
+            self.counters.allowed_returning += 1
+            return True
         self.counters.dropped_global += 1
         return False
+
+    def remember_peer(self, host: str, now: float) -> None:
+        """``host`` completed a handshake: its signature verified and it answered from that address.
+        At most ``max_sources`` hosts are remembered, the least recently connected forgotten first."""
+        returning = self._returning
+        if host in returning:
+            returning.move_to_end(host)
+            return
+        cfg = self.config
+        returning[host] = TokenBucket.full(cfg.returning_rate, cfg.returning_burst, now)
+        if len(returning) > cfg.max_sources:
+            returning.popitem(last=False)
 
     def note_untrusted(self) -> None:
         """A handshake message whose key hash matches no trusted key (dropped by the caller)."""

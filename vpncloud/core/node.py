@@ -504,7 +504,7 @@ class Node:
             return False  # a PING answered elsewhere: dropped before it costs a global token
         if addr not in self._peers:
             guard.note_received(addr, len(data), now)
-        if not guard.allow_global(now):
+        if not guard.allow_global(now, addr[0]):
             self._note_guard_drop(now)
             return False
         if count:
@@ -788,6 +788,7 @@ class Node:
         self.handshakes["completed"] += 1
         self._events.append(PeerConnected(nice(addr), info.node_id, list(info.claims)))
         self._peers[addr] = peer
+        self.guard.remember_peer(addr[0], now)
         peer.features = decode_features(result.node_info)
         if result.reply is not None:
             self._send(result.reply, addr)
