@@ -49,6 +49,10 @@ from vpncloud.lab.netns import Netns, NetnsError, Topology  # noqa: E402
 PY = sys.executable
 PASSWORD = "bench-security"
 CLK = os.sysconf("SC_CLK_TCK")
+#: ``--pin``: command prefixes that put the tunnel (daemons, iperf3) on CPU 0 and the attacker on CPU 1,
+#: so the flooder's own CPU does not come out of the tunnel's share, as when it runs on another machine.
+TUNNEL_CPU: list[str] = []
+FLOOD_CPU: list[str] = []
 
 
 def wait_for(pred: Any, timeout: float, what: str) -> Any:
@@ -108,6 +112,7 @@ class Daemon:
             log = None
         for p in self.peers:
             args += ["-c", p]
+        args = [*TUNNEL_CPU, *args]
         self.proc = self.topo.spawn(self.ns, args, env=env, stdout=log, stderr=subprocess.STDOUT)
         if log is not None:
             log.close()
@@ -228,7 +233,7 @@ def genuine_ping() -> bytes:
 
 def iperf(client: Netns, server_ip: str, seconds: float) -> float:
     try:
-        args = ["iperf3", "-c", server_ip, "-t", str(seconds), "-J"]
+        args = [*TUNNEL_CPU, "iperf3", "-c", server_ip, "-t", str(seconds), "-J"]
         r = client.run(args, check=False, timeout=seconds + 30)
     except NetnsError:
         return 0.0  # iperf3 stalled (its control connection starved by the flood): nothing got through
@@ -268,7 +273,7 @@ class Setup:
         self.a = Daemon(topo, self.a_ns, "a", d, "10.120.0.1", ["10.76.0.2:3210"], tree, original)
         self.a.start()
         wait_for(lambda: self.a_ns.ping("10.120.0.2"), 30, f"{label}: tunnel a -> b")
-        topo.spawn(self.b_ns, ["iperf3", "-s", "-B", "10.120.0.2"])
+        topo.spawn(self.b_ns, [*TUNNEL_CPU, "iperf3", "-s", "-B", "10.120.0.2"])
         # the control floods' target: bound, never read
         sink = "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
         topo.spawn(self.b_ns, [PY, "-c", f"{sink}; s.bind(('', {SINK_PORT})); time.sleep(1e6)"])
@@ -290,6 +295,7 @@ class Setup:
         if kind != "unloaded":
             flooder = self.x_ns.popen(
                 [
+                    *FLOOD_CPU,
                     PY,
                     "-c",
                     FLOODER,
@@ -595,6 +601,11 @@ def main() -> int:
         action="store_true",
         help="floods only, no stream: b's CPU per flood datagram it read (b_cpu_us_per_read)",
     )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="the tunnel on CPU 0, the attacker on CPU 1 (the flood's sender off the tunnel's CPU)",
+    )
     ap.add_argument("--churn-seconds", type=float, default=40.0)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--skip", action="append", default=[], choices=["flood", "replay", "churn"])
@@ -613,6 +624,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("error: run as root (network namespaces)", file=sys.stderr)
         return 1
+    if ns.pin:
+        TUNNEL_CPU[:] = ["taskset", "-c", "0"]
+        FLOOD_CPU[:] = ["taskset", "-c", "1"]
     rate = min(max(ns.rate, 1), 50000)
     seconds = min(max(ns.seconds, 1.0), 60.0)
     with tempfile.TemporaryDirectory(prefix="vc-bench-sec-") as d:
