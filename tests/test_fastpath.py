@@ -294,3 +294,154 @@ def test_the_python_twin_runs_when_asked_or_when_c_is_not_built(monkeypatch: pyt
     impl, reason = fastpath._load()
     assert impl is PY
     assert "not built" in reason
+
+
+# --- coalesce_rows: the GRO merge of a decrypted train -------------------------------------------
+
+
+def _train_rows(
+    v6: bool, count: int, mss: int, tail: int, options: bytes, seq: int, psh_last: bool
+) -> list[bytearray]:
+    """The segments of one TSO super-packet as GRO delivers them (checksums are not looked at)."""
+    import struct
+
+    from vpncloud.fastpath.gro import PROTO_TCP
+
+    iphl = 40 if v6 else 20
+    doff = (20 + len(options)) // 4
+    out = []
+    for i in range(count):
+        size = tail if tail and i == count - 1 else mss
+        flags = 0x18 if psh_last and i == count - 1 else 0x10
+        tcp = struct.pack(
+            "!HHLLBBHHH", 40000, 5201, (seq + i * mss) & 0xFFFFFFFF, 555, doff << 4, flags, 500, 0, 0
+        )
+        length = iphl + len(tcp) + len(options) + size
+        if v6:
+            ip = struct.pack("!IHBB", 0x60000000, length - 40, PROTO_TCP, 64) + bytes(range(32))
+        else:
+            ip = struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, length, 100 + i, 0x4000, 64, PROTO_TCP, 0, b"\n\0\0\1", b"\n\0\0\2"
+            )
+        out.append(bytearray(ip + tcp + options + bytes((i * 7 + j) & 0xFF for j in range(size))))
+    return out
+
+
+def _layout(packets: list[bytearray], extra: int) -> tuple[bytearray, int, list[int]]:
+    stride = 1 + max(map(len, packets)) + extra
+    buf = bytearray(b"\xa5" * (stride * len(packets)))
+    for i, p in enumerate(packets):
+        buf[i * stride + 1 : i * stride + 1 + len(p)] = p
+    return buf, stride, [len(p) for p in packets]
+
+
+def _merged(call: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", call())
+    except ValueError as err:
+        return ("error", type(err).__name__)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("tail", [0, 7])
+def test_coalesce_rows_merges_a_train(kernels: ModuleType, v6: bool, tail: int) -> None:
+    """44 segments of one flow and the short PSH one that ends it: one GSO write with the first
+    segment's headers, the merged lengths, the pseudo-header sum, all payloads in order."""
+    from vpncloud.fastpath import gro
+
+    packets = _train_rows(v6, 45, 1300, tail, b"\x01\x01\x04\x02", 0xFFFFF000, True)
+    buf, stride, lengths = _layout(packets, 3)
+    merged = kernels.coalesce_rows(buf, stride, lengths)
+    assert merged is not None
+    write, taken = merged
+    iphl = 40 if v6 else 20
+    hl = iphl + 24
+    total = hl + sum(len(p) - hl for p in packets)
+    payloads = [bytes(p[hl:]) for p in packets]
+    assert taken == 45
+    assert write == gro.gso_write(bytes(packets[0]), iphl, hl, v6, 1300, 0x18, total, payloads)
+    # the PSH segment at the start ends nothing: it is never merged, nor are fewer than 4 rows
+    packets[0][iphl + 13] = 0x18
+    assert kernels.coalesce_rows(*_layout(packets, 0)) is None
+    assert kernels.coalesce_rows(*_layout(packets[1:4], 0)) is None
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[], [-1, 5], [9, 9, 9], [9, 10], [2**63, 1]],
+    ids=["none", "negative", "beyond", "stride", "huge"],
+)
+def test_coalesce_rows_refuses_rows_that_do_not_fit(kernels: ModuleType, lengths: list[int]) -> None:
+    with pytest.raises(kernels.KernelError):
+        kernels.coalesce_rows(bytes(20), 10, lengths)
+
+
+#: What can be wrong with a row of a train: its length, an IPv4 option, its flags, its sequence
+#: number (out of order), its flow (ports), any one header byte, the version.
+TWISTS = ["length", "ipopt", "flags", "seq", "flow", "byte", "version", "truncate"]
+
+
+@needs_c
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    v6=st.booleans(),
+    count=st.integers(1, 70),
+    mss=st.sampled_from([1, 8, 99, 1300]),
+    tail=st.integers(0, 20),
+    options=st.sampled_from([b"", b"\x01\x01\x04\x02", b"\x01\x01\x08\x0a" + bytes(8)]),
+    seq=st.integers(0, 2**32 - 1),
+    psh_last=st.booleans(),
+    twists=st.lists(st.tuples(st.sampled_from(TWISTS), st.integers(0, 69), st.integers(0, 255)), max_size=4),
+    extra=st.integers(0, 4),
+)
+def test_coalesce_rows_c_equals_python(
+    v6: bool,
+    count: int,
+    mss: int,
+    tail: int,
+    options: bytes,
+    seq: int,
+    psh_last: bool,
+    twists: list[tuple[str, int, int]],
+    extra: int,
+) -> None:
+    """Trains of one flow, then broken: wrong lengths, IPv4 options, flags, out-of-order
+    sequence numbers, mixed flows, stray header bytes. The C merge equals the numpy twin's."""
+    packets = _train_rows(v6, count, mss, min(tail, mss - 1), options, seq, psh_last)
+    iphl = 40 if v6 else 20
+    for kind, at, value in twists:
+        p = packets[at % count]
+        if len(p) < 60:  # cut short by an earlier twist: nothing left to twist
+            continue
+        if kind == "length":
+            p[2 + 2 * v6] ^= 1 << (value % 8)
+        elif kind == "ipopt":
+            p[0] = 0x46
+        elif kind == "flags":
+            p[iphl + 13] = value
+        elif kind == "seq":
+            p[iphl + 4 + value % 4] ^= value | 1
+        elif kind == "flow":
+            p[iphl + 1] = value
+        elif kind == "byte":
+            p[value % len(p)] ^= 0x10
+        elif kind == "version":
+            p[0] = value
+        else:
+            del p[value % len(p) :]
+    buf, stride, lengths = _layout(packets, extra)
+    c = _merged(lambda: C.coalesce_rows(buf, stride, lengths))  # type: ignore[union-attr]
+    assert c == _merged(lambda: PY.coalesce_rows(buf, stride, lengths))
+
+
+@needs_c
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    buf=st.binary(max_size=400),
+    stride=st.integers(-1, 120),
+    lengths=st.lists(st.integers(-2, 130), max_size=8),
+)
+def test_coalesce_rows_random_rows_c_equals_python(buf: bytes, stride: int, lengths: list[int]) -> None:
+    """Arbitrary bytes and layouts, fitting or not: both twins refuse or decide alike."""
+    c = _merged(lambda: C.coalesce_rows(buf, stride, lengths))  # type: ignore[union-attr]
+    assert c == _merged(lambda: PY.coalesce_rows(buf, stride, lengths))
