@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import NO_C, c_kernels
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from gro_support import TWISTS, layout, train_rows, twist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -299,42 +300,6 @@ def test_the_python_twin_runs_when_asked_or_when_c_is_not_built(monkeypatch: pyt
 # --- coalesce_rows: the GRO merge of a decrypted train -------------------------------------------
 
 
-def _train_rows(
-    v6: bool, count: int, mss: int, tail: int, options: bytes, seq: int, psh_last: bool
-) -> list[bytearray]:
-    """The segments of one TSO super-packet as GRO delivers them (checksums are not looked at)."""
-    import struct
-
-    from vpncloud.fastpath.gro import PROTO_TCP
-
-    iphl = 40 if v6 else 20
-    doff = (20 + len(options)) // 4
-    out = []
-    for i in range(count):
-        size = tail if tail and i == count - 1 else mss
-        flags = 0x18 if psh_last and i == count - 1 else 0x10
-        tcp = struct.pack(
-            "!HHLLBBHHH", 40000, 5201, (seq + i * mss) & 0xFFFFFFFF, 555, doff << 4, flags, 500, 0, 0
-        )
-        length = iphl + len(tcp) + len(options) + size
-        if v6:
-            ip = struct.pack("!IHBB", 0x60000000, length - 40, PROTO_TCP, 64) + bytes(range(32))
-        else:
-            ip = struct.pack(
-                "!BBHHHBBH4s4s", 0x45, 0, length, 100 + i, 0x4000, 64, PROTO_TCP, 0, b"\n\0\0\1", b"\n\0\0\2"
-            )
-        out.append(bytearray(ip + tcp + options + bytes((i * 7 + j) & 0xFF for j in range(size))))
-    return out
-
-
-def _layout(packets: list[bytearray], extra: int) -> tuple[bytearray, int, list[int]]:
-    stride = 1 + max(map(len, packets)) + extra
-    buf = bytearray(b"\xa5" * (stride * len(packets)))
-    for i, p in enumerate(packets):
-        buf[i * stride + 1 : i * stride + 1 + len(p)] = p
-    return buf, stride, [len(p) for p in packets]
-
-
 def _merged(call: Any) -> tuple[str, Any]:
     try:
         return ("ok", call())
@@ -349,8 +314,8 @@ def test_coalesce_rows_merges_a_train(kernels: ModuleType, v6: bool, tail: int) 
     segment's headers, the merged lengths, the pseudo-header sum, all payloads in order."""
     from vpncloud.fastpath import gro
 
-    packets = _train_rows(v6, 45, 1300, tail, b"\x01\x01\x04\x02", 0xFFFFF000, True)
-    buf, stride, lengths = _layout(packets, 3)
+    packets = train_rows(v6, 45, 1300, tail, b"\x01\x01\x04\x02", 0xFFFFF000, True)
+    buf, stride, lengths = layout(packets, 3)
     merged = kernels.coalesce_rows(buf, stride, lengths)
     assert merged is not None
     write, taken = merged
@@ -362,8 +327,8 @@ def test_coalesce_rows_merges_a_train(kernels: ModuleType, v6: bool, tail: int) 
     assert write == gro.gso_write(bytes(packets[0]), iphl, hl, v6, 1300, 0x18, total, payloads)
     # the PSH segment at the start ends nothing: it is never merged, nor are fewer than 4 rows
     packets[0][iphl + 13] = 0x18
-    assert kernels.coalesce_rows(*_layout(packets, 0)) is None
-    assert kernels.coalesce_rows(*_layout(packets[1:4], 0)) is None
+    assert kernels.coalesce_rows(*layout(packets, 0)) is None
+    assert kernels.coalesce_rows(*layout(packets[1:4], 0)) is None
 
 
 @pytest.mark.parametrize(
@@ -374,11 +339,6 @@ def test_coalesce_rows_merges_a_train(kernels: ModuleType, v6: bool, tail: int) 
 def test_coalesce_rows_refuses_rows_that_do_not_fit(kernels: ModuleType, lengths: list[int]) -> None:
     with pytest.raises(kernels.KernelError):
         kernels.coalesce_rows(bytes(20), 10, lengths)
-
-
-#: What can be wrong with a row of a train: its length, an IPv4 option, its flags, its sequence
-#: number (out of order), its flow (ports), any one header byte, the version.
-TWISTS = ["length", "ipopt", "flags", "seq", "flow", "byte", "version", "truncate"]
 
 
 @needs_c
@@ -407,29 +367,10 @@ def test_coalesce_rows_c_equals_python(
 ) -> None:
     """Trains of one flow, then broken: wrong lengths, IPv4 options, flags, out-of-order
     sequence numbers, mixed flows, stray header bytes. The C merge equals the numpy twin's."""
-    packets = _train_rows(v6, count, mss, min(tail, mss - 1), options, seq, psh_last)
-    iphl = 40 if v6 else 20
+    packets = train_rows(v6, count, mss, min(tail, mss - 1), options, seq, psh_last)
     for kind, at, value in twists:
-        p = packets[at % count]
-        if len(p) < 60:  # cut short by an earlier twist: nothing left to twist
-            continue
-        if kind == "length":
-            p[2 + 2 * v6] ^= 1 << (value % 8)
-        elif kind == "ipopt":
-            p[0] = 0x46
-        elif kind == "flags":
-            p[iphl + 13] = value
-        elif kind == "seq":
-            p[iphl + 4 + value % 4] ^= value | 1
-        elif kind == "flow":
-            p[iphl + 1] = value
-        elif kind == "byte":
-            p[value % len(p)] ^= 0x10
-        elif kind == "version":
-            p[0] = value
-        else:
-            del p[value % len(p) :]
-    buf, stride, lengths = _layout(packets, extra)
+        twist(packets, v6, kind, at, value)
+    buf, stride, lengths = layout(packets, extra)
     c = _merged(lambda: C.coalesce_rows(buf, stride, lengths))  # type: ignore[union-attr]
     assert c == _merged(lambda: PY.coalesce_rows(buf, stride, lengths))
 
