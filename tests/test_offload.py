@@ -5,7 +5,8 @@
 * Partial checksums (NEEDS_CSUM) are completed like the kernel would.
 * Userspace GRO: coalescing never changes what the receiver gets (re-segmenting every write gives
   back exactly the input), whatever the GRO trains look like (split or merged super-packets, several
-  flows interleaved, gaps, flags); the numpy fast path equals the per-packet path.
+  flows interleaved, gaps, flags); the merge of a decrypted train (the coalesce_rows kernel, C and
+  its numpy twin) and the numpy check of single packets equal the per-packet path.
 * Bad input: only OffloadError, never a crash.
 """
 
