@@ -2,7 +2,8 @@
 
     python fuzz/kernels.py TARGET SO_PATH [libFuzzer flags]
 
-TARGET is one of aead, seal, open, seal_rows, open_train, tcp_rows, ed25519, ed25519_verify, x25519;
+TARGET is one of aead, seal, open, seal_rows, open_train, tcp_rows, coalesce_rows, ed25519,
+ed25519_verify, x25519;
 SO_PATH the extension built with -fsanitize=address,undefined,fuzzer-no-link (the script builds it).
 Each target feeds the C entry point arbitrary arguments and checks the result against the Python
 twin: a memory error (ASan), an undefined behaviour (UBSan), an exception other than the documented
@@ -25,6 +26,7 @@ from vpncloud.fastpath import _python as PY
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from curve_points import SMALL_ORDER
+from gro_support import TWISTS, layout, train_rows, twist
 
 KEY_LEN = {1: 16, 2: 32, 3: 32}
 #: What the kernels may raise for arguments they refuse (the parser's OverflowError included).
@@ -50,6 +52,14 @@ def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
     if result is None or isinstance(result, bool):
         return ("ok", result)
     return ("ok", bytes(result))
+
+
+def merged(call: Callable[[], Any]) -> tuple[str, Any]:
+    """``outcome`` for coalesce_rows, whose result is (write, rows taken) or None."""
+    try:
+        return ("ok", call())
+    except EXPECTED as err:
+        return ("error", None if isinstance(err, ValueError) else type(err).__name__)
 
 
 def key_for(fdp: atheris.FuzzedDataProvider) -> tuple[int, bytes]:
@@ -211,6 +221,35 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
         c = outcome(lambda: C.tcp_rows(packet, *args))
         assert c == outcome(lambda: PY.tcp_rows(packet, *args)), args
 
+    def coalesce_rows(data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        if fdp.ConsumeBool():
+            # a real train of one flow (so that merging runs, not only the refusals), then broken
+            v6 = fdp.ConsumeBool()
+            mss = fdp.PickValueInList([1, 8, 99, 1300])
+            packets = train_rows(
+                v6,
+                fdp.ConsumeIntInRange(1, 70),
+                mss,
+                fdp.ConsumeIntInRange(0, mss - 1),
+                fdp.PickValueInList([b"", b"\x01\x01\x04\x02", b"\x01\x01\x08\x0a" + bytes(8)]),
+                fdp.ConsumeIntInRange(0, 0xFFFFFFFF),
+                fdp.ConsumeBool(),
+            )
+            for _ in range(fdp.ConsumeIntInRange(0, 4)):
+                kind = fdp.PickValueInList(TWISTS)
+                twist(packets, v6, kind, fdp.ConsumeIntInRange(0, 69), fdp.ConsumeIntInRange(0, 255))
+            buf, stride, lengths = layout(packets, fdp.ConsumeIntInRange(0, 4))
+            if fdp.ConsumeBool():  # a buffer cut short or a stride that lies
+                buf = buf[: fdp.ConsumeIntInRange(0, len(buf))]
+                stride += fdp.ConsumeIntInRange(-2, 2)
+        else:
+            stride = fdp.ConsumeIntInRange(-1, 200)
+            lengths = [fdp.ConsumeIntInRange(-2, 210) for _ in range(fdp.ConsumeIntInRange(0, 8))]
+            buf = bytearray(fdp.ConsumeBytes(fdp.remaining_bytes()))
+        c = merged(lambda: C.coalesce_rows(buf, stride, lengths))
+        assert c == merged(lambda: PY.coalesce_rows(buf, stride, lengths)), (stride, lengths)
+
     return {
         "aead": aead,
         "seal": seal,
@@ -218,6 +257,7 @@ def make_targets(C: Any) -> dict[str, Callable[[bytes], None]]:
         "seal_rows": seal_rows,
         "open_train": open_train,
         "tcp_rows": tcp_rows,
+        "coalesce_rows": coalesce_rows,
         "ed25519": ed25519,
         "ed25519_verify": ed25519_verify,
         "x25519": x25519,

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-1000000}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(aead seal open seal_rows open_train tcp_rows ed25519 ed25519_verify x25519)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(aead seal open seal_rows open_train tcp_rows coalesce_rows ed25519 ed25519_verify x25519)
 PY=${PYTHON:-.venv/bin/python}
 FUZZ_DIR=${FUZZ_DIR:-/tmp/vpncloud-fuzz}
 mkdir -p "$FUZZ_DIR"

@@ -204,3 +204,26 @@ def _transfers(
     want = "python" if pure_a else fastpath.KERNELS
     assert f"Data-plane kernels: {want}" in a.log_text()
     return st_a, st_b
+
+
+def test_t1_receiver_with_c_kernels_needs_no_numpy(lan3: Any, tmp_path: Path) -> None:
+    """T1 (wire mode) with the C kernels on both sides: a TCP bulk transfer arrives intact through
+    coalesced device writes, and neither side imported numpy for it (``status --json``): the
+    segmentation (tcp_rows) and the merge of decrypted trains (coalesce_rows) run in C."""
+    if fastpath.KERNELS != "c":
+        pytest.skip("C kernels not built")
+    a_ns, b_ns = lan3.nodes["a"], lan3.nodes["b"]
+    a = Daemon(lan3.topo, a_ns, "a", tmp_path, "wire", None)
+    b = Daemon(lan3.topo, b_ns, "b", tmp_path, "wire", lan3.v4["a"])
+    wait_for(lambda: a_ns.ping(TUN4["b"], count=1, timeout=1.0), 30, what="ping over the tunnel")
+    tcp_transfer(a_ns, b_ns, TUN4["b"], tmp_path, 12_000_000, 7)
+    tcp_transfer(a_ns, b_ns, TUN6["b"], tmp_path, 6_000_000, 8)
+    st_a, st_b = a.status(), b.status()
+    assert st_a is not None and st_b is not None
+    assert st_b["dataplane"]["device_gso_writes"] > 0, st_b["dataplane"]
+    for st in (st_a, st_b):
+        assert st["dataplane"]["kernels"] == "c"
+        assert "numpy" not in st["memory"]["optional_modules"], st["memory"]
+    for d in (a, b):
+        assert d.proc.poll() is None
+        assert "Traceback" not in d.log_text()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import NO_C, c_kernels
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from gro_support import TWISTS, layout, train_rows, twist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -294,3 +295,94 @@ def test_the_python_twin_runs_when_asked_or_when_c_is_not_built(monkeypatch: pyt
     impl, reason = fastpath._load()
     assert impl is PY
     assert "not built" in reason
+
+
+# --- coalesce_rows: the GRO merge of a decrypted train -------------------------------------------
+
+
+def _merged(call: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", call())
+    except ValueError as err:
+        return ("error", type(err).__name__)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("tail", [0, 7])
+def test_coalesce_rows_merges_a_train(kernels: ModuleType, v6: bool, tail: int) -> None:
+    """44 segments of one flow and the short PSH one that ends it: one GSO write with the first
+    segment's headers, the merged lengths, the pseudo-header sum, all payloads in order."""
+    from vpncloud.fastpath import gro
+
+    packets = train_rows(v6, 45, 1300, tail, b"\x01\x01\x04\x02", 0xFFFFF000, True)
+    buf, stride, lengths = layout(packets, 3)
+    merged = kernels.coalesce_rows(buf, stride, lengths)
+    assert merged is not None
+    write, taken = merged
+    iphl = 40 if v6 else 20
+    hl = iphl + 24
+    total = hl + sum(len(p) - hl for p in packets)
+    payloads = [bytes(p[hl:]) for p in packets]
+    assert taken == 45
+    assert write == gro.gso_write(bytes(packets[0]), iphl, hl, v6, 1300, 0x18, total, payloads)
+    # the PSH segment at the start ends nothing: it is never merged, nor are fewer than 4 rows
+    packets[0][iphl + 13] = 0x18
+    assert kernels.coalesce_rows(*layout(packets, 0)) is None
+    assert kernels.coalesce_rows(*layout(packets[1:4], 0)) is None
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[], [-1, 5], [9, 9, 9], [9, 10], [2**63, 1]],
+    ids=["none", "negative", "beyond", "stride", "huge"],
+)
+def test_coalesce_rows_refuses_rows_that_do_not_fit(kernels: ModuleType, lengths: list[int]) -> None:
+    with pytest.raises(kernels.KernelError):
+        kernels.coalesce_rows(bytes(20), 10, lengths)
+
+
+@needs_c
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    v6=st.booleans(),
+    count=st.integers(1, 70),
+    mss=st.sampled_from([1, 8, 99, 1300]),
+    tail=st.integers(0, 20),
+    options=st.sampled_from([b"", b"\x01\x01\x04\x02", b"\x01\x01\x08\x0a" + bytes(8)]),
+    seq=st.integers(0, 2**32 - 1),
+    psh_last=st.booleans(),
+    twists=st.lists(st.tuples(st.sampled_from(TWISTS), st.integers(0, 69), st.integers(0, 255)), max_size=4),
+    extra=st.integers(0, 4),
+)
+def test_coalesce_rows_c_equals_python(
+    v6: bool,
+    count: int,
+    mss: int,
+    tail: int,
+    options: bytes,
+    seq: int,
+    psh_last: bool,
+    twists: list[tuple[str, int, int]],
+    extra: int,
+) -> None:
+    """Trains of one flow, then broken: wrong lengths, IPv4 options, flags, out-of-order
+    sequence numbers, mixed flows, stray header bytes. The C merge equals the numpy twin's."""
+    packets = train_rows(v6, count, mss, min(tail, mss - 1), options, seq, psh_last)
+    for kind, at, value in twists:
+        twist(packets, v6, kind, at, value)
+    buf, stride, lengths = layout(packets, extra)
+    c = _merged(lambda: C.coalesce_rows(buf, stride, lengths))  # type: ignore[union-attr]
+    assert c == _merged(lambda: PY.coalesce_rows(buf, stride, lengths))
+
+
+@needs_c
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    buf=st.binary(max_size=400),
+    stride=st.integers(-1, 120),
+    lengths=st.lists(st.integers(-2, 130), max_size=8),
+)
+def test_coalesce_rows_random_rows_c_equals_python(buf: bytes, stride: int, lengths: list[int]) -> None:
+    """Arbitrary bytes and layouts, fitting or not: both twins refuse or decide alike."""
+    c = _merged(lambda: C.coalesce_rows(buf, stride, lengths))  # type: ignore[union-attr]
+    assert c == _merged(lambda: PY.coalesce_rows(buf, stride, lengths))

@@ -369,13 +369,11 @@ def test_train_rows_equal_per_datagram_path(seed: int) -> None:
 
 @pytest.mark.parametrize("kind", ["v4", "v6", "two-pairs", "v4-then-v6", "one-not-data"])
 def test_train_of_one_flow_equals_per_datagram_path(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The numpy check for a train of one flow (all DATA, one address pair) gives the same device
+    """The check for a train of one flow (all DATA, one address pair) gives the same device
     packets and counters as the per-datagram path, and trains that are not one flow (two pairs,
     two IP versions, another message inside) are told apart."""
     from vpncloud.core import bulk
 
-    if bulk._np is None:
-        pytest.skip("the check needs numpy")
     seen: list[bool] = []
     one_pair = bulk._one_pair
 

@@ -3,8 +3,8 @@
 ``_kernels`` (C, built at install time against libcrypto when a compiler and OpenSSL's headers are
 there) and ``_python`` offer the same functions; this module picks one at import, the C one unless
 it is not built or ``VPNCLOUD_PURE_PYTHON=1`` asks for the Python one. Callers use ``Aead``,
-``open_train``, ``tcp_rows``, ``Ed25519``, ``ed25519_verify``, ``X25519``, ``KernelError`` and
-``KERNELS`` (``"c"`` or ``"python"``) from here only.
+``open_train``, ``tcp_rows``, ``coalesce_rows``, ``Ed25519``, ``ed25519_verify``, ``X25519``,
+``KernelError`` and ``KERNELS`` (``"c"`` or ``"python"``) from here only.
 
 The Python twin is imported only when it runs: it imports cryptography, whose own OpenSSL costs
 about 8 MiB of resident memory that a daemon with the C kernels does not need.
@@ -26,6 +26,7 @@ __all__ = [
     "Aead",
     "Ed25519",
     "KernelError",
+    "coalesce_rows",
     "ed25519_verify",
     "implementation",
     "lazy_numpy",
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
         Aead,
         Ed25519,
         KernelError,
+        coalesce_rows,
         ed25519_verify,
         open_train,
         tcp_rows,
@@ -84,6 +86,7 @@ else:
     Ed25519 = _impl.Ed25519
     ed25519_verify = _impl.ed25519_verify
     X25519 = _impl.X25519
+    coalesce_rows = _impl.coalesce_rows
 
 
 # numpy costs about 14 MB of RSS; an idle node, or one whose batches never have enough

@@ -4,7 +4,8 @@
  * a daemon with these kernels never loads cryptography's own OpenSSL (about 8 MiB resident).
  *
  * Also the TCP segmentation of a TSO super-packet into such rows, with its checksums
- * (vpncloud/fastpath/offload.py decides the layout and the flags, the kernel only writes them).
+ * (vpncloud/fastpath/offload.py decides the layout and the flags, the kernel only writes them), and
+ * the merge of a decrypted train's rows into one GSO device write (the GRO rules of gro.py).
  *
  * Pure functions over buffers: no I/O, no clock, no protocol state. The only state is the pair of
  * cipher contexts an Aead object owns, created once per key because setting up a context (key
@@ -447,6 +448,237 @@ done:
     return rows;
 }
 
+/* --- GRO: merging the rows of a decrypted train (offload.py's rules, gro.py's Python twin) --------
+ * The decisions are the coalescer's, only made here over the rows in place: which rows are segments
+ * of one TCP flow that the kernel's GRO would merge, and the one device write (virtio-net GSO header,
+ * the first segment's headers with the merged lengths, all payloads) that carries them. */
+
+#define VNET_HDR_LEN 10
+#define MAX_COALESCED 65535
+#define MAX_SEGMENTS 64
+/* gro.FAST_MIN: fewer equal rows go packet by packet in the caller, as in the Python twin */
+#define FAST_MIN 4
+
+typedef struct {
+    Py_ssize_t iphl, hl, plen;
+    uint32_t seq;
+    unsigned flags;
+    int v6;
+} TcpInfo;
+
+static unsigned get16(const unsigned char *p)
+{
+    return (unsigned)p[0] << 8 | p[1];
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* gro.tcp_info: 1 when the packet may take part in coalescing (an unfragmented TCP segment with a
+ * payload, plain IPv4 header or IPv6 without extension headers, ACK with at most PSH). */
+static int tcp_info(const unsigned char *p, Py_ssize_t n, TcpInfo *t)
+{
+    if (n < 40)
+        return 0;
+    if (p[0] == 0x45) {
+        if (p[9] != 6 || (Py_ssize_t)get16(p + 2) != n || (get16(p + 6) & 0x3FFF))
+            return 0;
+        t->iphl = 20;
+        t->v6 = 0;
+    } else if (p[0] >> 4 == 6) {
+        if (n < 60 || p[6] != 6 || (Py_ssize_t)get16(p + 4) != n - 40)
+            return 0;
+        t->iphl = 40;
+        t->v6 = 1;
+    } else {
+        return 0;
+    }
+    Py_ssize_t doff = (p[t->iphl + 12] >> 4) * 4;
+    t->hl = t->iphl + doff;
+    if (doff < 20 || t->hl > n)
+        return 0;
+    t->flags = p[t->iphl + 13];
+    if ((t->flags & ~0x18u) || !(t->flags & 0x10))
+        return 0;
+    t->plen = n - t->hl;
+    t->seq = get32(p + t->iphl + 4);
+    return t->plen > 0;
+}
+
+static int same_range(const unsigned char *a, const unsigned char *b, Py_ssize_t from, Py_ssize_t to)
+{
+    return memcmp(a + from, b + from, (size_t)(to - from)) == 0;
+}
+
+/* The flow key of gro.tcp_info compared in place: the same version and TCP header length, then
+ * TOS, DF, TTL, protocol and addresses (IPv4) or the first word and the rest of the header (IPv6),
+ * ports, ack, data offset, window, urgent pointer and options. */
+static int same_flow(const unsigned char *a, const TcpInfo *ta, const unsigned char *b, const TcpInfo *tb)
+{
+    if (ta->v6 != tb->v6 || ta->hl != tb->hl)
+        return 0;
+    Py_ssize_t i = ta->iphl;
+    int ip = ta->v6 ? same_range(a, b, 0, 4) && same_range(a, b, 7, 40)
+                    : same_range(a, b, 1, 2) && same_range(a, b, 6, 9) && same_range(a, b, 12, 20);
+    return ip && same_range(a, b, i, i + 4) && same_range(a, b, i + 8, i + 13) && same_range(a, b, i + 14, i + 16) &&
+           same_range(a, b, i + 18, ta->hl);
+}
+
+/* gro.invariant_columns: every header byte of a follow-on segment equals the first one's except the
+ * IPv4 id and header checksum, the sequence number and the TCP checksum. */
+static int same_header(const unsigned char *a, const unsigned char *b, Py_ssize_t iphl, Py_ssize_t hl)
+{
+    int ip = iphl == 20 ? same_range(a, b, 0, 4) && same_range(a, b, 6, 10) && same_range(a, b, 12, iphl + 4)
+                        : same_range(a, b, 0, iphl + 4);
+    return ip && same_range(a, b, iphl + 8, iphl + 16) && same_range(a, b, iphl + 18, hl);
+}
+
+static void put16le(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+}
+
+PyDoc_STRVAR(coalesce_rows_doc,
+             "coalesce_rows(buf, stride, lengths) -> (write, taken) or None\n\n"
+             "The rows of one decrypted GRO train (row i at i * stride + 1, lengths[i] bytes): the longest\n"
+             "prefix of equal-sized segments of one TCP flow, in sequence, with the shorter or PSH segment\n"
+             "that may end it, as one device write (virtio-net GSO header + merged packet, checksum\n"
+             "NEEDS_CSUM with the pseudo-header sum) and the number of rows it took. None when the first\n"
+             "rows do not merge: the caller goes packet by packet.");
+
+static PyObject *coalesce_rows(PyObject *module, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t stride;
+    PyObject *lengths_obj;
+    if (!PyArg_ParseTuple(args, "y*nO", &buf, &stride, &lengths_obj))
+        return NULL;
+    PyObject *result = NULL, *seq_obj = NULL;
+    Py_ssize_t *lengths = NULL;
+    seq_obj = PySequence_Fast(lengths_obj, "coalesce_rows: lengths must be a sequence");
+    if (seq_obj == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq_obj);
+    if (n < 1 || n > MAX_ROWS || stride < 1 || stride > MAX_CHUNK) {
+        PyErr_SetString(KernelError, "coalesce_rows: rows do not fit the buffer");
+        goto done;
+    }
+    lengths = PyMem_New(Py_ssize_t, n);
+    if (lengths == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq_obj, i);
+        if (!PyLong_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "coalesce_rows: lengths must be integers");
+            goto done;
+        }
+        /* an integer too large for Py_ssize_t is out of range like any other */
+        lengths[i] = PyLong_AsSsize_t(item);
+        if (lengths[i] == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        if (lengths[i] < 0 || lengths[i] >= stride) {
+            PyErr_SetString(KernelError, "coalesce_rows: rows do not fit the buffer");
+            goto done;
+        }
+    }
+    /* stride and rows are bounded above, so this product does not overflow */
+    if (buf.len < stride * (n - 1) + 1 + lengths[n - 1]) {
+        PyErr_SetString(KernelError, "coalesce_rows: rows do not fit the buffer");
+        goto done;
+    }
+    const unsigned char *rows = (const unsigned char *)buf.buf + 1;
+    Py_ssize_t size = lengths[0];
+    Py_ssize_t k = lengths[n - 1] == size ? n : n - 1;
+    Py_ssize_t equal = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        equal += lengths[i] == size;
+    TcpInfo t;
+    if (k < FAST_MIN || equal != k || !tcp_info(rows, size, &t) || (t.flags & 0x08)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t iphl = t.iphl, hl = t.hl, plen = t.plen;
+    Py_ssize_t limit = (MAX_COALESCED - hl) / plen;
+    if (limit > MAX_SEGMENTS)
+        limit = MAX_SEGMENTS;
+    if (limit > k)
+        limit = k;
+    Py_ssize_t m = limit;
+    for (Py_ssize_t i = 1; i < limit; i++) {
+        const unsigned char *row = rows + i * stride;
+        if (!same_header(rows, row, iphl, hl) ||
+            (uint32_t)(get32(row + iphl + 4) - get32(row - stride + iphl + 4)) != (uint32_t)plen) {
+            m = i;
+            break;
+        }
+    }
+    if (m < 2) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t total = hl + m * plen;
+    unsigned last_flags = rows[(m - 1) * stride + iphl + 13];
+    Py_ssize_t taken = m, tail = 0;
+    if (m < n && m < MAX_SEGMENTS) {
+        /* the segment that may end the run, as the kernel's GRO takes it: the PSH one at the end of
+         * every TSO super-packet, or the shorter last one of the train */
+        const unsigned char *nxt = rows + m * stride;
+        TcpInfo u;
+        if (tcp_info(nxt, lengths[m], &u) && same_flow(rows, &t, nxt, &u) &&
+            u.seq == (uint32_t)(t.seq + (uint32_t)(m * plen)) && u.plen <= plen &&
+            (u.plen < plen || (u.flags & 0x08)) && total + u.plen <= MAX_COALESCED) {
+            tail = u.plen;
+            total += tail;
+            last_flags = u.flags;
+            taken = m + 1;
+        }
+    }
+    result = PyBytes_FromStringAndSize(NULL, VNET_HDR_LEN + total);
+    if (result == NULL)
+        goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    unsigned char *head = out + VNET_HDR_LEN;
+    Py_ssize_t tcp_len = total - iphl;
+    out[0] = 1; /* NEEDS_CSUM */
+    out[1] = t.v6 ? 4 : 1; /* GSO_TCPV6, GSO_TCPV4 */
+    put16le(out + 2, (unsigned)hl);
+    put16le(out + 4, (unsigned)plen);
+    put16le(out + 6, (unsigned)iphl);
+    put16le(out + 8, 16);
+    memcpy(head, rows, hl);
+    head[iphl + 13] = (unsigned char)last_flags;
+    const unsigned char *src, *dst;
+    Py_ssize_t alen;
+    if (t.v6) {
+        put16(head + 4, (unsigned)tcp_len);
+        src = head + 8, dst = head + 24, alen = 16;
+    } else {
+        put16(head + 2, (unsigned)total);
+        put16(head + 10, 0);
+        put16(head + 10, finish(be_sum(head, iphl)));
+        src = head + 12, dst = head + 16, alen = 4;
+    }
+    /* the pseudo-header sum, folded but not inverted (gro.fold): the kernel completes it */
+    uint64_t pseudo = (be_sum(src, alen) + be_sum(dst, alen) + 6 + (uint64_t)tcp_len) % 0xFFFF;
+    put16(head + iphl + 16, pseudo ? (unsigned)pseudo : 0xFFFF);
+    unsigned char *pos = head + hl;
+    for (Py_ssize_t i = 0; i < m; i++, pos += plen)
+        memcpy(pos, rows + i * stride + hl, plen);
+    if (tail)
+        memcpy(pos, rows + m * stride + hl, tail);
+    result = Py_BuildValue("(Nn)", result, taken);
+done:
+    PyMem_Free(lengths);
+    Py_XDECREF(seq_obj);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 /* --- Ed25519 and X25519 (spec 5 and 6.6) ---------------------------------------------------------
  * A private key is an object that keeps its EVP_PKEY: OpenSSL derives the public key when it takes a
  * raw private one, a base-point multiplication that each signature or exchange would otherwise pay
@@ -663,6 +895,7 @@ static PyTypeObject X25519Type = {
 static PyMethodDef module_methods[] = {
     {"open_train", open_train, METH_VARARGS, open_train_doc},
     {"tcp_rows", tcp_rows, METH_VARARGS, tcp_rows_doc},
+    {"coalesce_rows", coalesce_rows, METH_VARARGS, coalesce_rows_doc},
     {"ed25519_verify", ed25519_verify, METH_VARARGS, ed25519_verify_doc},
     {NULL}};
 

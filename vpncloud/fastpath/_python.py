@@ -7,6 +7,7 @@ frame layout and the meaning of every argument.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -14,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from . import gro
 
 TAG_LEN = 16
 KEY_LEN = 32
@@ -315,3 +318,66 @@ def tcp_rows(
     rows[:, base + 13] = fl
     rows[:, base + 16 : base + 18].view(">u2")[:, 0] = _finish_vec(csum)
     return out
+
+
+def coalesce_rows(
+    buf: bytes | bytearray | memoryview, stride: int, lengths: Sequence[int]
+) -> tuple[bytes, int] | None:
+    """The twin of the C ``coalesce_rows``: numpy checks the rows of one decrypted GRO train
+    (row ``i`` at ``i * stride + 1``, ``lengths[i]`` bytes) and the longest mergeable prefix,
+    with the short or PSH segment that may end it, becomes one GSO device write. (write,
+    rows taken) or None when the first rows do not merge (or without numpy): the caller then
+    goes packet by packet."""
+    n = len(lengths)
+    if (
+        not 1 <= n <= MAX_ROWS
+        or not 1 <= stride <= MAX_CHUNK
+        or not all(0 <= length < stride for length in lengths)
+        or len(buf) < stride * (n - 1) + 1 + lengths[-1]
+    ):
+        raise KernelError("coalesce_rows: rows do not fit the buffer")
+    np = gro._np
+    size = lengths[0]
+    k = n if lengths[-1] == size else n - 1
+    if np is None or k < gro.FAST_MIN or lengths.count(size) != k:
+        return None
+    first = bytes(memoryview(buf)[1 : 1 + size])
+    # a train of pure ACKs (no payload: nothing to merge) is settled here, before any numpy
+    info = gro.tcp_info(first)
+    if info is None or info[6] & 0x08:
+        return None
+    # k rows of ``size`` bytes at ``stride``: inside the buffer by the checks above (the buffer
+    # may end right after the last packet, e.g. rows shifted behind an Ethernet header)
+    pk = np.ndarray((k, size), np.uint8, buf, 1, (stride, 1))
+    key, iphl, hl, seq, plen, v6, _flags = info
+    limit = min(k, gro.MAX_SEGMENTS, (gro.MAX_COALESCED - hl) // plen)
+    head = pk[:limit, gro.invariant_columns(iphl, hl)]
+    good = (head == head[0]).all(axis=1)
+    seqs = np.ascontiguousarray(pk[:limit, iphl + 4 : iphl + 8]).view(">u4")[:, 0].astype(np.int64)
+    good[1:] &= ((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == plen
+    bad = np.flatnonzero(~good)
+    m = int(bad[0]) if len(bad) else limit
+    if m < 2:
+        return None
+    payloads = [pk[:m, hl:].tobytes()]
+    total = hl + m * plen
+    last_flags = int(pk[m - 1, iphl + 13])
+    taken = m
+    if m < n and m < gro.MAX_SEGMENTS:
+        # The next segment may end the run (like the kernel's GRO): the PSH segment at the end
+        # of every TSO super-packet, or the shorter last one of the train.
+        nxt = bytes(memoryview(buf)[m * stride + 1 : m * stride + 1 + lengths[m]])
+        ninfo = gro.tcp_info(nxt)
+        if (
+            ninfo is not None
+            and ninfo[0] == key
+            and ninfo[3] == (seq + m * plen) & 0xFFFFFFFF
+            and ninfo[4] <= plen
+            and (ninfo[4] < plen or ninfo[6] & 0x08)
+            and total + ninfo[4] <= gro.MAX_COALESCED
+        ):
+            payloads.append(nxt[hl:])
+            total += ninfo[4]
+            last_flags = ninfo[6]
+            taken = m + 1
+    return gro.gso_write(first, iphl, hl, v6, plen, last_flags, total, payloads), taken

@@ -37,6 +37,30 @@ from typing import Any, cast
 
 from vpncloud import fastpath
 
+from .gro import (
+    F_NEEDS_CSUM,
+    FAST_MIN,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP,
+    GSO_UDP_L4,
+    MAX_COALESCED,
+    MAX_SEGMENTS,
+    PROTO_TCP,
+    PROTO_UDP,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    ZERO_HDR,
+    finish,
+    invariant_columns,
+    ipv4_header_checksum,
+    ones_sum,
+    pseudo_sum,
+)
+from .gro import gso_write as _gso_write
+from .gro import tcp_info as _tcp_info
 from .rows import PacketRows
 from .superpacket import SuperPacketView
 
@@ -48,27 +72,6 @@ DeviceWrite = bytes | memoryview
 
 #: Optional speed-up, see the module docstring; imported at the first batch that uses it.
 _np: Any = fastpath.lazy_numpy()
-
-VNET_HDR = struct.Struct("<BBHHHH")
-VNET_HDR_LEN = 10
-ZERO_HDR = bytes(VNET_HDR_LEN)
-
-F_NEEDS_CSUM = 1
-F_DATA_VALID = 2
-GSO_NONE = 0
-GSO_TCPV4 = 1
-GSO_UDP = 3
-GSO_TCPV6 = 4
-GSO_UDP_L4 = 5
-GSO_ECN = 0x80
-
-PROTO_TCP = 6
-PROTO_UDP = 17
-
-#: Largest packet a coalesced write may have (IPv4 total length is 16 bits).
-MAX_COALESCED = 65535
-#: Largest number of segments merged into one write (the kernel's GRO limit is similar).
-MAX_SEGMENTS = 64
 
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
 _H = struct.Struct("!H")
@@ -83,37 +86,6 @@ class OffloadError(Exception):
 
 
 # --------------------------------------------------------------------------------------- checksums
-
-
-def ones_sum(data: bytes | bytearray | memoryview) -> int:
-    """Ones'-complement sum of ``data`` as 16-bit big-endian words (odd length: zero padded),
-    reduced mod 0xFFFF (0 stands for both zeros)."""
-    n = len(data)
-    if n & 1:
-        return (int.from_bytes(data, "big") << 8) % 0xFFFF
-    return int.from_bytes(data, "big") % 0xFFFF
-
-
-def finish(total: int) -> int:
-    """Checksum field value for a ones'-complement sum (any size, folded here)."""
-    total %= 0xFFFF
-    return 0xFFFF - total if total else 0
-
-
-def fold(total: int) -> int:
-    """Fold a sum into 16 bits without inverting (for partial / pseudo-header checksums)."""
-    total %= 0xFFFF
-    return total if total else 0xFFFF
-
-
-def pseudo_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    """Sum of the TCP/UDP pseudo header (IPv4 or IPv6 by the address length)."""
-    return ones_sum(src) + ones_sum(dst) + proto + length
-
-
-def ipv4_header_checksum(header: bytes | bytearray) -> int:
-    """Checksum of an IPv4 header whose checksum field is zero."""
-    return finish(ones_sum(header))
 
 
 def _payload_sums(buf: bytes, start: int, mss: int, count: int) -> list[int]:
@@ -406,56 +378,6 @@ class _Run:
         self.next_seq = (seq + plen) & 0xFFFFFFFF
 
 
-def _tcp_info(packet: bytes) -> tuple[bytes, int, int, int, int, bool, int] | None:
-    """(flow key, IP header len, full header len, seq, payload len, v6, tcp flags) or None if the
-    packet cannot take part in coalescing."""
-    n = len(packet)
-    if n < 40:
-        return None
-    b0 = packet[0]
-    if b0 == 0x45:
-        if packet[9] != PROTO_TCP or _H.unpack_from(packet, 2)[0] != n:
-            return None
-        if _H.unpack_from(packet, 6)[0] & 0x3FFF:  # MF or offset: a fragment
-            return None
-        iphl = 20
-        v6 = False
-        # tos, frag field (DF), ttl, proto, addresses
-        ipkey = packet[1:2] + packet[6:9] + packet[12:20]
-    elif b0 >> 4 == 6:
-        if n < 60 or packet[6] != PROTO_TCP or _H.unpack_from(packet, 4)[0] != n - 40:
-            return None
-        iphl = 40
-        v6 = True
-        ipkey = packet[0:4] + packet[7:40]
-    else:
-        return None
-    doff = (packet[iphl + 12] >> 4) * 4
-    hl = iphl + doff
-    if doff < 20 or hl > n:
-        return None
-    flags = packet[iphl + 13]
-    if flags & ~0x18:  # anything but ACK/PSH (SYN, FIN, RST, URG, ECE, CWR) is written alone
-        return None
-    if not flags & 0x10:
-        return None
-    plen = n - hl
-    if plen == 0:
-        return None
-    # ports, ack, doff byte, window, urgent pointer, options
-    key = b"".join(
-        (
-            ipkey,
-            packet[iphl : iphl + 4],
-            packet[iphl + 8 : iphl + 13],
-            packet[iphl + 14 : iphl + 16],
-            packet[iphl + 18 : hl],
-        )
-    )
-    seq = _L.unpack_from(packet, iphl + 4)[0]
-    return key, iphl, hl, seq, plen, v6, flags
-
-
 class Coalescer:
     """Userspace GRO: feed decrypted packets in order, get the device writes (virtio header + data).
 
@@ -535,46 +457,6 @@ class Coalescer:
         )
 
 
-def _gso_write(
-    first: bytes, iphl: int, hl: int, v6: bool, gso: int, last_flags: int, total: int, payloads: list[bytes]
-) -> bytes:
-    """One device write for merged segments: virtio GSO header + the first segment's headers
-    (lengths for ``total`` bytes, PSH of the last segment, pseudo-header sum) + all payloads."""
-    head = bytearray(first[:hl])
-    head[iphl + 13] = last_flags
-    tcp_len = total - iphl
-    if v6:
-        _H.pack_into(head, 4, tcp_len)
-        src, dst = head[8:24], head[24:40]
-        gso_type = GSO_TCPV6
-    else:
-        _H.pack_into(head, 2, total)
-        _H.pack_into(head, 10, 0)
-        _H.pack_into(head, 10, ipv4_header_checksum(head[:iphl]))
-        src, dst = head[12:16], head[16:20]
-        gso_type = GSO_TCPV4
-    _H.pack_into(head, iphl + 16, fold(pseudo_sum(bytes(src), bytes(dst), PROTO_TCP, tcp_len)))
-    vhdr = VNET_HDR.pack(F_NEEDS_CSUM, gso_type, hl, gso, iphl, 16)
-    return b"".join([vhdr, head, *payloads])
-
-
-_COLUMNS: dict[tuple[int, int], Any] = {}
-
-
-def _invariant_columns(iphl: int, hl: int) -> Any:
-    """Header byte positions that must be equal in all equal-sized segments of one run."""
-    cols = _COLUMNS.get((iphl, hl))
-    if cols is None:
-        assert _np is not None
-        keep = _np.ones(hl, dtype=bool)
-        if iphl == 20:
-            keep[[4, 5, 10, 11]] = False  # IPv4 id and header checksum
-        keep[iphl + 4 : iphl + 8] = False  # sequence number (flags stay: ACK only, like the first)
-        keep[iphl + 16 : iphl + 18] = False  # checksum
-        cols = _COLUMNS[(iphl, hl)] = _np.nonzero(keep)[0]
-    return cols
-
-
 def _fast_run(c: Coalescer, packets: Sequence[bytes], i: int, j: int) -> int:
     """Vectorised check of equal-sized packets ``packets[i:j]``: start a run with the longest
     mergeable prefix and return its length (0: not mergeable, use the per-packet path)."""
@@ -591,7 +473,7 @@ def _fast_run(c: Coalescer, packets: Sequence[bytes], i: int, j: int) -> int:
         return 0
     size = len(first)
     rows = _np.frombuffer(b"".join(packets[i : i + k]), dtype=_np.uint8).reshape(k, size)
-    head = rows[:, _invariant_columns(iphl, hl)]
+    head = rows[:, invariant_columns(iphl, hl)]
     good = (head == head[0]).all(axis=1)
     seqs = _np.ascontiguousarray(rows[:, iphl + 4 : iphl + 8]).view(">u4")[:, 0].astype(_np.int64)
     good[1:] &= ((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == plen
@@ -612,66 +494,19 @@ def _fast_run(c: Coalescer, packets: Sequence[bytes], i: int, j: int) -> int:
 
 
 def _coalesce_rows(c: Coalescer, rows: PacketRows) -> None:
-    """Packets decrypted from one GRO train (equal lengths, maybe a shorter last one): merge the
-    longest mergeable prefix straight from the row buffer, the rest packet by packet."""
-    lengths = rows.lengths
-    n = len(lengths)
-    size = lengths[0]
-    stride = rows.stride
-    k = n if lengths[-1] == size else n - 1
-    info = None
-    if _np is not None and k >= FAST_MIN and lengths.count(size) == k:
-        first = rows.packet(0)
-        # a train of pure ACKs (no payload: nothing to merge) is settled here, before any numpy
-        info = _tcp_info(first)
-    if info is None or info[6] & 0x08:
+    """Packets decrypted from one GRO train (equal lengths, maybe a shorter last one): the
+    ``coalesce_rows`` kernel merges the longest mergeable prefix straight from the row buffer,
+    the rest goes packet by packet."""
+    merged = fastpath.coalesce_rows(rows.buf, rows.stride, rows.lengths)
+    if merged is None:
         for packet in rows.packets():
             c.add(packet)
         return
-    # k rows of ``size`` bytes at ``stride``: inside the buffer by PacketRows' own checks (the
-    # buffer may end right after the last packet, e.g. rows shifted behind an Ethernet header)
-    pk = _np.ndarray((k, size), _np.uint8, rows.buf, 1, (stride, 1))
-    key, iphl, hl, seq, plen, v6, _flags = info
-    limit = min(k, MAX_SEGMENTS, (MAX_COALESCED - hl) // plen)
-    head = pk[:limit, _invariant_columns(iphl, hl)]
-    good = (head == head[0]).all(axis=1)
-    seqs = _np.ascontiguousarray(pk[:limit, iphl + 4 : iphl + 8]).view(">u4")[:, 0].astype(_np.int64)
-    good[1:] &= ((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == plen
-    bad = _np.flatnonzero(~good)
-    m = int(bad[0]) if len(bad) else limit
-    if m < 2:
-        for packet in rows.packets():
-            c.add(packet)
-        return
+    write, taken = merged
     c.flush()
-    payloads = [pk[:m, hl:].tobytes()]
-    total = hl + m * plen
-    last_flags = int(pk[m - 1, iphl + 13])
-    taken = m
-    if m < n and m < MAX_SEGMENTS:
-        # The next segment may end the run (like the kernel's GRO): the PSH segment at the end
-        # of every TSO super-packet, or the shorter last one of the train.
-        nxt = rows.packet(m)
-        ninfo = _tcp_info(nxt)
-        if (
-            ninfo is not None
-            and ninfo[0] == key
-            and ninfo[3] == (seq + m * plen) & 0xFFFFFFFF
-            and ninfo[4] <= plen
-            and (ninfo[4] < plen or ninfo[6] & 0x08)
-            and total + ninfo[4] <= MAX_COALESCED
-        ):
-            payloads.append(nxt[hl:])
-            total += ninfo[4]
-            last_flags = ninfo[6]
-            taken = m + 1
-    c.out.append(_gso_write(first, iphl, hl, v6, plen, last_flags, total, payloads))
-    for i in range(taken, n):
+    c.out.append(write)
+    for i in range(taken, len(rows.lengths)):
         c.add(rows.packet(i))
-
-
-#: Equal-sized packets needed before the vectorised check pays off.
-FAST_MIN = 4
 
 
 def coalesce(packets: Sequence[DeviceItem]) -> list[DeviceWrite]:
