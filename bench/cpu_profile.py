@@ -134,13 +134,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("subjects", nargs="+", choices=sorted(dp.SUBJECTS))
     ap.add_argument("--duration", type=int, default=12, help="seconds of sampling per subject")
+    ap.add_argument("--keep", type=Path, help="keep py-spy's raw stacks (<subject>-a.txt, -b.txt) here")
     args = ap.parse_args()
     if not SPY.exists():
         print(f"{SPY} missing: pip install py-spy (the dev extra has it)")
         return 2
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.keep or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
         for name in args.subjects:
-            print("\n".join(profile(name, args.duration, Path(out))).rstrip() + "\n", flush=True)
+            print("\n".join(profile(name, args.duration, out)).rstrip() + "\n", flush=True)
     return 0
 
 
