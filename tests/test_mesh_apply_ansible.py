@@ -94,20 +94,32 @@ def _vpncloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=500, check=False)
 
 
-def _applied(tmp: Path) -> tuple[list[str], list[str]]:
-    """The two-host mesh applied through Ansible without health checks (no daemons run here);
-    returns the target arguments and the no-health arguments for the commands that follow."""
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One wheelhouse for the module, as a controller keeps its build/wheelhouse: the first apply
+    builds and packs it, the later ones find the daemon wheel there (site.yml builds only then)."""
+    return tmp_path_factory.mktemp("controller") / "wheelhouse"
+
+
+def _applied(tmp: Path, wheelhouse: Path) -> tuple[list[str], list[str]]:
+    """The two-host mesh applied through Ansible without health checks (no daemons run here), both
+    hosts in one batch (the rolling order is not what these tests are about; test_ansible_deploy
+    and molecule cover it); returns the target arguments and those rollout arguments for the
+    commands that follow."""
     (tmp / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
-    inventory = _local_inventory(tmp, f"        vpncloud_wheelhouse: {tmp / 'wheelhouse'}\n")
+    inventory = _local_inventory(tmp, f"        vpncloud_wheelhouse: {wheelhouse}\n")
     target = ["--target", "ansible", "--inventory", str(inventory)]
-    no_health = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false"]
-    proc = _apply(tmp, *target[2:], *no_health)
+    rollout = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false",
+                 "--ansible-arg=-e", "--ansible-arg=vpncloud_serial=2"]  # fmt: skip
+    proc = _apply(tmp, *target[2:], *rollout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return target, no_health
+    return target, rollout
 
 
-def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_path: Path) -> None:
-    target, no_health = _applied(tmp_path)
+def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    target, rollout = _applied(tmp_path, wheelhouse)
     config_a = tmp_path / "root-alpha" / "etc" / "vpncloud" / "anstest.net"
     deployed = config_a.read_text()
 
@@ -130,7 +142,7 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_p
     proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "# node.a has changed outside vpncloud: config edited on the host" in out
-    proc = _apply(tmp_path, *target[2:], *no_health)
+    proc = _apply(tmp_path, *target[2:], *rollout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert config_a.read_text() == deployed
     proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
@@ -152,14 +164,14 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_p
     ]
 
 
-def test_rotate_apply_through_ansible_rekeys_the_hosts(tmp_path: Path) -> None:
-    target, no_health = _applied(tmp_path)
+def test_rotate_apply_through_ansible_rekeys_the_hosts(tmp_path: Path, wheelhouse: Path) -> None:
+    target, rollout = _applied(tmp_path, wheelhouse)
     store = Keystore(tmp_path / "keys")
     old = store.get("anstest", "a")
     assert old is not None
 
     mesh = str(tmp_path / "mesh.yaml")
-    proc = _vpncloud(tmp_path, "rotate", mesh, "a", "--apply", *target, *no_health)
+    proc = _vpncloud(tmp_path, "rotate", mesh, "a", "--apply", *target, *rollout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Rotation complete." in out
