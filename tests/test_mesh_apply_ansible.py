@@ -57,6 +57,7 @@ def _local_inventory(tmp: Path, extra_vars: str = "") -> Path:
 
 
 def _private_keys(tmp: Path) -> list[str]:
+    """Checked with ``not any(key in ...)``: a failed ``assert key not in out`` would print the key."""
     return [p.read_text().strip() for p in (tmp / "keys").rglob("*.key")]
 
 
@@ -71,8 +72,7 @@ def test_check_mode_through_apply_records_nothing(tmp_path: Path) -> None:
     assert Keystore(tmp_path / "keys").get("anstest", "a") is not None
     assert not (tmp_path / "root-alpha" / "etc" / "vpncloud" / "anstest.net").exists()
     assert not list((tmp_path / "state").glob("*.state.json"))
-    for key in _private_keys(tmp_path):
-        assert key not in out
+    assert not any(key in out for key in _private_keys(tmp_path))
 
 
 def test_unreachable_host_fails_naming_the_step(tmp_path: Path) -> None:
@@ -84,8 +84,7 @@ def test_unreachable_host_fails_naming_the_step(tmp_path: Path) -> None:
     assert "Traceback" not in out
     inventory = (tmp_path / "state" / "anstest" / "inventory.yml").read_text()
     assert "node-a.invalid" in inventory and "vpncloud_nodes" in inventory
-    for key in _private_keys(tmp_path):
-        assert key not in out
+    assert not any(key in out for key in _private_keys(tmp_path))
 
 
 def _vpncloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -147,8 +146,7 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(
     assert config_a.read_text() == deployed
     proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
     assert "node.a has changed outside vpncloud: daemon not running" in proc.stdout
-    for key in _private_keys(tmp_path):
-        assert key not in proc.stdout + proc.stderr
+    assert not any(key in proc.stdout + proc.stderr for key in _private_keys(tmp_path))
 
     # destroy removes what the roles made on the hosts (state absent) and archives the keys
     proc = _vpncloud(tmp_path, "destroy", mesh, *target, "-auto-approve")
@@ -183,16 +181,20 @@ def test_rotate_apply_through_ansible_rekeys_the_hosts(tmp_path: Path, wheelhous
         for h in ("alpha", "beta")
     }
     # a runs on its new key; b trusts the new key only; nobody holds a's old private key any more
-    # (booleans, so that a failure does not print a private key)
+    # (evaluated before the assert: pytest would print both operands of a failed `in`, a private key)
     new_secret, old_secret = new.private_key.get_secret_value(), old.private_key.get_secret_value()
-    assert (new_secret in config["alpha"]) is True, "alpha does not run on its new key"
+    held = {
+        "alpha runs on its new key": new_secret in config["alpha"],
+        "alpha's old key is gone from alpha": old_secret not in config["alpha"],
+        "alpha's old key is gone from beta": old_secret not in config["beta"],
+        "beta does not hold alpha's new key": new_secret not in config["beta"],
+    }
+    assert all(held.values()), [what for what, ok in held.items() if not ok]
     assert new.public_key in config["beta"] and old.public_key not in config["beta"]
-    assert [old_secret in text for text in config.values()] == [False, False]
-    assert (new_secret in config["beta"]) is False
     state = json.loads(next((tmp_path / "state").glob("*.state.json")).read_text())
     assert state.get("rotation") is None
-    for key in (old.private_key.get_secret_value(), new.private_key.get_secret_value()):
-        assert key not in out
+    leaked = [key in out for key in (old_secret, new_secret)]
+    assert leaked == [False, False]
     # the files on the hosts are what the mesh says: only the daemons (not run here) differ
     proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
     assert "config edited on the host" not in proc.stdout, proc.stdout
