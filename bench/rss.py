@@ -22,12 +22,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vpncloud.daemon.control import ControlError, request  # noqa: E402
+from vpncloud.daemon.control import status_or_none  # noqa: E402
 from vpncloud.lab.netns import Topology  # noqa: E402
 
 PASSWORD = "rss-bench"
@@ -42,14 +41,6 @@ def proc_status(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0])
     return out
-
-
-def status(sock: str) -> dict[str, Any] | None:
-    try:
-        reply = request(sock, timeout=2.0)
-    except ControlError:
-        return None
-    return reply.get("status") if reply.get("ok") else None
 
 
 def measure(tree: Path, pure: bool, tmp: Path, settle: float = SETTLE) -> list[dict[str, int]]:
@@ -76,7 +67,7 @@ def measure(tree: Path, pure: bool, tmp: Path, settle: float = SETTLE) -> list[d
             )
         deadline = time.monotonic() + 60
         while True:
-            sts = [status(s) for s in socks.values()]
+            sts = [status_or_none(s) for s in socks.values()]
             if all(st and st.get("peers") for st in sts):
                 break
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):

@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vpncloud.daemon.control import ControlError, request  # noqa: E402
+from vpncloud.daemon.control import status_or_none  # noqa: E402
 from vpncloud.lab.netns import Netns, NetnsError, Topology  # noqa: E402
 
 PY = sys.executable
@@ -69,14 +69,6 @@ def wait_for(pred: Any, timeout: float, what: str) -> Any:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def status(sock: str) -> dict[str, Any] | None:
-    try:
-        r = request(sock, timeout=2.0)
-    except ControlError:
-        return None
-    return r.get("status") if r.get("ok") else None
 
 
 class Daemon:
@@ -117,10 +109,10 @@ class Daemon:
         if log is not None:
             log.close()
         if not self.original:
-            wait_for(lambda: status(self.sock), 30, f"{self.name} control socket")
+            wait_for(lambda: status_or_none(self.sock), 30, f"{self.name} control socket")
 
     def status(self) -> dict[str, Any]:
-        return {} if self.original else status(self.sock) or {}
+        return {} if self.original else status_or_none(self.sock) or {}
 
     def rss_mb(self) -> float:
         assert self.proc is not None

@@ -9,6 +9,7 @@ import socket
 import stat
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from vpncloud.core.beacon import markers
 from vpncloud.daemon import device as devmod
-from vpncloud.daemon.control import ControlServer, find_socket, request
+from vpncloud.daemon.control import ControlServer, find_socket, request, status_or_none
 from vpncloud.daemon.hooks import Hooks, run_sync
 from vpncloud.daemon.loop import normalize_peer
 from vpncloud.daemon.stats_io import create_stats_file, load_beacon, store_beacon
@@ -191,6 +192,15 @@ def test_normalize_peer() -> None:
 def _serve_once(server: ControlServer, client: socket.socket, payload: bytes) -> bytes:
     client.sendall(payload)
     client.shutdown(socket.SHUT_WR)
+    _serve(server)
+    data = b""
+    while chunk := client.recv(65536):
+        data += chunk
+    return data
+
+
+def _serve(server: ControlServer) -> None:
+    """Accept one client and answer it (what the daemon's loop does), for at most 5 s."""
     sel = selectors.DefaultSelector()
     sel.register(server.fileno(), selectors.EVENT_READ)
     conn = None
@@ -203,10 +213,6 @@ def _serve_once(server: ControlServer, client: socket.socket, payload: bytes) ->
         if server.on_client(conn):
             break
     sel.close()
-    data = b""
-    while chunk := client.recv(65536):
-        data += chunk
-    return data
 
 
 @pytest.mark.parametrize(
@@ -249,6 +255,27 @@ def test_control_client_errors(tmp_path: Path) -> None:
         request(str(tmp_path / "missing.sock"))
     assert find_socket(str(tmp_path / "a.sock"), None) == str(tmp_path / "a.sock")
     assert find_socket(None, "vpncloud3") == "/run/vpncloud/vpncloud3.sock"
+
+
+@pytest.mark.parametrize(
+    ("answer", "expect"),
+    [
+        ({"ok": True, "status": {"peers": []}}, {"peers": []}),
+        ({"ok": False, "error": "busy"}, None),
+        ({"ok": True, "status": "not a status"}, None),
+    ],
+)
+def test_status_or_none_for_pollers(tmp_path: Path, answer: dict[str, object], expect: object) -> None:
+    assert status_or_none(str(tmp_path / "missing.sock")) is None  # not up yet
+    path = str(tmp_path / "x.sock")
+    server = ControlServer(path, lambda _request: answer)
+    thread = threading.Thread(target=_serve, args=(server,))
+    thread.start()
+    try:
+        assert status_or_none(path) == expect
+    finally:
+        thread.join(10)
+        server.close()
 
 
 # --- hooks, stats file, beacons ------------------------------------------------------------------

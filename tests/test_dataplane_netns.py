@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from vpncloud import fastpath
-from vpncloud.daemon.control import ControlError, request
+from vpncloud.daemon.control import status_or_none
 from vpncloud.lab.netns import Netns, Topology
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -77,11 +77,7 @@ class Daemon:
             self.proc = topo.spawn(ns, args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def status(self) -> dict[str, Any] | None:
-        try:
-            reply = request(self.sock, timeout=2.0)
-        except ControlError:
-            return None
-        return reply.get("status") if reply.get("ok") else None
+        return status_or_none(self.sock)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

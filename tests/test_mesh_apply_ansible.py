@@ -57,6 +57,7 @@ def _local_inventory(tmp: Path, extra_vars: str = "") -> Path:
 
 
 def _private_keys(tmp: Path) -> list[str]:
+    """Checked with ``not any(key in ...)``: a failed ``assert key not in out`` would print the key."""
     return [p.read_text().strip() for p in (tmp / "keys").rglob("*.key")]
 
 
@@ -71,8 +72,7 @@ def test_check_mode_through_apply_records_nothing(tmp_path: Path) -> None:
     assert Keystore(tmp_path / "keys").get("anstest", "a") is not None
     assert not (tmp_path / "root-alpha" / "etc" / "vpncloud" / "anstest.net").exists()
     assert not list((tmp_path / "state").glob("*.state.json"))
-    for key in _private_keys(tmp_path):
-        assert key not in out
+    assert not any(key in out for key in _private_keys(tmp_path))
 
 
 def test_unreachable_host_fails_naming_the_step(tmp_path: Path) -> None:
@@ -84,8 +84,7 @@ def test_unreachable_host_fails_naming_the_step(tmp_path: Path) -> None:
     assert "Traceback" not in out
     inventory = (tmp_path / "state" / "anstest" / "inventory.yml").read_text()
     assert "node-a.invalid" in inventory and "vpncloud_nodes" in inventory
-    for key in _private_keys(tmp_path):
-        assert key not in out
+    assert not any(key in out for key in _private_keys(tmp_path))
 
 
 def _vpncloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -94,20 +93,32 @@ def _vpncloud(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=500, check=False)
 
 
-def _applied(tmp: Path) -> tuple[list[str], list[str]]:
-    """The two-host mesh applied through Ansible without health checks (no daemons run here);
-    returns the target arguments and the no-health arguments for the commands that follow."""
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One wheelhouse for the module, as a controller keeps its build/wheelhouse: the first apply
+    builds and packs it, the later ones find the daemon wheel there (site.yml builds only then)."""
+    return tmp_path_factory.mktemp("controller") / "wheelhouse"
+
+
+def _applied(tmp: Path, wheelhouse: Path) -> tuple[list[str], list[str]]:
+    """The two-host mesh applied through Ansible without health checks (no daemons run here), both
+    hosts in one batch (the rolling order is not what these tests are about; test_ansible_deploy
+    and molecule cover it); returns the target arguments and those rollout arguments for the
+    commands that follow."""
     (tmp / "mesh.yaml").write_text(MESH.format(host_a="alpha", host_b="beta"))
-    inventory = _local_inventory(tmp, f"        vpncloud_wheelhouse: {tmp / 'wheelhouse'}\n")
+    inventory = _local_inventory(tmp, f"        vpncloud_wheelhouse: {wheelhouse}\n")
     target = ["--target", "ansible", "--inventory", str(inventory)]
-    no_health = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false"]
-    proc = _apply(tmp, *target[2:], *no_health)
+    rollout = ["--ansible-arg=-e", "--ansible-arg=vpncloud_health_check=false",
+                 "--ansible-arg=-e", "--ansible-arg=vpncloud_serial=2"]  # fmt: skip
+    proc = _apply(tmp, *target[2:], *rollout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return target, no_health
+    return target, rollout
 
 
-def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_path: Path) -> None:
-    target, no_health = _applied(tmp_path)
+def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    target, rollout = _applied(tmp_path, wheelhouse)
     config_a = tmp_path / "root-alpha" / "etc" / "vpncloud" / "anstest.net"
     deployed = config_a.read_text()
 
@@ -130,13 +141,12 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_p
     proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "# node.a has changed outside vpncloud: config edited on the host" in out
-    proc = _apply(tmp_path, *target[2:], *no_health)
+    proc = _apply(tmp_path, *target[2:], *rollout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert config_a.read_text() == deployed
     proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
     assert "node.a has changed outside vpncloud: daemon not running" in proc.stdout
-    for key in _private_keys(tmp_path):
-        assert key not in proc.stdout + proc.stderr
+    assert not any(key in proc.stdout + proc.stderr for key in _private_keys(tmp_path))
 
     # destroy removes what the roles made on the hosts (state absent) and archives the keys
     proc = _vpncloud(tmp_path, "destroy", mesh, *target, "-auto-approve")
@@ -152,14 +162,14 @@ def test_plan_refreshes_through_ansible_and_apply_repairs_an_edited_config(tmp_p
     ]
 
 
-def test_rotate_apply_through_ansible_rekeys_the_hosts(tmp_path: Path) -> None:
-    target, no_health = _applied(tmp_path)
+def test_rotate_apply_through_ansible_rekeys_the_hosts(tmp_path: Path, wheelhouse: Path) -> None:
+    target, rollout = _applied(tmp_path, wheelhouse)
     store = Keystore(tmp_path / "keys")
     old = store.get("anstest", "a")
     assert old is not None
 
     mesh = str(tmp_path / "mesh.yaml")
-    proc = _vpncloud(tmp_path, "rotate", mesh, "a", "--apply", *target, *no_health)
+    proc = _vpncloud(tmp_path, "rotate", mesh, "a", "--apply", *target, *rollout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Rotation complete." in out
@@ -171,16 +181,20 @@ def test_rotate_apply_through_ansible_rekeys_the_hosts(tmp_path: Path) -> None:
         for h in ("alpha", "beta")
     }
     # a runs on its new key; b trusts the new key only; nobody holds a's old private key any more
-    # (booleans, so that a failure does not print a private key)
+    # (evaluated before the assert: pytest would print both operands of a failed `in`, a private key)
     new_secret, old_secret = new.private_key.get_secret_value(), old.private_key.get_secret_value()
-    assert (new_secret in config["alpha"]) is True, "alpha does not run on its new key"
+    held = {
+        "alpha runs on its new key": new_secret in config["alpha"],
+        "alpha's old key is gone from alpha": old_secret not in config["alpha"],
+        "alpha's old key is gone from beta": old_secret not in config["beta"],
+        "beta does not hold alpha's new key": new_secret not in config["beta"],
+    }
+    assert all(held.values()), [what for what, ok in held.items() if not ok]
     assert new.public_key in config["beta"] and old.public_key not in config["beta"]
-    assert [old_secret in text for text in config.values()] == [False, False]
-    assert (new_secret in config["beta"]) is False
     state = json.loads(next((tmp_path / "state").glob("*.state.json")).read_text())
     assert state.get("rotation") is None
-    for key in (old.private_key.get_secret_value(), new.private_key.get_secret_value()):
-        assert key not in out
+    leaked = [key in out for key in (old_secret, new_secret)]
+    assert leaked == [False, False]
     # the files on the hosts are what the mesh says: only the daemons (not run here) differ
     proc = _vpncloud(tmp_path, "plan", mesh, *target, "--detailed-exitcode")
     assert "config edited on the host" not in proc.stdout, proc.stdout

@@ -24,7 +24,7 @@ from reach_support import wait_for
 
 from vpncloud.core import base62
 from vpncloud.core.identity import genkey_text
-from vpncloud.daemon.control import ControlError, request
+from vpncloud.daemon.control import status_or_none
 from vpncloud.lab.netns import Netns
 
 pytestmark = pytest.mark.netns
@@ -53,14 +53,6 @@ def variants(secret: str) -> list[str]:
     out.append(base64.b64encode(raw).decode().rstrip("="))
     out.append(repr(raw)[2:-1][:40])
     return [v for v in out if len(v) >= 8]
-
-
-def status(sock: str) -> dict[str, Any] | None:
-    try:
-        reply = request(sock, timeout=2.0)
-    except ControlError:
-        return None
-    return reply.get("status") if reply.get("ok") else None
 
 
 def test_no_secret_in_logs_status_stats_hooks_or_plans(lan3: Any, tmp_path: Path) -> None:
@@ -101,7 +93,7 @@ def test_no_secret_in_logs_status_stats_hooks_or_plans(lan3: Any, tmp_path: Path
     start("c", lan3.nodes["c"], ["--config", str(cfg_c)])
 
     wait_for(
-        lambda: (st := status(str(tmp_path / "b.sock"))) and st["peers"],
+        lambda: (st := status_or_none(str(tmp_path / "b.sock"))) and st["peers"],
         30,
         interval=0.1,
         what="a and b connected",

@@ -134,7 +134,7 @@ def test_relays_off_behave_as_before() -> None:
     assert all(not is_synthetic(k) for n in (s, a, b) for k in list(n.node.peers) + list(n.node.pending))
 
 
-def test_plan_knowledge_goes_through_a_relay_at_once() -> None:
+def test_plan_knowledge_goes_through_a_relay_at_once(caplog: pytest.LogCaptureFixture) -> None:
     """With ``at_once`` (the plan knows hole punching fails) the ends are relayed from the first
     seconds; without, they wait ``direct_grace`` (20 s) for the direct attempt first."""
     h, r1, _r2, _o, a, b = build(at_once=True)
@@ -142,6 +142,16 @@ def test_plan_knowledge_goes_through_a_relay_at_once() -> None:
     exchange(h, a, b, b"at once")
     # direct is still tried now and then (docs/relays.md), so a later port forward is found
     assert a.node.relay is not None and a.node.relay._next_direct
+    # the direct attempts to b's NAT are still retransmitted; they give up only after 120 ticks
+    # (spec 6.7), and that changes nothing for the relayed session
+    to_b = [k for k in a.node.pending if k[0] == canon((NAT_B, 0))[0]]
+    assert to_b, a.node.pending
+    with caplog.at_level(logging.INFO, logger="vpncloud"):
+        assert h.run_until(lambda: not any(k in a.node.pending for k in to_b), timeout=130)
+    gave_up = [line for line in caplog.text.splitlines() if "Closing pending connection to" in line]
+    assert any(NAT_B in line and "(Initialization timeout)" in line for line in gave_up), gave_up
+    assert both_relayed(a, b, r1)
+    exchange(h, a, b, b"still relayed")
 
     h, r1, _r2, _o, a, b = build(at_once=False)
     h.run_for(15)

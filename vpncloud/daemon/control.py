@@ -176,6 +176,17 @@ def request(path: str, cmd: str = "status", timeout: float = 5.0) -> dict[str, A
     return reply
 
 
+def status_or_none(path: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The node's status, or None while it does not answer one (not up yet, gone, or refusing):
+    for callers that poll a node until it is ready."""
+    try:
+        reply = request(path, timeout=timeout)
+    except ControlError:
+        return None
+    status = reply.get("status") if reply.get("ok") else None
+    return status if isinstance(status, dict) else None
+
+
 #: Per network namespace: ``<namespace>.sock`` links to the socket of the node running in it (the
 #: lab registers its nodes here, since their sockets live in the lab's own state directory).
 NETNS_DIR = os.path.join(DEFAULT_DIR, "netns")
