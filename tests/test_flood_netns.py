@@ -45,19 +45,28 @@ while True:
         break
 """
 
-# argv: dst, dport, then "src:sport:hex" items; each sent as a raw IPv4/UDP datagram.
-FLOOD = """
-import socket, struct, sys
-dst, dport = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-for line in sys.stdin:
-    src, sport, hexdata = line.split()
-    data = bytes.fromhex(hexdata)
-    udp = struct.pack("!HHHH", int(sport), dport, 8 + len(data), 0) + data
+# The start of the flooding scripts below: spoof(src, sport, dst, dport, data) sends one raw
+# IPv4/UDP datagram with a forged source (src and dst as dotted quads).
+SPOOF = """
+import os, random, socket, struct, sys, time
+_raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def spoof(src, sport, dst, dport, data):
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
-    s.sendto(ip + udp, (dst, 0))
+    _raw.sendto(ip + udp, (dst, 0))
 """
+
+# argv: dst, dport, then "src:sport:hex" items; each sent as a raw IPv4/UDP datagram.
+FLOOD = (
+    SPOOF
+    + """
+dst, dport = sys.argv[1], int(sys.argv[2])
+for line in sys.stdin:
+    src, sport, hexdata = line.split()
+    spoof(src, int(sport), dst, dport, bytes.fromhex(hexdata))
+"""
+)
 
 
 def sent_to_spoofed(ns: Any) -> int:
@@ -152,19 +161,17 @@ def test_replayed_and_forged_ping_flood_from_spoofed_sources(lan3: Any, tmp_path
 # argv: src, dst, hex payload, rate: the payload from src and random ports (never 3210), forever.
 # Two low bytes of the signature's S change every time: byte-identical copies of a forgery would be
 # dropped by the guard's bad-signature table before any per-address bucket.
-SPOOF_PORTS = """
-import os, random, socket, struct, sys, time
+SPOOF_PORTS = (
+    SPOOF
+    + """
 src, dst, base, rate = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 while True:
     data = base[:-32] + os.urandom(2) + base[-30:]
     sport = random.choice([p for p in range(1024, 65535) if p != 3210])
-    udp = struct.pack("!HHHH", sport, 3210, 8 + len(data), 0) + data
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    s.sendto(ip + udp, (dst, 0))
+    spoof(src, sport, dst, 3210, data)
     time.sleep(1 / rate)
 """
+)
 
 
 def kill_restart_rejoin(a: VNode, b: VNode) -> None:
@@ -286,23 +293,20 @@ def test_copies_of_a_forged_ping_cost_one_signature_check(lan3: Any, tmp_path: P
 
 # argv: dst, hex of a PING with a trusted key hash, rate: forged copies (another signature in each)
 # from 500 spoofed sources (10.99.0.0/16, fixed random ports), at ``rate`` per second.
-VARIED_FORGERIES = """
-import os, random, socket, struct, sys, time
+VARIED_FORGERIES = (
+    SPOOF
+    + """
 dst, base, rate = sys.argv[1], bytes.fromhex(sys.argv[2]), float(sys.argv[3])
 rnd = random.Random(8)
-sources = [(bytes((10, 99, i >> 8, 1 + (i & 127))), rnd.randrange(1024, 65535)) for i in range(500)]
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+sources = [(f"10.99.{i >> 8}.{1 + (i & 127)}", rnd.randrange(1024, 65535)) for i in range(500)]
 start, sent = time.monotonic(), 0
 while True:
     for src, sport in rnd.sample(sources, 20):
-        data = base[:-32] + os.urandom(2) + base[-30:]
-        udp = struct.pack("!HHHH", sport, 3210, 8 + len(data), 0) + data
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, src,
-                         socket.inet_aton(dst))
-        s.sendto(ip + udp, (dst, 0))
+        spoof(src, sport, dst, 3210, base[:-32] + os.urandom(2) + base[-30:])
     sent += 20
     time.sleep(max(0.0, start + sent / rate - time.monotonic()))
 """
+)
 
 
 def test_a_peer_rejoins_on_its_reserve_while_varied_forgeries_spend_the_global_limit(
