@@ -337,7 +337,7 @@ class Setup:
             "rss_growth_mb": round(rss1 - rss0, 1),
             "listen_reads": reads,
             # with --no-iperf: what one flood datagram the daemon read cost it (reads, dispatch, guard)
-            "b_cpu_us_per_read": round(1e6 * cpu_s / reads, 2) if reads else "",
+            "b_cpu_us_per_read": round(1e6 * cpu_s / reads, 2) if reads and self.no_iperf else "",
             "session_ok": bool(alive) and (b.original is not None or bool(st1.get("peers"))),
         }
 
