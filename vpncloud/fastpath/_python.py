@@ -351,12 +351,7 @@ def coalesce_rows(
     pk = np.ndarray((k, size), np.uint8, buf, 1, (stride, 1))
     key, iphl, hl, seq, plen, v6, _flags = info
     limit = min(k, gro.MAX_SEGMENTS, (gro.MAX_COALESCED - hl) // plen)
-    head = pk[:limit, gro.invariant_columns(iphl, hl)]
-    good = (head == head[0]).all(axis=1)
-    seqs = np.ascontiguousarray(pk[:limit, iphl + 4 : iphl + 8]).view(">u4")[:, 0].astype(np.int64)
-    good[1:] &= ((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == plen
-    bad = np.flatnonzero(~good)
-    m = int(bad[0]) if len(bad) else limit
+    m = gro.mergeable_prefix(pk[:limit], iphl, hl, plen)
     if m < 2:
         return None
     payloads = [pk[:m, hl:].tobytes()]

@@ -163,3 +163,15 @@ def invariant_columns(iphl: int, hl: int) -> Any:
         keep[iphl + 16 : iphl + 18] = False  # checksum
         cols = _COLUMNS[(iphl, hl)] = _np.nonzero(keep)[0]
     return cols
+
+
+def mergeable_prefix(rows: Any, iphl: int, hl: int, plen: int) -> int:
+    """How many of ``rows`` (a numpy array, one equal-sized TCP segment per row, the first one's
+    flow) are one run from the first: the same headers but for the invariant columns' exceptions,
+    each sequence number ``plen`` after the previous one."""
+    head = rows[:, invariant_columns(iphl, hl)]
+    good = (head == head[0]).all(axis=1)
+    seqs = _np.ascontiguousarray(rows[:, iphl + 4 : iphl + 8]).view(">u4")[:, 0].astype(_np.int64)
+    good[1:] &= ((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == plen
+    bad = _np.flatnonzero(~good)
+    return int(bad[0]) if len(bad) else len(rows)

@@ -54,8 +54,8 @@ from .gro import (
     VNET_HDR_LEN,
     ZERO_HDR,
     finish,
-    invariant_columns,
     ipv4_header_checksum,
+    mergeable_prefix,
     ones_sum,
     pseudo_sum,
 )
@@ -473,12 +473,7 @@ def _fast_run(c: Coalescer, packets: Sequence[bytes], i: int, j: int) -> int:
         return 0
     size = len(first)
     rows = _np.frombuffer(b"".join(packets[i : i + k]), dtype=_np.uint8).reshape(k, size)
-    head = rows[:, invariant_columns(iphl, hl)]
-    good = (head == head[0]).all(axis=1)
-    seqs = _np.ascontiguousarray(rows[:, iphl + 4 : iphl + 8]).view(">u4")[:, 0].astype(_np.int64)
-    good[1:] &= ((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == plen
-    bad = _np.flatnonzero(~good)
-    m = int(bad[0]) if len(bad) else k
+    m = mergeable_prefix(rows, iphl, hl, plen)
     if m < 2:
         return 0
     c.flush()
